@@ -1,0 +1,1 @@
+"""Image-classification workbench engine: data, models, training, metrics, prediction. Never imports streamlit."""

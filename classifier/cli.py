@@ -1,0 +1,276 @@
+"""Command line: `python -m classifier {train,evaluate,predict,summary,demo-data,backbones} ...`.
+
+Thin by design: it parses arguments, calls the package and prints. A user error (bad dataset, unknown
+backbone, bad weights file, existing run dir) prints one line `error: ...` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from classifier.errors import ClassifierError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a backbone on a dataset and write a run dir",
+        description="Train a classifier. Example: python -m classifier train --data demo "
+        "--backbone efficientnet_lite0 --mode linear --out runs/demo",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data", required=True, help='dataset folder, .zip or CSV (path,label); "demo" for the built-in set'
+    )
+    g.add_argument(
+        "--val-split", type=float, default=0.2, help="validation fraction per class when the data has no val/"
+    )
+    g.add_argument("--test-split", type=float, default=0.0, help="optional test fraction per class")
+    g.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
+    g.add_argument("--augment", default="light", choices=["none", "light", "standard", "strong"])
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
+    g.add_argument("--grayscale", action="store_true", help="train on grayscale versions of the images")
+    g.add_argument(
+        "--imbalance",
+        default="none",
+        choices=["none", "weights", "sampler"],
+        help="class-weighted loss or balanced sampling for imbalanced data",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="efficientnet_lite0", help="curated name or any timm model (see `backbones`)")
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="bundled | hub | none | PATH.safetensors (default: bundled for efficientnet_lite0, else hub)",
+    )
+    g.add_argument(
+        "--mode",
+        default="finetune",
+        choices=["linear", "finetune"],
+        help="linear: frozen backbone, train the head; finetune: train everything",
+    )
+    g.add_argument("--head-warmup-epochs", type=int, default=0, help="finetune: head-only epochs first")
+    g.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the head")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None, help="default 20 (linear) or 8 (finetune)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 linear, 5e-4 finetune)")
+    g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    g.add_argument("--scheduler", default="cosine", choices=["cosine", "onecycle", "constant"])
+    g.add_argument("--warmup-epochs", type=float, default=0.5)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
+    g.add_argument("--early-stopping", type=int, default=0, help="patience in epochs (0 = off)")
+    g = p.add_argument_group("output and runtime")
+    g.add_argument("--out", required=True, help="new run dir to write (must not exist or be empty)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    g.add_argument(
+        "--workers", type=int, default=None, help="DataLoader worker processes (default: chosen for the machine)"
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m classifier", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+
+    p = sub.add_parser("evaluate", help="print a run's metrics as JSON")
+    p.add_argument("--run", required=True, help="run dir")
+    p.add_argument("--data", default=None, help="dataset to evaluate on (default: the run's own data)")
+    p.add_argument("--split", default="val", choices=["val", "test", "all"])
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="predict images or folders with a run; one JSON object per line")
+    p.add_argument("--run", required=True, help="run dir")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("summary", help="check a dataset: classes, counts, sizes, skipped files, duplicates")
+    p.add_argument("--data", required=True)
+    p.add_argument("--val-split", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("demo-data", help="write the built-in demo dataset (and object masks)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--masks-out", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=int, default=60, help="images per class")
+
+    p = sub.add_parser("backbones", help="list backbones")
+    p.add_argument("--all", action="store_true", help="also list every timm model name")
+    return parser
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from classifier.training import ProgressPrinter, TrainConfig, fit
+
+    cfg = TrainConfig(
+        data=a.data,
+        val_split=a.val_split,
+        test_split=a.test_split,
+        img_size=a.img_size,
+        augment=a.augment,
+        mixup=a.mixup,
+        cutmix=a.cutmix,
+        grayscale=a.grayscale,
+        imbalance=a.imbalance,
+        backbone=a.backbone,
+        weights=a.weights,
+        mode=a.mode,
+        head_warmup_epochs=a.head_warmup_epochs,
+        drop_rate=a.drop_rate,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        optimizer=a.optimizer,
+        scheduler=a.scheduler,
+        warmup_epochs=a.warmup_epochs,
+        weight_decay=a.weight_decay,
+        label_smoothing=a.label_smoothing,
+        grad_clip=a.grad_clip,
+        early_stopping=a.early_stopping,
+        seed=a.seed,
+        device=a.device,
+        amp=not a.no_amp,
+        num_workers=a.workers,
+    )
+    try:
+        cfg = cfg.resolved()
+    except ValueError as e:
+        raise ClassifierError(str(e)) from e
+    result = fit(cfg, a.out, [] if a.quiet else [ProgressPrinter(sys.stderr)])
+    if result.status == "failed":
+        print(f"error: training failed: {result.error}", file=sys.stderr)
+        return 1
+    m = result.metrics or {}
+    keys = ["accuracy", "macro_f1", "roc_auc_macro", "ece", "n_val", "best_epoch"]
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "run_dir": str(result.run_dir),
+                "seconds": round(result.seconds, 1),
+                **{k: m.get(k) for k in keys},
+            }
+        )
+    )
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from classifier.evaluate import evaluate_run
+
+    print(json.dumps(evaluate_run(a.run, a.data, a.split, a.device), indent=2))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from classifier.predict import load_run, predict_paths
+
+    run = load_run(a.run, device=a.device)
+    failed = 0
+    for r in predict_paths(run, a.inputs, top_k=a.top_k):
+        failed += "error" in r
+        print(json.dumps(r))
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    from classifier.data.dataset import check_trainable, index_dataset
+    from classifier.data.splits import assign_splits
+    from classifier.training.loop import ensure_demo_dataset
+
+    data = str(ensure_demo_dataset(a.seed)) if a.data == "demo" else a.data
+    index = index_dataset(data)
+    problem = None
+    try:
+        check_trainable(index)
+        splits = assign_splits(index, a.val_split, 0.0, a.seed)
+    except ClassifierError as e:
+        problem, splits = str(e), None
+    s = index.summary(splits)
+    s["trainable"] = problem is None
+    s["problem"] = problem
+    if a.json:
+        print(json.dumps(s, indent=2))
+    else:
+        print(format_summary(s))
+    return 0 if problem is None else EXIT_USER_ERROR
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"dataset {s['root']} ({s['layout']}): {s['n_images']} images, {len(s['classes'])} classes"]
+    splits = list(s["counts"])
+    lines.append("  " + "class".ljust(24) + "".join(sp.rjust(8) for sp in splits))
+    for c in s["classes"]:
+        lines.append("  " + c[:23].ljust(24) + "".join(str(s["counts"][sp].get(c, 0)).rjust(8) for sp in splits))
+    sz = s["image_size"]
+    lines.append(f"  image sizes: {sz['min_width']}-{sz['max_width']} x {sz['min_height']}-{sz['max_height']} px")
+    if s["skipped"]:
+        lines.append(f"  skipped {len(s['skipped'])} files:")
+        lines += [f"    {k['path']}: {k['reason']}" for k in s["skipped"]]
+    if s["duplicates"]:
+        lines.append(f"  {len(s['duplicates'])} groups of identical images:")
+        lines += ["    " + " = ".join(g) for g in s["duplicates"][:20]]
+    if s["leakage"]:
+        lines.append(f"  warning: {len(s['leakage'])} validation/test images also appear in train (leakage):")
+        lines += [f"    {a} = {b}" for a, b in s["leakage"][:20]]
+    lines += [f"  warning: {w}" for w in s["warnings"]]
+    if s.get("problem"):
+        lines.append(f"  cannot train: {s['problem']}")
+    return "\n".join(lines)
+
+
+def cmd_demo_data(a: argparse.Namespace) -> int:
+    from classifier.data.demo import make_demo_dataset
+
+    out = make_demo_dataset(a.out, n_per_class=a.per_class, seed=a.seed, masks_out=a.masks_out)
+    print(f"wrote demo dataset to {out}" + (f" and masks to {a.masks_out}" if a.masks_out else ""))
+    return 0
+
+
+def cmd_backbones(a: argparse.Namespace) -> int:
+    from classifier.models import list_backbones
+
+    for b in list_backbones(all_timm=a.all):
+        params = f"{b.params_m:6.1f}M" if b.params_m == b.params_m else "      ?"
+        offline = "offline weights" if b.bundled_weights else ""
+        print(f"{b.name:28s} {params}  {b.description}  {offline}".rstrip())
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "summary": cmd_summary,
+    "demo-data": cmd_demo_data,
+    "backbones": cmd_backbones,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ClassifierError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: safe ingest, image decoding, indexing, splits, transforms and the demo generator."""

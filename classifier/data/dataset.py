@@ -1,0 +1,300 @@
+"""Dataset indexing: turn a folder, a zip or a CSV into a checked list of labelled images.
+
+Four sources are understood:
+
+- a folder with one subfolder per class (`root/<class>/*.jpg`, nested folders inside a class allowed);
+- a folder with `train/` and `val/` (or `valid/`, `validation/`), optionally `test/`, each holding class
+  subfolders; those splits are used as given;
+- a `.zip` of either layout (one wrapping top-level folder is tolerated), extracted safely first;
+- a CSV with columns `path,label` (optionally `split`), paths relative to the CSV.
+
+Every candidate image is fully decoded once; a file that cannot be used is skipped and listed with its
+reason, never stopping the rest from loading. Exact duplicates are found by content hash.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from classifier.data.archive import ArchiveLimits, extract_zip
+from classifier.data.images import DEFAULT_MAX_PIXELS, is_image_path, probe_image
+from classifier.errors import DatasetError, ImageError
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"}
+
+
+@dataclass
+class Sample:
+    path: str  # relative to the dataset root, with forward slashes
+    label: int
+    split: str | None  # as given by the source, or None when the source has no splits
+    sha1: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[Skipped] = field(default_factory=list)
+    layout: str = "class-folders"  # class-folders | split-folders | csv
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_splits(self) -> bool:
+        return any(s.split == "val" for s in self.samples)
+
+    def path_of(self, sample: Sample) -> Path:
+        return self.root / sample.path
+
+    def counts(self, splits: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Images per class per split: `{split: {class: n}}` (split "all" when none are assigned)."""
+        splits = splits or [s.split or "all" for s in self.samples]
+        out: dict[str, dict[str, int]] = defaultdict(lambda: {c: 0 for c in self.classes})
+        for s, sp in zip(self.samples, splits):
+            out[sp][self.classes[s.label]] += 1
+        return dict(out)
+
+    def duplicate_groups(self) -> list[list[str]]:
+        """Groups of paths whose bytes are identical."""
+        by_hash: dict[str, list[str]] = defaultdict(list)
+        for s in self.samples:
+            by_hash[s.sha1].append(s.path)
+        return [sorted(g) for g in by_hash.values() if len(g) > 1]
+
+    def leakage(self, splits: list[str] | None = None) -> list[tuple[str, str]]:
+        """(train path, val/test path) pairs with identical content: evaluation would be inflated."""
+        splits = splits or [s.split or "" for s in self.samples]
+        train: dict[str, str] = {}
+        for s, sp in zip(self.samples, splits):
+            if sp == "train":
+                train.setdefault(s.sha1, s.path)
+        return [
+            (train[s.sha1], s.path) for s, sp in zip(self.samples, splits) if sp in ("val", "test") and s.sha1 in train
+        ]
+
+    def summary(self, splits: list[str] | None = None) -> dict:
+        """Plain-data summary: classes, counts per class per split, size range, skipped files, duplicates, leakage."""
+        widths = [s.width for s in self.samples] or [0]
+        heights = [s.height for s in self.samples] or [0]
+        return {
+            "root": str(self.root),
+            "source": self.source,
+            "layout": self.layout,
+            "n_images": len(self.samples),
+            "classes": list(self.classes),
+            "counts": self.counts(splits),
+            "image_size": {
+                "min_width": min(widths),
+                "max_width": max(widths),
+                "min_height": min(heights),
+                "max_height": max(heights),
+            },
+            "skipped": [asdict(s) for s in self.skipped],
+            "duplicates": self.duplicate_groups(),
+            "leakage": [list(p) for p in self.leakage(splits)],
+            "warnings": list(self.warnings),
+        }
+
+
+def _visible(p: Path) -> bool:
+    return not (p.name in IGNORED_NAMES or p.name.startswith("."))
+
+
+def _subdirs(p: Path) -> list[Path]:
+    return sorted((d for d in p.iterdir() if d.is_dir() and _visible(d)), key=lambda d: d.name)
+
+
+def _unwrap(root: Path) -> Path:
+    """Descend through wrapping folders (a zip of `my_data/...`) until the level that holds data."""
+    for _ in range(3):
+        dirs = _subdirs(root)
+        files = [f for f in root.iterdir() if f.is_file() and _visible(f)]
+        if len(dirs) == 1 and not any(is_image_path(f) or f.suffix.lower() == ".csv" for f in files):
+            root = dirs[0]
+        else:
+            break
+    return root
+
+
+def _files_under(d: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(d, followlinks=False):
+        dirnames[:] = sorted(n for n in dirnames if n not in IGNORED_NAMES and not n.startswith("."))
+        for n in sorted(filenames):
+            if n not in IGNORED_NAMES and not n.startswith("."):
+                yield Path(dirpath) / n
+
+
+def _candidates_from_class_folders(base: Path, root: Path, split: str | None) -> list[tuple[str, str, str | None]]:
+    out = []
+    for cdir in _subdirs(base):
+        for f in _files_under(cdir):
+            if is_image_path(f) and not f.is_symlink():
+                out.append((f.relative_to(root).as_posix(), cdir.name, split))
+    return out
+
+
+def _candidates_from_csv(csv_path: Path) -> tuple[Path, list[tuple[str, str, str | None]]]:
+    root = csv_path.parent
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip().lower() for c in (reader.fieldnames or [])]
+            if "path" not in fields or "label" not in fields:
+                raise DatasetError(
+                    f"{csv_path}: a dataset CSV needs the columns path,label (found: {', '.join(fields) or 'none'})"
+                )
+            rows = []
+            for i, row in enumerate(reader, start=2):
+                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+                if not row.get("path") or not row.get("label"):
+                    raise DatasetError(f"{csv_path}, line {i}: empty path or label")
+                rel = Path(row["path"])
+                full = (root / rel).resolve()
+                if rel.is_absolute() or not full.is_relative_to(root.resolve()):
+                    raise DatasetError(f"{csv_path}, line {i}: path {row['path']!r} points outside the CSV's folder")
+                split = SPLIT_NAMES.get(row.get("split", "").lower()) if row.get("split") else None
+                rows.append((rel.as_posix(), row["label"], split))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{csv_path}: not a UTF-8 text CSV ({e})") from e
+    return root, rows
+
+
+def _probe(root: Path, rel: str, max_pixels: int) -> tuple[str, int, int] | str:
+    """(sha1, width, height) of a usable image, or the reason it is not usable."""
+    path = root / rel
+    try:
+        if not path.is_file():
+            return "file not found"
+        data = path.read_bytes()
+        w, h, _ = probe_image(path, max_pixels=max_pixels)
+        return hashlib.sha1(data).hexdigest(), w, h
+    except ImageError as e:
+        return e.reason
+    except OSError as e:
+        return f"cannot read file ({e.strerror or e})"
+
+
+def index_dataset(
+    source: str | Path,
+    *,
+    extract_to: str | Path | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> DatasetIndex:
+    """Index a dataset folder, `.zip` or CSV; decode every image once and record what had to be skipped.
+
+    A zip is extracted to `extract_to` (default: a folder named after the zip's content hash in the workspace),
+    reusing an earlier extraction of the same bytes.
+
+    >>> index = index_dataset("path/to/hymenoptera")  # doctest: +SKIP
+    >>> index.classes
+    ['ants', 'bees']
+    """
+    src = Path(source).expanduser()
+    if not src.exists():
+        raise DatasetError(f"dataset {src} does not exist; give a folder of class subfolders, a .zip or a CSV")
+    root = src
+    if src.is_file() and src.suffix.lower() == ".zip":
+        root = _unwrap(_extract_cached(src, extract_to, limits))
+    if root.is_file() and root.suffix.lower() == ".csv":
+        root, candidates = _candidates_from_csv(root)
+        layout = "csv"
+    elif root.is_dir():
+        root = _unwrap(root)
+        split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in _subdirs(root) if d.name.lower() in SPLIT_NAMES}
+        csvs = sorted(root.glob("*.csv"))
+        if "train" in split_dirs:
+            layout = "split-folders"
+            candidates = []
+            for split, d in sorted(split_dirs.items()):
+                candidates += _candidates_from_class_folders(d, root, split)
+        elif not _subdirs(root) and len(csvs) == 1:
+            root, candidates = _candidates_from_csv(csvs[0])
+            layout = "csv"
+        else:
+            layout = "class-folders"
+            candidates = _candidates_from_class_folders(root, root, None)
+    else:
+        raise DatasetError(f"{src}: not a folder, a .zip or a .csv dataset")
+    root = root.resolve()
+
+    results: list[tuple[str, int, int] | str] = []
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for i, r in enumerate(pool.map(lambda c: _probe(root, c[0], max_pixels), candidates), start=1):
+            results.append(r)
+            if progress:
+                progress(i, len(candidates))
+
+    classes = sorted({c[1] for c, r in zip(candidates, results) if not isinstance(r, str)})
+    class_idx = {c: i for i, c in enumerate(classes)}
+    samples, skipped = [], []
+    for (rel, label, split), r in zip(candidates, results):
+        if isinstance(r, str):
+            skipped.append(Skipped(rel, r))
+        else:
+            samples.append(Sample(rel, class_idx[label], split, *r))
+    warnings = []
+    empty = sorted({c[1] for c in candidates} - set(classes))
+    if empty:
+        warnings.append(f"class folders with no usable images were left out: {', '.join(empty)}")
+    if layout == "split-folders" and not any(s.split == "val" for s in samples):
+        warnings.append("no val/ folder with images: a validation split will be drawn from train/")
+    return DatasetIndex(root, classes, samples, skipped, layout, str(src), warnings)
+
+
+def _extract_cached(archive: Path, extract_to: str | Path | None, limits: ArchiveLimits) -> Path:
+    if extract_to is None:
+        from classifier.workspace import datasets_dir
+
+        h = hashlib.sha1()
+        with open(archive, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        extract_to = datasets_dir() / f"{archive.stem}-{h.hexdigest()[:10]}"
+    dest = Path(extract_to)
+    if dest.is_dir() and any(dest.iterdir()):
+        return dest
+    extract_zip(archive, dest, limits)
+    return dest
+
+
+def check_trainable(index: DatasetIndex) -> None:
+    """Raise DatasetError in plain words when this dataset cannot be trained on."""
+    where = index.source or str(index.root)
+    if not index.samples:
+        detail = f" ({len(index.skipped)} files were skipped; see the summary)" if index.skipped else ""
+        raise DatasetError(
+            f"{where}: no usable images found{detail}. Expected one subfolder per class with images inside "
+            "(JPEG, PNG, WebP, BMP, GIF or TIFF), train/ and val/ folders of class subfolders, "
+            "or a CSV with path,label."
+        )
+    if len(index.classes) < 2:
+        raise DatasetError(
+            f"{where}: only one class ({index.classes[0]!r}) has images; a classifier needs at least two classes."
+        )
+    per_class = Counter(s.label for s in index.samples)
+    single = [index.classes[c] for c, n in sorted(per_class.items()) if n < 2]
+    if single:
+        raise DatasetError(
+            f"{where}: class {', '.join(repr(c) for c in single)} has only one image; every class needs at least two "
+            "(one to train on and one to validate). Add images or remove the class."
+        )

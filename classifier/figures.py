@@ -1,0 +1,220 @@
+"""Plotly figure builders for the workbench's charts, from the plain data `classifier.metrics` returns.
+
+Each builder takes lists/dicts/DataFrames and returns a `plotly.graph_objects.Figure`; none of them touches
+Streamlit, so the same figures render in the app, in notebooks, and in exported HTML reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+TEMPLATE = "plotly_white"
+# Fixed colours so train/val keep the same look across the loss and accuracy panels.
+TRAIN_COLOR = "#1f77b4"
+VAL_COLOR = "#ff7f0e"
+
+
+def _style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None) -> go.Figure:
+    """Apply the shared template, title and axis titles."""
+    fig.update_layout(template=TEMPLATE, title={"text": title, "x": 0.02}, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+    if x_title is not None:
+        fig.update_xaxes(title_text=x_title)
+    if y_title is not None:
+        fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def class_histogram(counts: Mapping[str, Mapping[str, int]] | pd.DataFrame, *, stacked: bool = False) -> go.Figure:
+    """Images per class, one bar series per split.
+
+    `counts` is {split: {class: count}} or a DataFrame with classes as index and splits as columns (what
+    `pd.DataFrame(counts)` gives); a long DataFrame with `class`, `split`, `count` columns is accepted too.
+    """
+    if isinstance(counts, pd.DataFrame):
+        df = counts
+        if {"class", "split", "count"} <= set(df.columns):
+            df = df.pivot_table(index="class", columns="split", values="count", aggfunc="sum", sort=False)
+    else:
+        df = pd.DataFrame({split: dict(per_class) for split, per_class in counts.items()})
+    df = df.fillna(0)
+    classes = [str(c) for c in df.index]
+    fig = go.Figure([go.Bar(name=str(split), x=classes, y=df[split].astype(int).tolist()) for split in df.columns])
+    fig.update_layout(barmode="stack" if stacked else "group", legend_title_text="split")
+    return _style(fig, "Images per class", "class", "images")
+
+
+def history_curves(history: pd.DataFrame) -> go.Figure:
+    """Loss and accuracy per epoch side by side; train solid, validation dashed.
+
+    Missing columns are skipped and NaN cells (a running history, or val metrics not yet computed) are dropped
+    per series, so the figure can be redrawn after every epoch.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
+    if "epoch" in history.columns:
+        epochs = history["epoch"]
+    else:
+        epochs = pd.Series(np.arange(1, len(history) + 1), index=history.index)
+    in_legend: set[str] = set()  # one legend entry per split, shared by both panels via legendgroup
+    for col, metric in ((1, "loss"), (2, "acc")):
+        for split, color, dash in (("train", TRAIN_COLOR, "solid"), ("val", VAL_COLOR, "dash")):
+            name = f"{split}_{metric}"
+            if name not in history.columns:
+                continue
+            values = pd.to_numeric(history[name], errors="coerce")
+            keep = values.notna() & epochs.notna()
+            if not keep.any():
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=epochs[keep].tolist(),
+                    y=values[keep].tolist(),
+                    mode="lines+markers",
+                    name=split,
+                    legendgroup=split,
+                    showlegend=split not in in_legend,
+                    line={"color": color, "dash": dash},
+                ),
+                row=1,
+                col=col,
+            )
+            in_legend.add(split)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", row=1, col=2)
+    return _style(fig, "Training history")
+
+
+def confusion_matrix_figure(cm: Any, class_names: Sequence[str], normalize: bool = False) -> go.Figure:
+    """Heatmap of the confusion matrix, rows = true class, columns = predicted class.
+
+    With `normalize`, cells are shares of their row (recall on the diagonal), annotated "share (count)";
+    rows with no samples stay 0.
+    """
+    counts = np.asarray(cm, dtype=np.int64)
+    names = [str(n) for n in class_names]
+    if normalize:
+        row_sums = counts.sum(axis=1, keepdims=True)
+        z = np.divide(counts, row_sums, out=np.zeros(counts.shape, dtype=np.float64), where=row_sums > 0)
+        text = [
+            [f"{share:.0%}<br>({count})" for share, count in zip(zr, cr, strict=True)]
+            for zr, cr in zip(z, counts, strict=True)
+        ]
+    else:
+        z = counts
+        text = [[str(count) for count in row] for row in counts]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z.tolist(),
+            x=names,
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalize else None,
+            colorbar={"title": "share" if normalize else "count"},
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    # Category axes; reversed y so the first class is on top like a printed matrix.
+    fig.update_xaxes(type="category", side="bottom")
+    fig.update_yaxes(type="category", autorange="reversed")
+    title = "Confusion matrix (row-normalised)" if normalize else "Confusion matrix"
+    return _style(fig, title, "predicted class", "true class")
+
+
+def roc_figure(curves: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """One-vs-rest ROC curve per class (classes without a curve are skipped) and the chance diagonal."""
+    fig = go.Figure()
+    for curve in curves:
+        if curve.get("fpr") is None or curve.get("tpr") is None:
+            continue
+        auc = curve.get("auc")
+        label = f"{curve['name']} (AUC {auc:.3f})" if auc is not None else str(curve["name"])
+        fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=label))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dash", "color": "grey"}))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return _style(fig, "ROC curves (one-vs-rest)", "false positive rate", "true positive rate")
+
+
+def pr_figure(curves: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Precision-recall curve per class (classes without positives are skipped)."""
+    fig = go.Figure()
+    for curve in curves:
+        if curve.get("precision") is None or curve.get("recall") is None:
+            continue
+        ap = curve.get("average_precision")
+        label = f"{curve['name']} (AP {ap:.3f})" if ap is not None else str(curve["name"])
+        fig.add_trace(go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines", name=label))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return _style(fig, "Precision-recall curves (one-vs-rest)", "recall", "precision")
+
+
+def reliability_figure(bins: Mapping[str, Any]) -> go.Figure:
+    """Reliability diagram: accuracy per confidence bin against the perfect-calibration diagonal, ECE in title."""
+    edges = np.asarray(bins["bin_edges"], dtype=np.float64)
+    centers = ((edges[:-1] + edges[1:]) / 2).tolist()
+    widths = np.diff(edges).tolist()
+    # Empty bins stay None, so they plot as gaps rather than as zero-accuracy bars.
+    accuracy = list(bins["bin_accuracy"])
+    confidence = ["-" if c is None else f"{c:.3f}" for c in bins["bin_confidence"]]
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=centers,
+                y=accuracy,
+                width=widths,
+                name="accuracy",
+                marker_line={"width": 1, "color": "white"},
+                customdata=list(zip(bins["bin_count"], confidence, strict=True)),
+                hovertemplate="confidence bin %{x:.2f}<br>accuracy %{y:.3f}<br>mean confidence %{customdata[1]}"
+                "<br>samples %{customdata[0]}<extra></extra>",
+            ),
+            go.Scatter(
+                x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dash", "color": "grey"}
+            ),
+        ]
+    )
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1])
+    return _style(fig, f"Reliability diagram (ECE {bins['ece']:.3f})", "confidence", "accuracy")
+
+
+def per_class_bar(per_class: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Precision, recall and F1 per class as grouped bars."""
+    names = [str(row["name"]) for row in per_class]
+    fig = go.Figure(
+        [
+            go.Bar(name=label, x=names, y=[row[key] for row in per_class])
+            for key, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))
+        ]
+    )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.02])
+    return _style(fig, "Per-class precision, recall and F1", "class", "score")
+
+
+def topk_bar(labels: Sequence[str], probs: Sequence[float]) -> go.Figure:
+    """Horizontal bars of one prediction's top-k class probabilities, most likely on top."""
+    pairs = sorted(zip([str(label) for label in labels], [float(p) for p in probs], strict=True), key=lambda lp: -lp[1])
+    fig = go.Figure(
+        go.Bar(
+            x=[p for _, p in pairs],
+            y=[label for label, _ in pairs],
+            orientation="h",
+            text=[f"{p:.1%}" for _, p in pairs],
+            textposition="auto",
+            name="probability",
+        )
+    )
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return _style(fig, "Top predictions", "probability", "class")

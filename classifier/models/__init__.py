@@ -1,0 +1,28 @@
+"""Backbones: a registry over timm, weight sources (bundled, hub, local safetensors, none) and head replacement."""
+
+from classifier.models.factory import (
+    BuiltModel,
+    build_model,
+    count_parameters,
+    default_weights,
+    extract_features,
+    freeze_bn_stats,
+    resolve_data_config,
+    set_trainable,
+)
+from classifier.models.registry import CURATED, BackboneInfo, list_backbones, resolve_backbone
+
+__all__ = [
+    "BackboneInfo",
+    "BuiltModel",
+    "CURATED",
+    "build_model",
+    "count_parameters",
+    "default_weights",
+    "extract_features",
+    "freeze_bn_stats",
+    "list_backbones",
+    "resolve_backbone",
+    "resolve_data_config",
+    "set_trainable",
+]

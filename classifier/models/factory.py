@@ -1,0 +1,158 @@
+"""Build a backbone with a fresh head for the dataset's classes, and decide which parameters train.
+
+`build_model` is the one place that turns (backbone name, weight source, class count) into a model and
+the data config its preprocessing must use. Prediction and attribution rebuild models the same way from
+a run's `config.json`, so the transforms at inference always match training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from classifier.errors import ModelError, WeightsError
+from classifier.models import weights as W
+from classifier.models.registry import BackboneInfo, resolve_backbone
+from classifier.models.simple_cnn import SimpleCNN
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    info: BackboneInfo
+    timm_name: str  # the architecture actually instantiated (may differ for bundled weights)
+    weights: str  # the resolved weight source: bundled | hub | none | a path
+    data_config: dict[str, Any]  # input_size, interpolation, mean, std, crop_pct, crop_mode
+
+
+def default_weights(backbone: str) -> str:
+    """`bundled` where the package ships weights (efficientnet_lite0), `none` for simple_cnn, `hub` otherwise."""
+    info = resolve_backbone(backbone)
+    if info.bundled_weights:
+        return "bundled"
+    return "none" if info.name == "simple_cnn" else "hub"
+
+
+def _create(timm_name: str, num_classes: int, drop_rate: float, pretrained: bool) -> nn.Module:
+    if timm_name == "simple_cnn":
+        return SimpleCNN(num_classes=num_classes, drop_rate=drop_rate)
+    try:
+        return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+    except RuntimeError as e:
+        if pretrained and ("Hub" in str(e) or "connection" in str(e).lower() or "offline" in str(e).lower()):
+            raise WeightsError(W.offline_hint(timm_name)) from e
+        raise ModelError(f"could not build backbone {timm_name!r}: {e}") from e
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    weights: str | None = None,
+    *,
+    drop_rate: float = 0.0,
+    img_size: int | None = None,
+) -> BuiltModel:
+    """Create `backbone` with a `num_classes` head and load `weights` (bundled | hub | none | PATH.safetensors).
+
+    >>> built = build_model("simple_cnn", num_classes=3, weights="none", img_size=64)
+    >>> built.data_config["input_size"]
+    (3, 64, 64)
+    """
+    info = resolve_backbone(backbone)
+    weights = weights or default_weights(info.name)
+    timm_name = info.name
+    if weights == "bundled":
+        if info.name not in W.BUNDLED_TIMM_ARCH:
+            raise WeightsError(
+                f"no bundled weights for {info.name!r}; bundled weights exist for: {', '.join(W.BUNDLED_TIMM_ARCH)}. "
+                "Use --weights hub (needs internet), a .safetensors path, or none."
+            )
+        timm_name = W.BUNDLED_TIMM_ARCH[info.name]
+        model = _create(timm_name, 1000, drop_rate, pretrained=False)
+        W.load_bundled(model)
+        model.reset_classifier(num_classes)
+    elif weights == "hub":
+        if info.name == "simple_cnn":
+            raise WeightsError("simple_cnn has no pretrained weights; it trains from scratch (use --weights none)")
+        if not W.hub_cached(timm_name) and not W.hub_reachable():
+            raise WeightsError(W.offline_hint(info.name))
+        model = _create(timm_name, num_classes, drop_rate, pretrained=True)
+    elif weights == "none":
+        model = _create(timm_name, num_classes, drop_rate, pretrained=False)
+    else:
+        path = Path(weights)
+        if path.suffix.lower() != ".safetensors":
+            raise WeightsError(
+                f"weights {weights!r}: expected bundled, hub, none or a path to a .safetensors file "
+                "(pickled .pt/.pth/.bin files are refused for safety)"
+            )
+        state = W.read_safetensors(path)
+        model = _create(timm_name, num_classes, drop_rate, pretrained=False)
+        W.load_state_checked(model, state, str(path), allow_head_mismatch=True)
+    data_config = resolve_data_config(model, img_size=img_size, bundled=weights == "bundled")
+    return BuiltModel(model, info, timm_name, weights, data_config)
+
+
+def resolve_data_config(model: nn.Module, img_size: int | None = None, bundled: bool = False) -> dict[str, Any]:
+    """The model's own preprocessing (timm's pretrained config), with the image size overridden if asked."""
+    cfg = dict(timm.data.resolve_data_config({}, model=model))
+    if bundled:
+        cfg.update(W.BUNDLED_DATA_CONFIG)
+    if img_size:
+        cfg["input_size"] = (cfg["input_size"][0], int(img_size), int(img_size))
+    return {
+        "input_size": tuple(int(v) for v in cfg["input_size"]),
+        "interpolation": str(cfg.get("interpolation", "bilinear")),
+        "mean": tuple(float(v) for v in cfg["mean"]),
+        "std": tuple(float(v) for v in cfg["std"]),
+        "crop_pct": float(cfg.get("crop_pct", 0.875)),
+        "crop_mode": str(cfg.get("crop_mode", "center")),
+    }
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(model.get_classifier().parameters())
+
+
+def set_trainable(model: nn.Module, train_backbone: bool) -> list[nn.Parameter]:
+    """Freeze or unfreeze the backbone (the head always trains); return the parameters that train."""
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad_(train_backbone or id(p) in head)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Keep BatchNorm running stats fixed in frozen parts: a few small batches would only spoil them."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pre-logit features (what the head sees), for the fast linear probe."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def model_from_run_config(config: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Rebuild a trained run's architecture (no download) and load its weights strictly (keys, shapes, classes)."""
+    model = _create(
+        config["timm_name"], int(config["num_classes"]), float(config["train"].get("drop_rate", 0.0)), pretrained=False
+    )
+    if state is not None:
+        head = model.get_classifier()
+        n_out = getattr(head, "out_features", None)
+        if n_out is not None and n_out != len(config["class_names"]):
+            raise WeightsError(f"model head has {n_out} outputs but the run names {len(config['class_names'])} classes")
+        W.load_state_checked(model, state, "model.safetensors", allow_head_mismatch=False)
+    return model.eval()

@@ -1,0 +1,147 @@
+"""Inference from a run dir: rebuild the model and its exact evaluation transform, then predict.
+
+>>> run = load_run("runs/r1")  # doctest: +SKIP
+>>> predict_paths(run, ["ant.jpg"], top_k=2)  # doctest: +SKIP
+[{'path': 'ant.jpg', 'label': 'ants', 'probability': 0.97, 'top_k': [['ants', 0.97], ['bees', 0.03]]}]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from classifier.data.images import is_image_path, load_image
+from classifier.data.loader import ImageListDataset, draft_size
+from classifier.data.transforms import eval_transform
+from classifier.errors import ClassifierError, ImageError, RunError
+from classifier.models.factory import model_from_run_config
+from classifier.models.weights import read_safetensors
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: dict[str, Any]
+    model: nn.Module
+    transform: Any
+    device: torch.device
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config["class_names"])
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run dir: config.json is missing")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RunError(f"{path} is not valid JSON: {e}") from e
+    for key in ("timm_name", "num_classes", "class_names", "data_config", "train"):
+        if key not in config:
+            raise RunError(f"{path} lacks {key!r}; it was not written by this tool or is from an incompatible version")
+    return config
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Rebuild a run's model (weights from model.safetensors, never a pickle) and its evaluation transform."""
+    from classifier.training.loop import pick_device
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise RunError(f"{run_dir} has no model.safetensors yet (the run may still be in its first epoch or failed)")
+    model = model_from_run_config(config, read_safetensors(weights))
+    dev = pick_device(device)
+    model.to(dev)
+    return LoadedRun(run_dir, config, model, eval_transform(config["data_config"], config.get("grayscale", False)), dev)
+
+
+@torch.no_grad()
+def predict_tensor(run: LoadedRun, x: torch.Tensor) -> np.ndarray:
+    logits = run.model(x.to(run.device))
+    return torch.softmax(logits.float(), 1).cpu().numpy().astype(np.float64)
+
+
+def predict_images(run: LoadedRun, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+    """Class probabilities (n, C) for already-decoded RGB images, through the run's evaluation transform."""
+    out = [np.zeros((0, len(run.class_names)))]
+    for i in range(0, len(images), batch_size):
+        x = torch.stack([run.transform(im) for im in images[i : i + batch_size]])
+        out.append(predict_tensor(run, x))
+    return np.concatenate(out)
+
+
+def predict_items(
+    run: LoadedRun, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0
+) -> np.ndarray:
+    """Class probabilities (n, C) for image files; raises ImageError on the first unreadable file."""
+    ds = ImageListDataset([(p, 0) for p in paths], run.transform, draft_size(run.config["data_config"]))
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+    out = [np.zeros((0, len(run.class_names)))]
+    for x, _ in loader:
+        out.append(predict_tensor(run, x))
+    return np.concatenate(out)
+
+
+def format_prediction(path: str, probs: np.ndarray, class_names: list[str], top_k: int = 3) -> dict[str, Any]:
+    order = np.argsort(-probs)[: max(1, min(top_k, len(class_names)))]
+    return {
+        "path": path,
+        "label": class_names[int(order[0])],
+        "probability": round(float(probs[order[0]]), 6),
+        "top_k": [[class_names[int(i)], round(float(probs[i]), 6)] for i in order],
+    }
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files as given, and the image files inside any folder (recursively, sorted)."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_path(f)]
+        else:
+            out.append(item)
+    return out
+
+
+def predict_paths(run: LoadedRun, inputs: Iterable[str], top_k: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:
+    """One result dict per image, in input order; an unreadable image gives `{"path", "error"}` instead of
+    stopping the batch. Images are decoded one by one and run through the model in batches."""
+    draft = (draft_size(run.config["data_config"]),) * 2
+    results: list[dict[str, Any]] = []
+    pending: list[tuple[int, str, Image.Image]] = []
+
+    def flush() -> None:
+        probs = predict_images(run, [im for _, _, im in pending], batch_size)
+        for (i, path, _), p in zip(pending, probs):
+            results[i] = format_prediction(path, p, run.class_names, top_k)
+        pending.clear()
+
+    for path in expand_inputs(inputs):
+        results.append({"path": path})
+        try:
+            if not Path(path).is_file():
+                raise ImageError(path, "file not found")
+            pending.append((len(results) - 1, path, load_image(path, draft_size=draft)))
+        except ClassifierError as e:
+            results[-1]["error"] = str(e)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    return results

@@ -31,7 +31,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--test-split", type=float, default=0.0, help="optional test fraction per class")
     g.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
-    g.add_argument("--augment", default="light", choices=["none", "light", "standard", "strong"])
+    g.add_argument("--augment", default=None, choices=["none", "light", "standard", "strong"],
+                   help="augmentation preset (default: none for linear, using cached features; light for finetune)")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
     g.add_argument("--grayscale", action="store_true", help="train on grayscale versions of the images")

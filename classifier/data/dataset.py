@@ -22,10 +22,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from classifier.data.archive import ArchiveLimits, extract_zip
-from classifier.data.images import DEFAULT_MAX_PIXELS, is_image_path, probe_image
+from classifier.data.images import DEFAULT_MAX_PIXELS, is_image_path, load_image, probe_image
 from classifier.errors import DatasetError, ImageError
+
+if TYPE_CHECKING:
+    from classifier.data.archive import ArchiveLimits
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"}
@@ -127,7 +130,10 @@ def _unwrap(root: Path) -> Path:
     for _ in range(3):
         dirs = _subdirs(root)
         files = [f for f in root.iterdir() if f.is_file() and _visible(f)]
-        if len(dirs) == 1 and not any(is_image_path(f) or f.suffix.lower() == ".csv" for f in files):
+        # A lone folder holding images directly is a (single) class, not a wrapper: stay.
+        if len(dirs) == 1 and not any(is_image_path(f) or f.suffix.lower() == ".csv" for f in files) and (
+            _subdirs(dirs[0]) or any(f.suffix.lower() == ".csv" for f in dirs[0].iterdir())
+        ):
             root = dirs[0]
         else:
             break
@@ -177,26 +183,46 @@ def _candidates_from_csv(csv_path: Path) -> tuple[Path, list[tuple[str, str, str
     return root, rows
 
 
-def _probe(root: Path, rel: str, max_pixels: int) -> tuple[str, int, int] | str:
-    """(sha1, width, height) of a usable image, or the reason it is not usable."""
+PLACEHOLDER_MAX_COLOURS = 256
+
+
+def _probe(root: Path, rel: str, max_pixels: int) -> tuple[str, int, int, str] | str:
+    """(sha1, width, height, format) of a usable image, or the reason it is not usable."""
     path = root / rel
     try:
         if not path.is_file():
             return "file not found"
         data = path.read_bytes()
-        w, h, _ = probe_image(path, max_pixels=max_pixels)
-        return hashlib.sha1(data).hexdigest(), w, h
+        w, h, fmt = probe_image(path, max_pixels=max_pixels)
+        return hashlib.sha1(data).hexdigest(), w, h, fmt
     except ImageError as e:
         return e.reason
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"
 
 
+def _skip_placeholders(root: Path, candidates: list, results: list) -> list:
+    """Turn flat-colour GIFs in a dataset of JPEG photos into skips: they are "image not found" placeholders
+    that scrapers save in place of a photo, and they would teach the model a wrong class cue."""
+    ok = [r for r in results if not isinstance(r, str)]
+    if not ok or sum(r[3] == "JPEG" for r in ok) < 0.8 * len(ok):
+        return results
+    out = []
+    for c, r in zip(candidates, results):
+        if not isinstance(r, str) and r[3] == "GIF":
+            colours = load_image(root / c[0]).getcolors(maxcolors=PLACEHOLDER_MAX_COLOURS)
+            if colours is not None:
+                colours = len(colours)
+                r = f"looks like a placeholder graphic, not a photo (GIF with {colours} colours among JPEG photos)"
+        out.append(r)
+    return out
+
+
 def index_dataset(
     source: str | Path,
     *,
     extract_to: str | Path | None = None,
-    limits: ArchiveLimits = ArchiveLimits(),
+    limits: ArchiveLimits | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
 ) -> DatasetIndex:
@@ -244,6 +270,7 @@ def index_dataset(
             if progress:
                 progress(i, len(candidates))
 
+    results = _skip_placeholders(root, candidates, results)
     classes = sorted({c[1] for c, r in zip(candidates, results) if not isinstance(r, str)})
     class_idx = {c: i for i, c in enumerate(classes)}
     samples, skipped = [], []
@@ -251,7 +278,7 @@ def index_dataset(
         if isinstance(r, str):
             skipped.append(Skipped(rel, r))
         else:
-            samples.append(Sample(rel, class_idx[label], split, *r))
+            samples.append(Sample(rel, class_idx[label], split, *r[:3]))
     warnings = []
     empty = sorted({c[1] for c in candidates} - set(classes))
     if empty:
@@ -261,7 +288,9 @@ def index_dataset(
     return DatasetIndex(root, classes, samples, skipped, layout, str(src), warnings)
 
 
-def _extract_cached(archive: Path, extract_to: str | Path | None, limits: ArchiveLimits) -> Path:
+def _extract_cached(archive: Path, extract_to: str | Path | None, limits: ArchiveLimits | None) -> Path:
+    from classifier.data.archive import ArchiveLimits, extract_zip
+
     if extract_to is None:
         from classifier.workspace import datasets_dir
 
@@ -273,7 +302,7 @@ def _extract_cached(archive: Path, extract_to: str | Path | None, limits: Archiv
     dest = Path(extract_to)
     if dest.is_dir() and any(dest.iterdir()):
         return dest
-    extract_zip(archive, dest, limits)
+    extract_zip(archive, dest, limits or ArchiveLimits())
     return dest
 
 

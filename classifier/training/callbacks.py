@@ -36,7 +36,7 @@ class StopFit(Exception):
 class NonFiniteLoss(RuntimeError):
     def __init__(self, epoch: int, step: int, value: float):
         super().__init__(
-            f"non-finite loss ({value}) at epoch {epoch} step {step}; "
+            f"non-finite loss at epoch {epoch} step {step} (value {value}); "
             "try a lower learning rate or gradient clipping. The last good checkpoint is kept."
         )
         self.epoch, self.step = epoch, step

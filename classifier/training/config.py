@@ -19,7 +19,7 @@ class TrainConfig:
     val_split: float = 0.2  # fraction per class held out when the data has no val/ folder
     test_split: float = 0.0  # optional held-out test fraction per class
     img_size: int | None = None  # square input side in pixels; None = the backbone's default
-    augment: str = "light"  # none | light | standard | strong
+    augment: str | None = None  # none | light | standard | strong; None = none for linear, light for finetune
     mixup: float = 0.0  # mixup alpha; 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
     grayscale: bool = False  # convert images to grayscale (replicated to 3 channels)
@@ -60,9 +60,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         from classifier.data.transforms import AUGMENT_PRESETS
 
-        if self.augment not in AUGMENT_PRESETS:
+        if self.augment is not None and self.augment not in AUGMENT_PRESETS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENT_PRESETS)}, not {self.augment!r}")
         out = TrainConfig(**asdict(self))
+        if out.augment is None:
+            # Without augmentation a linear probe computes backbone features once: seconds instead of minutes.
+            out.augment = "none" if out.mode == "linear" else "light"
         if out.epochs is None:
             out.epochs = 20 if out.mode == "linear" else 8
         if out.lr is None:

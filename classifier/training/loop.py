@@ -303,12 +303,16 @@ def fit(
                     g["lr"] = lr
                 target = y
                 if mixup is not None:
+                    if x.shape[0] % 2:  # timm's Mixup pairs samples, so it needs an even batch
+                        x, y = x[:-1], y[:-1]
+                    if x.shape[0] == 0:
+                        continue
                     x, target = mixup(x, y)
                 with autocast():
                     logits = forward(x)
                     loss = _soft_ce(logits, target) if mixup is not None else train_loss_fn(logits, target)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLoss(epoch, state.step + 1, float(loss))
+                    raise NonFiniteLoss(epoch, state.step + 1, float(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -318,11 +322,11 @@ def fit(
                 scaler.update()
                 n = y.shape[0]
                 seen += n
-                loss_sum += float(loss) * n
+                loss_sum += float(loss.detach()) * n
                 correct += int((logits.argmax(1) == y).sum())
                 state.step += 1
                 state.batch += 1
-                state.loss, state.lr = float(loss), lr
+                state.loss, state.lr = float(loss.detach()), lr
                 dt = max(time.time() - bt, 1e-6)
                 ips = n / dt
                 state.images_per_sec = ips if state.images_per_sec == 0 else 0.8 * state.images_per_sec + 0.2 * ips

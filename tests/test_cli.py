@@ -66,3 +66,19 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     assert "safetensors" in capsys.readouterr().err
     assert main(["predict", "--run", str(tmp_path / "nope"), "x.png"]) == 2
     assert "not a run dir" in capsys.readouterr().err
+
+
+def test_demo_data_default_goes_to_workspace_and_is_reused(tmp_path, capsys):
+    import os
+    from pathlib import Path
+
+    assert main(["demo-data"]) == 0
+    out = Path(capsys.readouterr().out.split("ready in ")[1].strip())
+    assert out.parent == Path(os.environ["CLASSIFIER_WORKSPACE"]) / "datasets"
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 5 * 60
+    masks = Path(os.environ["CLASSIFIER_WORKSPACE"]) / "masks" / out.name
+    assert len(list(masks.rglob("*.png"))) == 300
+    before = pngs[0].stat().st_mtime_ns
+    assert main(["demo-data"]) == 0  # second call reuses it
+    assert pngs[0].stat().st_mtime_ns == before

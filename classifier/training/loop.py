@@ -111,13 +111,31 @@ def load_dataset(data: str, seed: int = 0) -> DatasetIndex:
 
 
 def ensure_demo_dataset(seed: int = 0) -> Path:
+    """The built-in demo dataset in the workspace (generated on first use), masks in `workspace/masks/`."""
+    import shutil
+    import tempfile
+
     from classifier.data.demo import make_demo_dataset
-    from classifier.workspace import datasets_dir
+    from classifier.workspace import datasets_dir, workspace_dir
 
     out = datasets_dir() / f"demo-seed{seed}"
-    if not (out / ".complete").exists():
-        make_demo_dataset(out, seed=seed, masks_out=datasets_dir() / f"demo-seed{seed}-masks")
-        (out / ".complete").write_text("ok\n")
+    if out.is_dir():
+        return out
+    # Build beside the final place and rename: two sessions asking at once never see a half-written set.
+    tmp = Path(tempfile.mkdtemp(dir=workspace_dir(), prefix=".demo-"))
+    try:
+        make_demo_dataset(tmp / "data", seed=seed, masks_out=tmp / "masks")
+        (workspace_dir() / "masks").mkdir(exist_ok=True)
+        masks = workspace_dir() / "masks" / out.name
+        if not masks.exists():
+            os.replace(tmp / "masks", masks)
+        try:
+            os.replace(tmp / "data", out)
+        except OSError:
+            if not out.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from classifier.errors import ClassifierError
+
+if TYPE_CHECKING:
+    from classifier.training import TrainConfig
 
 EXIT_USER_ERROR = 2
 
@@ -24,7 +28,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("data")
     g.add_argument(
-        "--data", required=True, help='dataset folder, .zip or CSV (path,label); "demo" for the built-in set'
+        "--data",
+        default=None,
+        help='dataset folder, .zip or CSV (path,label); "demo" for the built-in set (required without --config-json)',
     )
     g.add_argument(
         "--val-split", type=float, default=0.2, help="validation fraction per class when the data has no val/"
@@ -77,6 +83,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=None, help="DataLoader worker processes (default: chosen for the machine)"
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--config-json",
+        default=None,
+        metavar="PATH",
+        help="a JSON TrainConfig dict to train with; the data/model/optimisation flags above are then ignored",
+    )
+    g.add_argument(
+        "--run-id",
+        default=None,
+        metavar="ID",
+        help="a run queued by classifier.jobs: wait for the device, then report to the run store",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,9 +132,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from classifier.training import ProgressPrinter, TrainConfig, fit
+    from classifier.training import ProgressPrinter, fit
 
-    cfg = TrainConfig(
+    if a.config_json is None and a.data is None:
+        raise ClassifierError("give --data (a dataset folder, .zip, CSV or demo) or --config-json")
+    callbacks = [] if a.quiet else [ProgressPrinter(sys.stderr)]
+    if a.run_id is not None:
+        from pathlib import Path
+
+        from classifier.jobs import run_job
+
+        # run_job loads and checks the config itself, so that even a bad config ends as "failed" in the store.
+        result = run_job(a.run_id, Path(a.config_json) if a.config_json else _train_config(a), a.out, callbacks)
+        if result is None:
+            print(json.dumps({"status": "cancelled", "run_dir": a.out}))
+            return 0
+    else:
+        if a.config_json is not None:
+            from classifier.jobs import load_config_json
+
+            cfg = load_config_json(a.config_json)
+        else:
+            try:
+                cfg = _train_config(a).resolved()
+            except ValueError as e:
+                raise ClassifierError(str(e)) from e
+        result = fit(cfg, a.out, callbacks)
+    if result.status == "failed":
+        print(f"error: training failed: {result.error}", file=sys.stderr)
+        return 1
+    m = result.metrics or {}
+    keys = ["accuracy", "macro_f1", "roc_auc_macro", "ece", "n_val", "best_epoch"]
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "run_dir": str(result.run_dir),
+                "seconds": round(result.seconds, 1),
+                **{k: m.get(k) for k in keys},
+            }
+        )
+    )
+    return 0
+
+
+def _train_config(a: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the train flags describe (not yet resolved)."""
+    from classifier.training import TrainConfig
+
+    return TrainConfig(
         data=a.data,
         val_split=a.val_split,
         test_split=a.test_split,
@@ -146,27 +210,6 @@ def cmd_train(a: argparse.Namespace) -> int:
         amp=not a.no_amp,
         num_workers=a.workers,
     )
-    try:
-        cfg = cfg.resolved()
-    except ValueError as e:
-        raise ClassifierError(str(e)) from e
-    result = fit(cfg, a.out, [] if a.quiet else [ProgressPrinter(sys.stderr)])
-    if result.status == "failed":
-        print(f"error: training failed: {result.error}", file=sys.stderr)
-        return 1
-    m = result.metrics or {}
-    keys = ["accuracy", "macro_f1", "roc_auc_macro", "ece", "n_val", "best_epoch"]
-    print(
-        json.dumps(
-            {
-                "status": result.status,
-                "run_dir": str(result.run_dir),
-                "seconds": round(result.seconds, 1),
-                **{k: m.get(k) for k in keys},
-            }
-        )
-    )
-    return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:

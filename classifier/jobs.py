@@ -1,0 +1,442 @@
+"""Background training jobs: each run trains in its own OS process and reports through the run store.
+
+The app (or any caller) talks to an `Executor`: `submit` returns a run id at once, `status`/`list` read the
+store, `cancel` asks the run to stop, `delete` removes a finished run. `LocalProcessExecutor` starts
+`python -m classifier train --run-id ...` in a new session, so the run outlives reruns, closed tabs and the
+server itself. That child calls `run_job`, which
+
+- waits for the device lock (`workspace/locks/<cpu|cuda>.lock`, an `fcntl.flock`): one run per device at a
+  time; the others stay "queued" until the lock is free;
+- trains with a `StoreCallback` that writes throttled progress, one row per epoch and the final status;
+- stops within one batch when the cancel flag file `runs/<id>.cancel` appears, keeping the best checkpoint.
+
+A run whose process is gone while its row still says queued/running is marked "interrupted" by the next
+`status`/`list` call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from classifier.errors import ClassifierError, RunError
+from classifier.io import atomic_write_json
+from classifier.store import ACTIVE, RunStore
+from classifier.training.callbacks import Callback, FitState
+from classifier.training.config import TrainConfig
+from classifier.workspace import ENV_VAR, runs_dir, workspace_dir
+
+if TYPE_CHECKING:
+    from classifier.training.loop import FitResult
+
+INTERRUPTED_ERROR = "the training process stopped unexpectedly (server restart or killed)"
+LOCK_POLL_S = 0.5  # how often a queued run retries the device lock and looks for its cancel flag
+PROGRESS_INTERVAL_S = 0.5  # at most ~2 progress writes per second per run
+LAUNCH_GRACE_S = 60.0  # a queued row without a pid is only "interrupted" once it is this old
+SUMMARY_KEYS = ("accuracy", "macro_f1", "roc_auc_macro", "ece", "best_epoch", "n_val", "epochs_run", "train_seconds")
+_RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
+
+# Popen handles of the runs this process started, so finished children get reaped (no zombies) and a dead
+# child is noticed even before its pid is reused.
+_CHILDREN: dict[str, subprocess.Popen] = {}
+_CHILDREN_LOCK = threading.Lock()
+
+
+@dataclass
+class JobStatus:
+    run_id: str
+    name: str
+    status: str  # queued | running | completed | failed | cancelled | interrupted
+    progress: dict
+    error: str | None
+    run_dir: Path
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    metrics: dict | None
+    config: dict
+
+
+class Executor(Protocol):
+    """Where runs execute. Pages use only this, so a cluster executor can replace the local one."""
+
+    def submit(self, config: TrainConfig, name: str | None = None) -> str: ...
+    def status(self, run_id: str) -> JobStatus: ...
+    def cancel(self, run_id: str) -> None: ...
+    def list(self, limit: int | None = None) -> list[JobStatus]: ...
+    def delete(self, run_id: str) -> None: ...
+
+
+def cancel_flag_path(run_id: str) -> Path:
+    return runs_dir() / f"{run_id}.cancel"
+
+
+def request_path(run_id: str) -> Path:
+    return runs_dir() / f"{run_id}.request.json"
+
+
+def log_path(run_id: str) -> Path:
+    # Next to the run dir, not in it: fit refuses a run dir that already has files.
+    return runs_dir() / f"{run_id}.log"
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+class LocalProcessExecutor(Executor):
+    """Runs each job as `python -m classifier train --run-id ...` in its own session on this machine."""
+
+    def __init__(self, store: RunStore | None = None, python: str = sys.executable):
+        self.store = store if store is not None else RunStore()
+        self.python = python
+
+    def submit(self, config: TrainConfig, name: str | None = None) -> str:
+        """Queue `config` and start its process; returns the run id immediately."""
+        from classifier.training.loop import pick_device
+
+        cfg = _resolve(config)
+        device = pick_device(cfg.device)  # an unavailable --device cuda fails here, not later in the log
+        run_id = new_run_id()
+        run_dir = runs_dir() / run_id
+        request = atomic_write_json(request_path(run_id), cfg.to_dict())
+        self.store.create(run_id, name or _default_name(cfg), cfg.to_dict(), str(run_dir), device=device.type)
+        cmd = [self.python, "-m", "classifier", "train", "--config-json", str(request), "--out", str(run_dir),
+               "--run-id", run_id, "--quiet"]  # fmt: skip
+        # An absolute workspace so the child finds the same store whatever its cwd; the package's parent on
+        # PYTHONPATH so `-m classifier` imports this very package even when it is not installed.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {
+            **os.environ,
+            ENV_VAR: str(workspace_dir().resolve()),
+            "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
+        }
+        try:
+            with open(log_path(run_id), "ab") as log:
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env,
+                    start_new_session=True,  # its own session: it survives the server and its Ctrl-C
+                )  # fmt: skip
+        except OSError as e:
+            msg = f"could not start the training process: {e}"
+            self.store.update(run_id, status="failed", error=msg, ended_at=time.time())
+            raise RunError(msg) from e
+        with _CHILDREN_LOCK:
+            _CHILDREN[run_id] = proc
+        self.store.update(run_id, pid=proc.pid)
+        return run_id
+
+    def status(self, run_id: str) -> JobStatus:
+        return _job_status(self._row(run_id))
+
+    def list(self, limit: int | None = None) -> list[JobStatus]:
+        _reap()
+        return [_job_status(self._reconcile(row)) for row in self.store.list(limit)]
+
+    def cancel(self, run_id: str) -> None:
+        """Ask a queued or running job to stop; a finished one is left as it is."""
+        row = self._row(run_id)
+        if row["status"] not in ACTIVE:
+            return
+        cancel_flag_path(run_id).touch()
+        # A queued job has not trained yet: mark it now so the page updates at once. The child's own
+        # queued -> running step is a compare-and-set too, so exactly one of the two wins.
+        self.store.transition(run_id, ("queued",), status="cancelled", ended_at=time.time())
+
+    def delete(self, run_id: str) -> None:
+        """Remove a finished run: run dir, log, request, cancel flag and store row."""
+        _check_run_id(run_id)
+        row = self.store.get(run_id)
+        if row is not None:
+            row = self._reconcile(row)
+            if row["status"] in ACTIVE:
+                raise RunError(f"run {run_id} is {row['status']}; cancel it and wait until it stops before deleting")
+            if row.get("run_dir") and Path(row["run_dir"]).is_dir():
+                shutil.rmtree(row["run_dir"])
+        for path in (log_path(run_id), request_path(run_id), cancel_flag_path(run_id)):
+            path.unlink(missing_ok=True)
+        # The Popen handle stays in _CHILDREN: a cancelled queued run may still be exiting, and _reap() must
+        # still collect it.
+        self.store.delete(run_id)
+
+    def log_path(self, run_id: str) -> Path:
+        """The job's stdout/stderr (tracebacks end up here)."""
+        return log_path(run_id)
+
+    def _row(self, run_id: str) -> dict:
+        _check_run_id(run_id)
+        _reap()
+        row = self.store.get(run_id)
+        if row is None:
+            raise RunError(f"unknown run {run_id!r}")
+        return self._reconcile(row)
+
+    def _reconcile(self, row: dict) -> dict:
+        """Mark a queued/running row "interrupted" when its process is gone."""
+        if row["status"] not in ACTIVE:
+            return row
+        pid = row.get("pid")
+        if pid is None:
+            if time.time() - row["created_at"] < LAUNCH_GRACE_S:
+                return row  # submit is between writing the row and recording the pid
+        elif _process_alive(int(pid), row["id"]):
+            return row
+        now = time.time()
+        if self.store.transition(row["id"], ACTIVE, status="interrupted", error=INTERRUPTED_ERROR, ended_at=now):
+            return {**row, "status": "interrupted", "error": INTERRUPTED_ERROR, "ended_at": now}
+        # The process wrote its final status after we read the row; that one is the truth.
+        fresh = self.store.get(row["id"])
+        if fresh is None:
+            return row
+        return fresh if "history" in row else {k: v for k, v in fresh.items() if k != "history"}
+
+
+def default_executor() -> LocalProcessExecutor:
+    return LocalProcessExecutor()
+
+
+def _reap() -> None:
+    """poll() every child this process started; exited ones are reaped and forgotten."""
+    with _CHILDREN_LOCK:
+        for run_id, proc in list(_CHILDREN.items()):
+            if proc.poll() is not None:
+                del _CHILDREN[run_id]
+
+
+def _process_alive(pid: int, run_id: str) -> bool:
+    """True if `pid` runs and is the training process of `run_id` (not a zombie, not a reused pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else: cannot look closer
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self").exists():
+        return True  # no procfs (macOS): the signal check is all we have
+    try:
+        # A zombie's cmdline is empty, and a reused pid has some other command line.
+        return run_id.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _job_status(row: dict) -> JobStatus:
+    return JobStatus(
+        run_id=row["id"],
+        name=row["name"] or row["id"],
+        status=row["status"],
+        progress=row["progress"] or {},
+        error=row["error"],
+        run_dir=Path(row["run_dir"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        metrics=row["metrics"],
+        config=row["config"] or {},
+    )
+
+
+def _check_run_id(run_id: str) -> None:
+    # Run ids become file names: no separators, no leading dot.
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise RunError(f"invalid run id {run_id!r}")
+
+
+def _resolve(config: TrainConfig) -> TrainConfig:
+    try:
+        return config.resolved()
+    except ValueError as e:
+        raise ClassifierError(str(e)) from e
+
+
+def _default_name(cfg: TrainConfig) -> str:
+    data = "demo" if cfg.data == "demo" else (Path(cfg.data).name or cfg.data)
+    return f"{cfg.backbone} {cfg.mode} on {data}"
+
+
+def load_config_json(path: str | Path) -> TrainConfig:
+    """A resolved `TrainConfig` from a JSON dict file (as written by `submit`)."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ClassifierError(f"cannot read the training config {path}: {e}") from e
+    if not isinstance(d, dict):
+        raise ClassifierError(f"{path}: expected a JSON object with TrainConfig fields")
+    try:
+        return _resolve(TrainConfig.from_dict(d))
+    except TypeError as e:  # wrong value types make the dataclass or resolved() fail
+        raise ClassifierError(f"{path}: {e}") from e
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg if isinstance(e, ClassifierError) and msg else f"{type(e).__name__}: {msg}".rstrip(": ")
+
+
+@contextmanager
+def _device_lock(device: str, give_up: Callable[[], bool]) -> Iterator[bool]:
+    """Hold `workspace/locks/<device>.lock`; yields False (without the lock) if `give_up()` turns true first.
+
+    flock is released by the kernel when the process dies, so a killed run never blocks the queue.
+    """
+    import fcntl
+
+    path = workspace_dir() / "locks" / f"{device}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if give_up():
+                    yield False
+                    return
+                time.sleep(LOCK_POLL_S)
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_job(
+    run_id: str,
+    config: TrainConfig | str | Path,
+    out_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+    store: RunStore | None = None,
+) -> FitResult | None:
+    """Train run `run_id` in this process, recording everything in the store (the child side of `submit`).
+
+    `config` is a TrainConfig (a missing row is then created, for direct calls) or the path of the JSON
+    request that `submit` wrote (the row must exist). Waits for the device lock first. Returns the
+    `FitResult`, or None when the run was cancelled (or deleted) before training started. Any exception is
+    recorded as status "failed" with a one-line message, then re-raised so the exit code tells too.
+    """
+    _check_run_id(run_id)
+    store = store if store is not None else RunStore()
+    flag = cancel_flag_path(run_id)
+    if store.get(run_id) is None:
+        if not isinstance(config, TrainConfig):
+            # A submitted run (config given as its request file) deleted while its process was starting must
+            # stay deleted, so only a direct call with a TrainConfig makes a new row.
+            raise RunError(f"unknown run id {run_id!r}; --config-json with --run-id is for runs made by submit()")
+        store.create(run_id, run_id, config.to_dict(), str(out_dir))
+    store.update(run_id, pid=os.getpid())
+    try:
+        from classifier.training.loop import fit, pick_device
+
+        cfg = _resolve(config) if isinstance(config, TrainConfig) else load_config_json(config)
+        device = pick_device(cfg.device)
+        store.update(run_id, config=cfg.to_dict(), device=device.type)
+
+        def give_up() -> bool:
+            row = store.get(run_id)
+            return flag.exists() or row is None or row["status"] != "queued"
+
+        with _device_lock("cuda" if device.type == "cuda" else "cpu", give_up) as locked:
+            now = time.time()
+            if not locked or flag.exists():
+                store.transition(run_id, ("queued",), status="cancelled", ended_at=now)
+                return None
+            if not store.transition(run_id, ("queued",), status="running", started_at=now, pid=os.getpid()):
+                return None  # cancelled or deleted while we waited
+            cb = StoreCallback(store, run_id)
+            return fit(cfg, out_dir, [cb, *callbacks], should_cancel=flag.exists)
+    except Exception as e:
+        # fit's own failure path already wrote "failed"; overwrite with the user-facing one-line message.
+        store.transition(run_id, (*ACTIVE, "failed"), status="failed", error=_one_line(e), ended_at=time.time())
+        raise
+    except BaseException as e:  # KeyboardInterrupt, SystemExit: not the run's fault
+        store.transition(run_id, ACTIVE, status="interrupted", error=_one_line(e) or INTERRUPTED_ERROR,
+                         ended_at=time.time())  # fmt: skip
+        raise
+
+
+class StoreCallback(Callback):
+    """Writes progress (throttled), one row per epoch and the final status of a run to the store."""
+
+    # Before EarlyStopping (20), whose StopFit would otherwise skip our on_epoch_end for the last epoch.
+    order = 15
+
+    def __init__(self, store: RunStore, run_id: str, min_interval: float = PROGRESS_INTERVAL_S):
+        self.store, self.run_id, self.min_interval = store, run_id, min_interval
+        self._last_write = 0.0
+        self._last_phase: str | None = None
+
+    def _progress(self, state: FitState, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and state.phase == self._last_phase and now - self._last_write < self.min_interval:
+            return
+        self._last_write, self._last_phase = now, state.phase
+        self.store.set_progress(self.run_id, progress_dict(state))
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._progress(state, force=True)
+
+    def on_phase(self, state: FitState) -> None:
+        self._progress(state)
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self._progress(state)
+
+    def on_batch_end(self, state: FitState) -> None:
+        self._progress(state)
+
+    def on_epoch_end(self, state: FitState) -> None:
+        self.store.add_epoch(self.run_id, state.history[-1])
+        self._progress(state, force=True)
+
+    def on_fit_end(self, state: FitState) -> None:
+        progress = progress_dict(state)
+        if state.status == "completed":
+            progress["fraction"] = 1.0  # also after early stopping: the run is done
+        self.store.update(
+            self.run_id,
+            status=state.status,
+            ended_at=time.time(),
+            error=state.error,
+            metrics=_metrics_summary(state.out_dir / "metrics.json"),
+            progress=progress,
+        )
+
+
+def progress_dict(state: FitState) -> dict[str, Any]:
+    return {
+        "phase": state.phase,
+        "epoch": state.epoch,
+        "epochs": state.epochs,
+        "batch": state.batch,
+        "steps_per_epoch": state.steps_per_epoch,
+        "step": state.step,
+        "total_steps": state.total_steps,
+        "fraction": state.fraction_done,
+        "loss": state.loss,  # NaN before the first batch; the store writes it as null
+        "lr": state.lr,
+        "images_per_sec": state.images_per_sec,
+        "eta_seconds": state.eta_seconds,
+        "phase_done": state.phase_done,
+        "phase_total": state.phase_total,
+    }
+
+
+def _metrics_summary(path: Path) -> dict[str, Any] | None:
+    # fit writes metrics.json just before on_fit_end; a run stopped before its first epoch has none.
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {k: m.get(k) for k in SUMMARY_KEYS}

@@ -1,0 +1,296 @@
+"""The Streamlit app driven headless with AppTest: a smoke test per page, then uploads, training, cancel, predict.
+
+Every test gets its own workspace (tests/conftest.py). Training uses `simple_cnn` at 32 px on a few dozen
+generated images, so a run takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["pages/home.py", "pages/data.py", "pages/train.py", "pages/evaluate.py", "pages/predict.py", "pages/runs.py"]
+TIMEOUT = 60  # seconds per script run: the first one imports torch and timm
+
+
+def png_bytes(seed: int, size: int = 24) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if page != "pages/home.py":
+        at.switch_page(page).run()
+    return at
+
+
+def wait_for(at: AppTest, done: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Re-run the app (what the page's polling fragment does in a browser) until `done()` or the timeout."""
+    end = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < end, "timed out waiting for the app"
+        time.sleep(1.0)
+        at.run()
+        assert not at.exception, at.exception
+
+
+def frame_with(at: AppTest, column: str):
+    """The first dataframe on the page that has `column` (plain dataframes carry no key in AppTest)."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+@pytest.fixture
+def shapes() -> Path:
+    """A three-class dataset (12 images of 32 px each) saved in the workspace like an upload would be."""
+    from classifier.data.demo import make_demo_dataset
+    from classifier.workspace import datasets_dir
+
+    return make_demo_dataset(
+        datasets_dir() / "shapes", n_per_class=12, size=32, seed=3, classes=("circle", "square", "cross")
+    )
+
+
+@pytest.fixture
+def completed_run(shapes: Path) -> str:
+    """A finished run recorded in the run store, trained in this process (the app's job code path, no subprocess)."""
+    from classifier.jobs import new_run_id, run_job
+    from classifier.training import TrainConfig
+    from classifier.workspace import runs_dir
+
+    run_id = new_run_id()
+    cfg = TrainConfig(data=str(shapes), backbone="simple_cnn", weights="none", epochs=1, img_size=32, batch_size=8)
+    run_job(run_id, cfg, runs_dir() / run_id)
+    return run_id
+
+
+def start_run(at: AppTest, shapes: Path, epochs: int) -> None:
+    """Fill in the Train page for a small simple_cnn run and click Start."""
+    at.selectbox(key="w_data").set_value(str(shapes)).run()
+    at.selectbox(key="w_backbone").set_value("simple_cnn").run()
+    at.number_input(key="w_epochs_finetune").set_value(epochs)
+    at.number_input(key="w_img").set_value(32)
+    at.number_input(key="w_batch").set_value(8)
+    at.text_input(key="w_run_name").set_value("ui-test")
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(page: str) -> None:
+    at = open_page(page)
+    assert not at.exception, at.exception
+    assert at.title[0].value.lower().startswith(Path(page).stem if page != "pages/home.py" else "image")
+
+
+@pytest.mark.parametrize("page", ["pages/evaluate.py", "pages/predict.py", "pages/runs.py", "pages/train.py"])
+def test_result_pages_render_with_a_run(page: str, completed_run: str) -> None:
+    at = open_page(page)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_zip_upload_shows_class_counts() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for cls, n in (("cats", 7), ("dogs", 3), ("owls", 2)):
+            for i in range(n):
+                zf.writestr(f"pets/{cls}/{i}.png", png_bytes(hash((cls, i)) % 10_000))
+        zf.writestr("pets/cats/broken.jpg", b"not an image at all")
+    at = open_page("pages/data.py")
+    at.file_uploader[0].upload("pets.zip", buf.getvalue(), "application/zip")
+    at.run()
+    assert not at.exception, at.exception
+    counts = frame_with(at, "total")
+    assert counts["total"].to_dict() == {"cats": 7, "dogs": 3, "owls": 2}
+    assert counts["val"].sum() == 3  # one validation image per class at 20%
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "12" and metrics["Classes"] == "3" and metrics["Skipped files"] == "1"
+    assert any("imbalanced" in w.value and "sampler" in w.value for w in at.warning)  # 7 vs 2 images
+    from classifier.workspace import datasets_dir
+
+    assert Path(at.session_state["dataset_path"]).is_relative_to(datasets_dir().resolve())
+
+
+def _zip_of_junk() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a/one.jpg", b"not an image")
+        zf.writestr("b/two.png", b"nor this")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [(b"this is not a zip", "not a valid .zip"), (_zip_of_junk(), "no usable images")],
+)
+def test_bad_uploads_show_an_error_not_a_traceback(payload: bytes, message: str) -> None:
+    at = open_page("pages/data.py")
+    at.file_uploader[0].upload("upload.zip", payload, "application/zip")
+    at.run()
+    assert not at.exception, at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_build_dataset_from_images_per_class() -> None:
+    at = open_page("pages/data.py")
+    at.radio(key="w_source").set_value("Images per class").run()
+    for i, (cls, n) in enumerate((("apples", 4), ("pears", 3))):
+        at.text_input(key=f"w_class_{i}").set_value(cls)
+        at.file_uploader(key=f"w_files_{i}").set_value([(f"{cls}{j}.png", png_bytes(i * 100 + j), "image/png")
+                                                        for j in range(n)])  # fmt: skip
+    at.file_uploader(key="w_files_1").upload("fake.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")
+    at.run()
+    at.button[[b.label for b in at.button].index("Save dataset")].click().run()
+    assert not at.exception, at.exception
+    assert any("Saved 7 images" in s.value for s in at.success)
+    assert any("1 files are not usable" in w.value for w in at.warning)
+    assert frame_with(at, "total")["total"].to_dict() == {"apples": 4, "pears": 3}
+
+
+def test_server_folder_needs_allowed_root(monkeypatch, tmp_path, shapes: Path) -> None:
+    at = open_page("pages/data.py")
+    at.radio(key="w_source").set_value("Folder on the server").run()
+    assert any("CLASSIFIER_DATA_ROOT" in i.value for i in at.info)
+    monkeypatch.setenv("CLASSIFIER_DATA_ROOT", str(shapes.parent))
+    at.run()
+    at.text_input[0].set_value("../..").run()
+    at.button[[b.label for b in at.button].index("Use this folder")].click().run()
+    assert any("not inside the allowed data folder" in e.value for e in at.error)
+    at.text_input[0].set_value("shapes").run()
+    at.button[[b.label for b in at.button].index("Use this folder")].click().run()
+    assert at.session_state["dataset_path"] == str(shapes.resolve())
+
+
+def test_demo_button_prepares_data_and_opens_train(monkeypatch, shapes: Path) -> None:
+    import classifier.training
+
+    monkeypatch.setattr(classifier.training, "ensure_demo_dataset", lambda seed=0: shapes)  # the real one takes ~10 s
+    at = open_page("pages/home.py")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Train"
+    assert at.session_state["dataset_path"] == str(shapes)
+    assert at.selectbox(key="w_data").value == str(shapes)
+
+
+@pytest.mark.slow
+def test_training_run_shows_progress_and_completes(shapes: Path) -> None:
+    at = open_page("pages/train.py")
+    start_run(at, shapes, epochs=2)
+    assert "ui-test" in texts(at)
+    seen = set()
+
+    def finished() -> bool:
+        status = texts(at)
+        seen.update(s for s in ("queued", "running") if s in status)
+        return "completed" in status or "failed" in status
+
+    wait_for(at, finished)
+    assert "completed" in texts(at), texts(at)
+    assert seen, "the run was never shown as queued or running"
+    assert {m.label for m in at.metric} >= {"Accuracy", "Macro F1"}
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_job(shapes: Path) -> None:
+    at = open_page("pages/train.py")
+    start_run(at, shapes, epochs=300)
+    wait_for(at, lambda: "running" in texts(at))
+    assert at.get("progress"), "a running job shows a progress bar"
+    at.button[[b.label for b in at.button].index("Cancel run")].click().run()
+    wait_for(at, lambda: "cancelled" in texts(at), timeout=60)
+    from classifier.jobs import default_executor
+
+    assert default_executor().list()[0].status == "cancelled"
+
+
+def test_predict_labels_an_uploaded_image(completed_run: str) -> None:
+    at = open_page("pages/predict.py")
+    at.file_uploader(key="w_pred_files").set_value(
+        [
+            ("a.png", png_bytes(1, 40), "image/png"),
+            ("bad.png", b"nope", "image/png"),
+            ("b.png", png_bytes(2), "image/png"),
+        ]
+    )
+    at.run()
+    assert not at.exception, at.exception
+    assert any("bad.png" in e.value for e in at.error)
+    table = frame_with(at, "file")
+    assert list(table["file"]) == ["a.png", "b.png"]
+    assert set(table["label"]) <= {"circle", "square", "cross"}
+    assert len(at.get("download_button")) == 1
+
+
+def test_predict_from_a_camera_photo(completed_run: str) -> None:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(5, 48))).save(buf, "JPEG")
+    at = open_page("pages/predict.py")
+    at.toggle(key="w_camera_on").set_value(True).run()
+    at.camera_input(key="w_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert any(m.value.split("**")[1] in {"circle", "square", "cross"} for m in at.markdown if m.value.startswith("**"))
+
+
+def test_untrainable_dataset_is_refused_before_submitting() -> None:
+    from classifier.jobs import default_executor
+    from classifier.workspace import datasets_dir
+
+    (datasets_dir() / "lonely" / "only").mkdir(parents=True)
+    for i in range(3):
+        (datasets_dir() / "lonely" / "only" / f"{i}.png").write_bytes(png_bytes(i))
+    at = open_page("pages/train.py")
+    at.selectbox(key="w_data").set_value(str(datasets_dir() / "lonely")).run()
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    assert not at.exception, at.exception
+    assert any("at least two classes" in e.value for e in at.error)
+    assert default_executor().list() == []
+
+
+def test_runs_page_deletes_after_confirmation(completed_run: str) -> None:
+    from classifier.jobs import default_executor
+
+    at = open_page("pages/runs.py")
+    delete = at.button[[b.label for b in at.button].index("Delete run")]
+    assert delete.disabled
+    at.checkbox(key=f"w_confirm_{completed_run}").check().run()
+    at.button[[b.label for b in at.button].index("Delete run")].click().run()
+    assert not at.exception, at.exception
+    assert default_executor().list() == []
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_run_zip_holds_the_run_files(completed_run: str) -> None:
+    from classifier.workspace import runs_dir
+    from ui.artifacts import run_zip
+
+    with zipfile.ZipFile(io.BytesIO(run_zip(runs_dir() / completed_run, "r"))) as zf:
+        names = set(zf.namelist())
+    assert {"r/model.safetensors", "r/config.json", "r/metrics.json", "r/history.csv"} <= names
+
+
+def test_safe_name_and_augment_preview() -> None:
+    from ui.datasets import augment_preview, safe_name
+
+    assert safe_name("../../etc/passwd") == "etc_passwd"
+    assert safe_name("...") == "dataset"
+    views = augment_preview(Image.new("RGB", (50, 40), (200, 30, 30)), "standard", n=3, size=32)
+    assert len(views) == 3 and views[0].shape == (32, 32, 3) and 0 <= views[0].min() <= views[0].max() <= 1

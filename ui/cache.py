@@ -1,0 +1,111 @@
+"""Cached loaders: models per run (`st.cache_resource`, shared by all sessions) and tables (`st.cache_data`).
+
+Table caches are keyed on a path plus a modification stamp, so a changed dataset or run is re-read, and the
+executor is keyed on the workspace directory, so tests pointing `CLASSIFIER_WORKSPACE` elsewhere get their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from classifier.data.dataset import DatasetIndex, index_dataset
+from classifier.predict import LoadedRun, load_run
+from classifier.workspace import workspace_dir
+
+
+def stamp(path: str | Path) -> float:
+    """Latest modification time of `path` and the folders directly inside it (class folders get new images)."""
+    p = Path(path)
+    try:
+        times = [p.stat().st_mtime]
+        if p.is_dir():
+            times += [c.stat().st_mtime for c in p.iterdir() if c.is_dir()]
+        return max(times)
+    except OSError:
+        return 0.0
+
+
+@st.cache_resource(show_spinner=False)
+def _executor(workspace: str) -> Any:
+    from classifier.jobs import default_executor
+
+    return default_executor()
+
+
+def executor() -> Any:
+    """The job executor of the current workspace (one per process and workspace)."""
+    return _executor(str(workspace_dir().resolve()))
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _run(run_dir: str, mtime: float) -> LoadedRun:
+    return load_run(run_dir)
+
+
+def loaded_run(run_dir: str | Path) -> LoadedRun:
+    """The run's model and evaluation transform, loaded once per run dir (and reloaded if the weights change)."""
+    return _run(str(run_dir), file_mtime(Path(run_dir) / "model.safetensors"))
+
+
+@st.cache_data(show_spinner="Reading the dataset…", max_entries=8)
+def _index(path: str, mtime: float) -> DatasetIndex:
+    return index_dataset(path)
+
+
+def dataset_index(path: str | Path) -> DatasetIndex:
+    """The dataset's index (every image decoded once), cached until the folder changes."""
+    return _index(str(path), stamp(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _val_predictions(run_dir: str, mtime: float) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str], str]:
+    config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    names = list(config["class_names"])
+    df = pd.read_csv(Path(run_dir) / "val_predictions.csv", keep_default_na=False, dtype={"label": str, "pred": str})
+    probs = df[[f"p_{c}" for c in names]].to_numpy(dtype=np.float64)
+    y_true = df["label"].map({c: i for i, c in enumerate(names)}).fillna(-1).to_numpy(dtype=np.int64)
+    return df, y_true, probs, names, str(config["dataset"]["root"])
+
+
+def val_predictions(run_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str], str]:
+    """(table, y_true indices, probabilities, class names, dataset root) from a run's val_predictions.csv."""
+    return _val_predictions(str(run_dir), file_mtime(Path(run_dir) / "val_predictions.csv"))
+
+
+def file_mtime(path: str | Path) -> float:
+    """Modification time, 0 when the file is missing (a cache key that changes when the file appears)."""
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _thumbnail(path: str, mtime: float, size: int) -> np.ndarray:
+    from classifier.data.images import load_image
+
+    image = load_image(path, draft_size=(size, size))
+    image.thumbnail((size, size))
+    return np.asarray(image)
+
+
+def thumbnail(path: str | Path, size: int = 160) -> np.ndarray:
+    """A small RGB array of the image at `path`, decoded with the workbench's safe loader (raises ImageError)."""
+    return _thumbnail(str(path), file_mtime(path), size)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def weights_offline(backbone: str) -> bool:
+    """Whether `backbone` can start from pretrained weights without internet (bundled, or in the local HF cache)."""
+    from classifier.models import resolve_backbone
+    from classifier.models.weights import hub_cached
+
+    info = resolve_backbone(backbone)
+    return info.bundled_weights or hub_cached(backbone)

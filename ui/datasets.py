@@ -1,0 +1,134 @@
+"""Dataset ingest glue for the Data page: save an uploaded zip or per-class images into the workspace, and
+check a server folder against the allowed root. No streamlit here, so it can move into `classifier.data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from classifier.data.archive import ExtractReport, check_upload_size, extract_zip
+from classifier.data.images import IMAGE_EXTENSIONS, load_image
+from classifier.errors import DatasetError, ImageError
+from classifier.workspace import datasets_dir, workspace_dir
+
+DATA_ROOT_ENV = "CLASSIFIER_DATA_ROOT"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def safe_name(name: str, fallback: str = "dataset") -> str:
+    """A file/folder name that is safe on every OS: ASCII letters, digits, `._- `, no leading dots, <= 64 chars.
+
+    >>> safe_name("../My cats/ 2024!")
+    'My cats_ 2024'
+    """
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    cleaned = _UNSAFE.sub("_", ascii_name.replace("/", "_").replace("\\", "_")).strip(" ._-")
+    return cleaned[:64].strip(" ._-") or fallback
+
+
+def workspace_datasets() -> list[Path]:
+    """Dataset folders in the workspace (uploaded, built or the demo), newest first."""
+    dirs = [d for d in datasets_dir().iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def ingest_zip(data: bytes, filename: str, max_bytes: int) -> tuple[Path, ExtractReport | None]:
+    """Extract an uploaded zip into `datasets_dir()/<name>-<hash>`; the same bytes uploaded again reuse it.
+
+    Returns the dataset folder and the extraction report (None when an earlier extraction was reused).
+    """
+    check_upload_size(len(data), max_bytes)
+    digest = hashlib.sha1(data).hexdigest()[:10]
+    dest = datasets_dir() / f"{safe_name(Path(filename).stem)}-{digest}"
+    if dest.is_dir() and any(dest.iterdir()):
+        return dest, None
+    fd, tmp = tempfile.mkstemp(suffix=".zip", dir=workspace_dir())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return dest, extract_zip(tmp, dest)
+    finally:
+        os.unlink(tmp)
+
+
+def build_dataset(name: str, classes: Iterable[tuple[str, Iterable[tuple[str, bytes]]]]) -> tuple[Path, int, list]:
+    """Write `(class name, [(file name, bytes), ...])` groups to `datasets_dir()/<name>/<class>/`.
+
+    Every file is decoded first; files that are not usable images are left out and returned as
+    `(class, file name, reason)`. Returns (dataset folder, images saved, bad files).
+    """
+    root = datasets_dir() / safe_name(name)
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(f"a dataset named {root.name!r} already exists in the workspace; choose another name")
+    saved, bad = 0, []
+    for cls, files in classes:
+        cdir = root / safe_name(cls, "class")
+        for fname, data in files:
+            try:
+                load_image(data, name=fname)
+            except ImageError as e:
+                bad.append((cls, fname, e.reason))
+                continue
+            cdir.mkdir(parents=True, exist_ok=True)
+            stem, suffix = Path(safe_name(Path(fname).stem, "image")), Path(fname).suffix.lower()
+            suffix = suffix if suffix in IMAGE_EXTENSIONS else ".png"
+            target, n = cdir / f"{stem}{suffix}", 1
+            while target.exists():  # two uploads with the same name: keep both
+                target, n = cdir / f"{stem}_{n}{suffix}", n + 1
+            target.write_bytes(data)
+            saved += 1
+    if not saved:
+        raise DatasetError("no usable images were given; drop images (JPEG, PNG, WebP, BMP, GIF, TIFF) per class")
+    return root, saved, bad
+
+
+def allowed_data_root() -> Path | None:
+    """The folder server-side datasets must live under (`CLASSIFIER_DATA_ROOT`), or None when not configured."""
+    value = os.environ.get(DATA_ROOT_ENV, "").strip()
+    return Path(value).expanduser().resolve() if value else None
+
+
+def resolve_server_folder(path: str) -> Path:
+    """Resolve a user-typed server path; it must exist and lie inside the allowed root (symlinks resolved)."""
+    root = allowed_data_root()
+    if root is None:
+        raise DatasetError(f"reading folders on the server is off; set {DATA_ROOT_ENV} to the folder that may be read")
+    p = Path(path).expanduser()
+    full = (p if p.is_absolute() else root / p).resolve()
+    if not full.is_relative_to(root):
+        raise DatasetError(f"{path}: not inside the allowed data folder {root}")
+    if not full.exists():
+        raise DatasetError(f"{path}: no such folder or file under {root}")
+    return full
+
+
+PREVIEW_DATA_CONFIG = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+
+
+def augment_preview(image: Image.Image, preset: str, n: int = 8, size: int = 224, seed: int = 0) -> list[np.ndarray]:
+    """`n` draws of the augmentation `preset` on `image`, as HxWx3 float arrays in [0, 1] for display."""
+    import torch
+
+    from classifier.data.transforms import denormalize, train_transform
+
+    cfg = {**PREVIEW_DATA_CONFIG, "input_size": (3, size, size)}
+    transform = train_transform(cfg, preset)
+    with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
+        torch.manual_seed(seed)  # same settings, same pictures: the preview only changes when a setting does
+        return [denormalize(transform(image), cfg).permute(1, 2, 0).numpy() for _ in range(n)]

@@ -1,0 +1,141 @@
+"""Shared widgets: the error box for user errors, the run picker, metric cards and run tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from classifier.errors import ClassifierError
+from ui import state
+from ui.cache import executor
+
+STATUS_ICONS = {
+    "queued": "⏳",
+    "running": "🏃",
+    "completed": "✅",
+    "failed": "❌",
+    "cancelled": "⏹️",
+    "interrupted": "⚠️",
+}
+
+
+@contextmanager
+def user_errors(prefix: str = "", also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Show a `ClassifierError` (and the `also` types) as an `st.error` box instead of a traceback.
+
+    >>> with user_errors("Could not read the dataset"):  # doctest: +SKIP
+    ...     index = dataset_index(path)
+    """
+    try:
+        yield
+    except (ClassifierError, *also) as e:
+        st.error(f"{prefix}: {e}" if prefix else str(e), icon="🚫")
+
+
+def fmt(value: Any, pattern: str = "{:.3f}") -> str:
+    """A metric for display: formatted number, or an em dash when it is missing/undefined."""
+    return "—" if value is None else pattern.format(value)
+
+
+def metric_cards(metrics: dict[str, Any] | None) -> None:
+    """Headline validation metrics as a row of `st.metric` cards."""
+    metrics = metrics or {}
+    cards = [
+        ("Accuracy", metrics.get("accuracy"), "{:.1%}", "Share of validation images classified correctly."),
+        ("Macro F1", metrics.get("macro_f1"), "{:.3f}", "F1 averaged over classes, each class counting equally."),
+        ("ROC AUC", metrics.get("roc_auc_macro"), "{:.3f}", "One-vs-rest ROC AUC, macro-averaged."),
+        ("ECE", metrics.get("ece"), "{:.3f}", "Expected calibration error: how far confidence is from accuracy."),
+        ("Validation images", metrics.get("n_val"), "{:d}", "Images the metrics were computed on."),
+    ]
+    for col, (label, value, pattern, help_text) in zip(st.columns(len(cards)), cards):
+        col.metric(label, fmt(value, pattern), help=help_text, border=True)
+
+
+def dataset_problems(summary: dict[str, Any], per_class: pd.Series, max_ratio: float = 3.0) -> None:
+    """Warnings for a dataset summary: class imbalance (with what to do), duplicates, leakage, skipped files."""
+    totals = per_class[per_class > 0]
+    if len(totals) > 1 and totals.max() / totals.min() > max_ratio:
+        st.warning(
+            f"Classes are imbalanced: {totals.idxmax()} has {totals.max()} images, {totals.idxmin()} only "
+            f"{totals.min()} ({totals.max() / totals.min():.1f}×). On **Train**, set imbalance handling to *weights* "
+            "or *sampler*, or collect more images of the small classes."
+        )
+    if summary["duplicates"]:
+        st.warning(f"{len(summary['duplicates'])} groups of identical images (same bytes): they count twice.")
+        st.dataframe(pd.DataFrame({"identical files": [", ".join(g) for g in summary["duplicates"]]}), hide_index=True)
+    if summary["leakage"]:
+        st.error(f"{len(summary['leakage'])} validation/test images also appear in train: scores would be inflated.")
+        st.dataframe(pd.DataFrame(summary["leakage"], columns=["train", "val/test"]), hide_index=True)
+    if summary["skipped"]:
+        with st.expander(f"Skipped files ({len(summary['skipped'])})"):
+            st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
+
+
+def jobs(limit: int | None = None) -> list[Any]:
+    """All runs the executor knows, newest first."""
+    return list(executor().list(limit=limit))
+
+
+def runs_table(job_list: Sequence[Any]) -> pd.DataFrame:
+    """One row per run: status, key settings and validation metrics (for `st.dataframe`)."""
+    rows = []
+    for j in job_list:
+        cfg, m = j.config or {}, j.metrics or {}
+        rows.append(
+            {
+                "run": j.run_id,
+                "name": j.name or "",
+                "status": f"{STATUS_ICONS.get(j.status, '')} {j.status}",
+                "backbone": cfg.get("backbone"),
+                "mode": cfg.get("mode"),
+                "epochs": cfg.get("epochs"),
+                "img size": cfg.get("img_size"),
+                "accuracy": m.get("accuracy"),
+                "macro F1": m.get("macro_f1"),
+                "ROC AUC": m.get("roc_auc_macro"),
+                "ECE": m.get("ece"),
+                "created": datetime.fromtimestamp(j.created_at) if j.created_at else None,
+                "error": j.error or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_label(j: Any, with_accuracy: bool = False) -> str:
+    """How a run reads in a picker: name, backbone, start time (and accuracy). Only values that do not change
+    while the run goes on: a selectbox remembers its choice by this text."""
+    when = time.strftime("%b %d %H:%M", time.localtime(j.created_at)) if j.created_at else ""
+    acc = (j.metrics or {}).get("accuracy") if with_accuracy else None
+    acc_text = f" · acc {acc:.1%}" if acc is not None else ""
+    return f"{j.name or j.run_id} · {(j.config or {}).get('backbone', '?')}{acc_text} · {when} · #{j.run_id[-6:]}"
+
+
+def sticky_select(label: str, ids: list[str], state_key: str, widget_key: str, **kwargs: Any) -> str:
+    """A selectbox whose choice lives in `st.session_state[state_key]`, so it survives page switches.
+
+    Streamlit drops a widget's own state when a page without it runs; the choice is copied back from
+    `state_key` when the widget reappears (or when the remembered choice is gone).
+    """
+    ss = st.session_state
+    if ss.get(widget_key) not in ids:
+        ss[widget_key] = ss.get(state_key) if ss.get(state_key) in ids else ids[0]
+    ss[state_key] = st.selectbox(label, ids, key=widget_key, **kwargs)
+    return ss[state_key]
+
+
+def run_picker(label: str = "Run", *, completed_only: bool = True, key: str = "w_run_picker") -> Any | None:
+    """Select a run (completed ones by default); the choice is kept in session state across pages."""
+    state.init_state()
+    choices = {j.run_id: j for j in jobs() if j.status == "completed" or not completed_only}
+    if not choices:
+        st.info("No completed runs yet. Start one on the **Train** page.", icon="ℹ️")
+        return None
+    labels = {i: run_label(j, with_accuracy=completed_only) for i, j in choices.items()}
+    picked = sticky_select(label, list(choices), state.RUN_ID, key, format_func=labels.get)
+    return choices[picked]

@@ -71,7 +71,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--scheduler", default="cosine", choices=["cosine", "onecycle", "constant"])
     g.add_argument("--warmup-epochs", type=float, default=0.5)
     g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--label-smoothing", type=float, default=None, help="default 0 (linear) or 0.1 (finetune)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--early-stopping", type=int, default=0, help="patience in epochs (0 = off)")
     g = p.add_argument_group("output and runtime")

@@ -135,10 +135,10 @@ for label, cls in enumerate(index.classes):
     paths = [index.path_of(s) for s in index.samples if s.label == label][:6]
     st.caption(f"**{cls}** — {int(counts.loc[cls, 'total'])} images")
     with user_errors():
-        st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=110)
+        st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=128)
 
 st.subheader("Augmentation preview")
-a1, a2 = st.columns([2, 1])
+a1, a2 = st.columns(2)
 pick = a1.selectbox("Image", range(len(index.samples)), format_func=lambda i: index.samples[i].path, key="w_aug_img")
 preset = a2.selectbox(
     "Preset", list(AUGMENT_PRESETS), index=1, format_func=lambda p: f"{p}: {AUGMENT_PRESETS[p]}", key="w_preset"

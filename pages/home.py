@@ -25,7 +25,11 @@ with user_errors("Could not list runs"):
     recent = jobs(limit=5)
     if recent:
         table = runs_table(recent)
-        st.dataframe(table[["name", "status", "backbone", "mode", "accuracy", "created"]], hide_index=True)
+        st.dataframe(
+            table[["name", "status", "backbone", "mode", "accuracy", "created"]],
+            hide_index=True,
+            column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
+        )
         st.page_link("pages/runs.py", label="All runs", icon=":material/history:")
     else:
         st.info("No runs yet. Prepare a dataset on **Data**, or try the demo above.")

@@ -60,7 +60,11 @@ def _draw(job: Any) -> None:
     st.markdown(f"**{job.name or job.run_id}** — {STATUS_ICONS.get(job.status, '')} {job.status}")
     p = job.progress or {}
     if job.status in ACTIVE:
-        st.progress(min(1.0, max(0.0, float(p.get("fraction") or 0.0))), text=progress_text(p))
+        fraction = float(p.get("fraction") or 0.0)
+        if p.get("phase") == "features" and p.get("phase_total"):
+            # A linear probe spends most of its time here, before the first optimizer step.
+            fraction = float(p.get("phase_done") or 0) / float(p["phase_total"])
+        st.progress(min(1.0, max(0.0, fraction)), text=progress_text(p))
     elif job.status == "failed":
         st.error(f"The run failed: {job.error or 'no error message was recorded'}")
     elif job.status in ("cancelled", "interrupted"):
@@ -98,6 +102,10 @@ def runs_section() -> None:
             executor().cancel(job.run_id)
             st.toast("Cancelling after the current batch…")
         table = runs_table(list(all_jobs.values()))
-        st.dataframe(table[["name", "status", "backbone", "mode", "accuracy", "created", "error"]], hide_index=True)
+        st.dataframe(
+            table[["name", "status", "backbone", "mode", "accuracy", "created", "error"]],
+            hide_index=True,
+            column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
+        )
 
     section()

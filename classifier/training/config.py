@@ -38,7 +38,7 @@ class TrainConfig:
     scheduler: str = "cosine"  # cosine | onecycle | constant, each after warm-up
     warmup_epochs: float = 0.5  # linear warm-up from lr/10, in epochs
     weight_decay: float = 0.05
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None  # None = 0 for linear (keeps it calibrated), 0.1 for finetune
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     early_stopping: int = 0  # stop after this many epochs without validation improvement; 0 = off
     # runtime
@@ -66,6 +66,8 @@ class TrainConfig:
         if out.augment is None:
             # Without augmentation a linear probe computes backbone features once: seconds instead of minutes.
             out.augment = "none" if out.mode == "linear" else "light"
+        if out.label_smoothing is None:
+            out.label_smoothing = 0.0 if out.mode == "linear" else 0.1
         if out.epochs is None:
             out.epochs = 20 if out.mode == "linear" else 8
         if out.lr is None:

@@ -1,0 +1,374 @@
+"""The app in a real browser: Streamlit as a subprocess, Debian's Chromium driven by Playwright, one user walk.
+
+Home → demo → Train a short linear probe → close the tab mid-run and come back in a new session → switch pages
+while it trains (timed) → Evaluate → Predict on an uploaded PNG → Runs. Prints one `FIGURES ...` line (seconds
+to a healthy server, to the first painted page, and per page switch). `SAVE_SCREENSHOTS=1` writes the
+screenshots to docs/screenshots/ (otherwise to pytest's tmp dir, so a test run leaves the repo clean).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.is_file():
+    if os.environ.get("CLASSIFIER_REQUIRE_BROWSER"):  # CI installs chromium: a missing one is a failure there
+        raise RuntimeError(f"CLASSIFIER_REQUIRE_BROWSER is set but {CHROMIUM} is missing")
+    pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="browser tests need Playwright for Python (pip install playwright)"
+)
+expect = sync_api.expect
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
+VIEWPORT = {"width": 1400, "height": 900}
+DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross")
+RUN_NAME = "browser-demo"
+SLOW_MS = 120_000  # first render of a page imports torch/timm on a shared 2-core machine
+STEP_MS = 30_000
+
+
+@dataclass
+class Server:
+    url: str
+    workspace: Path
+    log: Path
+    healthy_s: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+def _kill_training_processes(workspace: Path) -> None:
+    """Training runs live in their own sessions (they outlive the server): end the ones of this workspace only."""
+    marks = {str(workspace).encode(), str(workspace.resolve()).encode()}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"classifier" in cmdline and any(m in cmdline for m in marks):
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`streamlit run app.py` on a free loopback port with a fresh workspace; killed (process group) at the end."""
+    base = tmp_path_factory.mktemp("browser")
+    workspace, log_path = base / "workspace", base / "streamlit.log"
+    url = f"http://127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+           "--server.port", url.rsplit(":", 1)[1], "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false"]  # fmt: skip
+    env = {**os.environ, "CLASSIFIER_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
+    start = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() - start > 120:
+                pytest.fail(f"streamlit did not become healthy (exit code {proc.poll()}):\n{log_path.read_text()}")
+            time.sleep(0.25)
+        healthy_s = time.monotonic() - start
+        print(f"\nstreamlit healthy after {healthy_s:.1f} s at {url}")
+        yield Server(url, workspace, log_path, healthy_s)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        _kill_training_processes(workspace)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[sync_api.Browser]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def shots_dir(tmp_path: Path) -> Path:
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        out = ROOT / "docs" / "screenshots"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def heading(page: sync_api.Page, title: str) -> sync_api.Locator:
+    return page.get_by_role("heading", level=1, name=title, exact=True)
+
+
+def nav_link(page: sync_api.Page, url: str, slug: str) -> sync_api.Locator:
+    return page.locator(f'a[data-testid="stSidebarNavLink"][href="{url}/{slug}"]')
+
+
+def field(page: sync_api.Page, label: str) -> sync_api.Locator:
+    """The input labelled `label` in its current rendering (a rerun keeps the old one, greyed out, until it ends)."""
+    current = '[data-testid="stElementContainer"][data-stale="false"] > [data-testid]'
+    return page.locator(f'{current} input[aria-label="{label}"]')
+
+
+def assert_clean(page: sync_api.Page) -> None:
+    """No Streamlit exception box and no error alert on the page."""
+    expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def switch_to(page: sync_api.Page, url: str, slug: str, title: str) -> float:
+    """Click the sidebar link and wait for the page's title; seconds taken."""
+    start = time.monotonic()
+    nav_link(page, url, slug).click()
+    heading(page, title).wait_for(timeout=STEP_MS)
+    return time.monotonic() - start
+
+
+def run_line(page: sync_api.Page) -> sync_api.Locator:
+    """The Train page's '**name** — icon status' line of the followed run."""
+    return page.locator('[data-testid="stMarkdownContainer"] p', has_text=f"{RUN_NAME} —")
+
+
+SHOWN_JS = """(name) => {
+    const line = Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"] p'))
+        .find(p => p.innerText.includes(name + ' —'));
+    const bar = document.querySelector('[data-testid="stProgress"]');
+    const pct = bar ? bar.querySelector('[role=progressbar]').getAttribute('aria-valuenow') : null;
+    return [line ? line.innerText : '', bar ? bar.innerText.trim() + ' @ ' + pct + '%' : ''];
+}"""
+
+
+def progress(page: sync_api.Page) -> tuple[str, str]:
+    """(status line, progress bar text and percent) of the followed run, as the page shows them."""
+    line, bar = page.evaluate(SHOWN_JS, RUN_NAME)
+    return line, bar
+
+
+def settle(page: sync_api.Page) -> None:
+    """Let charts draw and images load before a screenshot."""
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=STEP_MS)
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    for i in range(charts.count()):
+        if charts.nth(i).is_visible():
+            charts.nth(i).locator(".main-svg").first.wait_for(timeout=STEP_MS)
+    page.wait_for_timeout(1000)
+
+
+def shoot(page: sync_api.Page, path: Path) -> None:
+    """Whole page: Streamlit scrolls inside stMain, so grow the viewport to its content height for the shot."""
+    settle(page)
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no focus ring in the shot
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height), 6000))})
+    page.wait_for_timeout(1500)  # charts re-layout to the new size
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(VIEWPORT)
+    assert path.stat().st_size > 10_000, f"{path} looks empty"
+
+
+def star_png(size: int = 128) -> bytes:
+    """A yellow five-point star on a noisy grey background, like the demo images."""
+    image = Image.effect_noise((size, size), 40).convert("RGB")
+    c, r_out, r_in = size / 2, size * 0.38, size * 0.16
+    points = [
+        (c + (r_out if k % 2 == 0 else r_in) * math.sin(k * math.pi / 5),
+         c - (r_out if k % 2 == 0 else r_in) * math.cos(k * math.pi / 5))
+        for k in range(10)
+    ]  # fmt: skip
+    ImageDraw.Draw(image).polygon(points, fill=(235, 200, 30))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------- the walk
+
+
+def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, shots_dir: Path) -> None:
+    url = server.url
+
+    # 1. Home, first paint, the demo button lands on Train with the demo dataset chosen.
+    first = browser.new_context(viewport=VIEWPORT)
+    page = first.new_page()
+    start = time.monotonic()
+    page.goto(f"{url}/")
+    heading(page, "Image classifier workbench").wait_for(timeout=SLOW_MS)
+    first_paint_s = time.monotonic() - start
+    print(f"first page painted after {first_paint_s:.1f} s")
+    expect(page.get_by_text("No runs yet.")).to_be_visible(timeout=STEP_MS)
+    assert_clean(page)
+    page.get_by_role("button", name="Try it on the demo dataset").click()
+    heading(page, "Train").wait_for(timeout=SLOW_MS)
+    expect(page).to_have_url(f"{url}/train")
+    expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("demo-seed0", timeout=STEP_MS)
+    assert_clean(page)
+
+    # 2. A short linear probe on EfficientNet-Lite0 (bundled weights, offline).
+    expect(page.get_by_role("combobox", name="Backbone", exact=True)).to_have_value("efficientnet_lite0")
+    expect(page.get_by_text("Pretrained weights offline: yes")).to_be_visible()
+    expect(page.get_by_role("combobox", name="Weights", exact=True)).to_have_value("ImageNet, bundled (offline)")
+    page.locator('[data-testid="stRadioOption"]', has_text="Linear probe").click()
+    expect(page.locator('[data-testid="stRadioOption"][data-selected="true"]')).to_have_text(re.compile("Linear probe"))
+    expect(field(page, "Epochs")).to_have_value("20", timeout=STEP_MS)  # a widget per mode; 20: the linear default
+    for label, value in (("Epochs", "8"), ("Image size", "128"), ("Run name (optional)", RUN_NAME)):
+        box = field(page, label)
+        box.fill(value)
+        box.press("Enter")
+        expect(box).to_have_value(value)
+    page.wait_for_timeout(1000)  # let the last widget rerun land before clicking
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator('[data-testid="stProgress"]')).to_be_visible(timeout=STEP_MS)
+    expect(run_line(page)).to_contain_text("running", timeout=60_000)
+    assert_clean(page)
+    before = progress(page)
+    print(f"first session sees: {before}")
+
+    # Close the tab mid-run; a new browser context is a new Streamlit session.
+    first.close()
+    second = browser.new_context(viewport=VIEWPORT)
+    page = second.new_page()
+    page.goto(f"{url}/train")
+    heading(page, "Train").wait_for(timeout=SLOW_MS)
+    expect(run_line(page)).to_contain_text(re.compile("running|completed"), timeout=STEP_MS)
+    assert_clean(page)
+    # The new session polls on its own: its progress bar moves on (or the run has finished meanwhile).
+    seen: list[str] = []
+    line, deadline = "", time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line, bar = progress(page)
+        if "completed" in line:
+            break
+        if bar and (not seen or seen[-1] != bar):
+            seen.append(bar)
+        if len(seen) >= 2 and seen[-1] != before[1]:
+            break
+        page.wait_for_timeout(300)
+    print(f"second session sees: {line!r}, progress {seen}")
+    assert "completed" in line or (len(seen) >= 2 and seen[-1] != before[1]), (line, seen)
+
+    # 3. Page switches while the run trains.
+    switches: dict[str, float] = {}
+    running_during = "running" in run_line(page).first.inner_text()
+    for slug, title in (("data", "Data"), ("evaluate", "Evaluate"), ("train", "Train")):
+        switches[title] = switch_to(page, url, slug, title)
+        assert_clean(page)
+    expect(run_line(page)).to_be_visible(timeout=STEP_MS)
+    running_during = running_during and "running" in run_line(page).first.inner_text()
+    print(f"page switches (run still running throughout: {running_during}): {switches}")
+
+    # Wait for the run to finish: metric cards replace the progress bar.
+    expect(run_line(page)).to_contain_text("completed", timeout=180_000)
+    expect(page.locator('[data-testid="stProgress"]')).to_have_count(0, timeout=STEP_MS)
+    expect(page.locator('[data-testid="stMetricLabel"]', has_text="Accuracy")).to_be_visible(timeout=STEP_MS)
+    expect(page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot')).to_have_count(1, timeout=STEP_MS)
+    assert_clean(page)
+    shoot(page, shots_dir / "train.png")
+
+    # 4. Evaluate: pick the run; headline metrics and Plotly charts.
+    switch_to(page, url, "evaluate", "Evaluate")
+    picker = page.get_by_role("combobox", name="Completed run", exact=True)
+    picker.click()
+    page.get_by_role("option", name=re.compile(RUN_NAME)).click()
+    expect(picker).to_have_value(re.compile(rf"^{RUN_NAME} · efficientnet_lite0 · acc \d+\.\d%"))
+    accuracy = page.locator('[data-testid="stMetric"]', has_text="Accuracy").locator('[data-testid="stMetricValue"]')
+    expect(accuracy).to_have_text(re.compile(r"^\d+\.\d%$"), timeout=STEP_MS)
+    for label in ("Macro F1", "ROC AUC", "ECE"):
+        expect(page.locator('[data-testid="stMetricLabel"]', has_text=label)).to_be_visible()
+    expect(page.get_by_text("60 validation images · 5 classes")).to_be_visible()
+    expect(page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first).to_be_visible(timeout=STEP_MS)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3  # confusion matrix, per class, curves
+    assert_clean(page)
+    shoot(page, shots_dir / "evaluate.png")
+
+    # 5. Predict: upload a generated PNG; a demo class comes back with its probability.
+    switch_to(page, url, "predict", "Predict")
+    expect(page.get_by_role("combobox", name="Model (a completed run)", exact=True)).to_have_value(re.compile(RUN_NAME))
+    expect(page.get_by_text(f"5 classes: {', '.join(sorted(DEMO_CLASSES))}.")).to_be_visible(timeout=STEP_MS)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        files=[{"name": "my-star.png", "mimeType": "image/png", "buffer": star_png()}]
+    )
+    verdict = page.locator('[data-testid="stMarkdownContainer"] p').filter(
+        has_text=re.compile(rf"^({'|'.join(DEMO_CLASSES)}) — \d+\.\d%$")
+    )
+    expect(verdict).to_have_count(1, timeout=60_000)
+    print(f"prediction for my-star.png: {verdict.inner_text()}")
+    expect(page.get_by_text("my-star.png").last).to_be_visible()
+    expect(page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot')).to_have_count(1, timeout=STEP_MS)
+    assert_clean(page)
+    shoot(page, shots_dir / "predict.png")
+
+    # 6. Runs, Data (the demo dataset picked from the workspace) and Home, for the record.
+    switch_to(page, url, "runs", "Runs")
+    expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
+    expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(re.compile(RUN_NAME))
+    expect(page.get_by_role("button", name="Download run (.zip)")).to_be_visible()
+    assert_clean(page)
+    shoot(page, shots_dir / "runs.png")
+
+    switch_to(page, url, "data", "Data")
+    chooser = page.get_by_role("combobox", name="Datasets saved in the workspace")
+    chooser.click()
+    page.get_by_role("option", name="demo-seed0").click()
+    expect(page.get_by_role("heading", name="Dataset: demo-seed0")).to_be_visible(timeout=SLOW_MS)
+    images = page.locator('[data-testid="stMetric"]', has_text="Images").locator('[data-testid="stMetricValue"]')
+    expect(images).to_have_text("300", timeout=STEP_MS)
+    expect(page.get_by_role("heading", name="Augmentation preview")).to_be_visible(timeout=STEP_MS)
+    assert_clean(page)
+    shoot(page, shots_dir / "data.png")
+
+    nav_link(page, url, "").click()
+    heading(page, "Image classifier workbench").wait_for(timeout=STEP_MS)
+    expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible(timeout=STEP_MS)
+    assert_clean(page)
+    shoot(page, shots_dir / "home.png")
+    second.close()
+
+    switch_s = [round(s, 2) for s in switches.values()]
+    print(
+        f"FIGURES healthy_s={server.healthy_s:.1f} first_paint_s={first_paint_s:.1f} switch_s={switch_s} "
+        f"(Data, Evaluate, Train while training: {running_during})"
+    )
+    assert max(switch_s) < 5.0, f"page switches too slow: {switches}"  # target < 2 s; slack for a loaded CI box

@@ -17,7 +17,7 @@ st.markdown(
 if st.button("Try it on the demo dataset", type="primary", icon=":material/rocket_launch:"):
     with user_errors("Could not prepare the demo dataset"), st.spinner("Generating the demo dataset (once)…"):
         st.session_state[state.DATASET] = str(ensure_demo_dataset())
-        st.switch_page("pages/train.py")
+        st.switch_page("app_pages/train.py")
 st.caption("Five shape classes on cluttered backgrounds, generated on the spot; nothing is downloaded.")
 
 st.subheader("Recent runs")
@@ -30,6 +30,6 @@ with user_errors("Could not list runs"):
             hide_index=True,
             column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
         )
-        st.page_link("pages/runs.py", label="All runs", icon=":material/history:")
+        st.page_link("app_pages/runs.py", label="All runs", icon=":material/history:")
     else:
         st.info("No runs yet. Prepare a dataset on **Data**, or try the demo above.")

@@ -18,7 +18,14 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ["pages/home.py", "pages/data.py", "pages/train.py", "pages/evaluate.py", "pages/predict.py", "pages/runs.py"]
+PAGES = [
+    "app_pages/home.py",
+    "app_pages/data.py",
+    "app_pages/train.py",
+    "app_pages/evaluate.py",
+    "app_pages/predict.py",
+    "app_pages/runs.py",
+]
 TIMEOUT = 60  # seconds per script run: the first one imports torch and timm
 
 
@@ -32,7 +39,7 @@ def png_bytes(seed: int, size: int = 24) -> bytes:
 def open_page(page: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
-    if page != "pages/home.py":
+    if page != "app_pages/home.py":
         at.switch_page(page).run()
     return at
 
@@ -97,10 +104,12 @@ def start_run(at: AppTest, shapes: Path, epochs: int) -> None:
 def test_every_page_renders(page: str) -> None:
     at = open_page(page)
     assert not at.exception, at.exception
-    assert at.title[0].value.lower().startswith(Path(page).stem if page != "pages/home.py" else "image")
+    assert at.title[0].value.lower().startswith(Path(page).stem if page != "app_pages/home.py" else "image")
 
 
-@pytest.mark.parametrize("page", ["pages/evaluate.py", "pages/predict.py", "pages/runs.py", "pages/train.py"])
+@pytest.mark.parametrize(
+    "page", ["app_pages/evaluate.py", "app_pages/predict.py", "app_pages/runs.py", "app_pages/train.py"]
+)
 def test_result_pages_render_with_a_run(page: str, completed_run: str) -> None:
     at = open_page(page)
     assert not at.exception, at.exception
@@ -114,7 +123,7 @@ def test_zip_upload_shows_class_counts() -> None:
             for i in range(n):
                 zf.writestr(f"pets/{cls}/{i}.png", png_bytes(hash((cls, i)) % 10_000))
         zf.writestr("pets/cats/broken.jpg", b"not an image at all")
-    at = open_page("pages/data.py")
+    at = open_page("app_pages/data.py")
     at.file_uploader[0].upload("pets.zip", buf.getvalue(), "application/zip")
     at.run()
     assert not at.exception, at.exception
@@ -142,7 +151,7 @@ def _zip_of_junk() -> bytes:
     [(b"this is not a zip", "not a valid .zip"), (_zip_of_junk(), "no usable images")],
 )
 def test_bad_uploads_show_an_error_not_a_traceback(payload: bytes, message: str) -> None:
-    at = open_page("pages/data.py")
+    at = open_page("app_pages/data.py")
     at.file_uploader[0].upload("upload.zip", payload, "application/zip")
     at.run()
     assert not at.exception, at.exception
@@ -150,7 +159,7 @@ def test_bad_uploads_show_an_error_not_a_traceback(payload: bytes, message: str)
 
 
 def test_build_dataset_from_images_per_class() -> None:
-    at = open_page("pages/data.py")
+    at = open_page("app_pages/data.py")
     at.radio(key="w_source").set_value("Images per class").run()
     for i, (cls, n) in enumerate((("apples", 4), ("pears", 3))):
         at.text_input(key=f"w_class_{i}").set_value(cls)
@@ -166,7 +175,7 @@ def test_build_dataset_from_images_per_class() -> None:
 
 
 def test_server_folder_needs_allowed_root(monkeypatch, tmp_path, shapes: Path) -> None:
-    at = open_page("pages/data.py")
+    at = open_page("app_pages/data.py")
     at.radio(key="w_source").set_value("Folder on the server").run()
     assert any("CLASSIFIER_DATA_ROOT" in i.value for i in at.info)
     monkeypatch.setenv("CLASSIFIER_DATA_ROOT", str(shapes.parent))
@@ -183,7 +192,7 @@ def test_demo_button_prepares_data_and_opens_train(monkeypatch, shapes: Path) ->
     import classifier.training
 
     monkeypatch.setattr(classifier.training, "ensure_demo_dataset", lambda seed=0: shapes)  # the real one takes ~10 s
-    at = open_page("pages/home.py")
+    at = open_page("app_pages/home.py")
     at.button[0].click().run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Train"
@@ -193,7 +202,7 @@ def test_demo_button_prepares_data_and_opens_train(monkeypatch, shapes: Path) ->
 
 @pytest.mark.slow
 def test_training_run_shows_progress_and_completes(shapes: Path) -> None:
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     start_run(at, shapes, epochs=2)
     assert "ui-test" in texts(at)
     seen = set()
@@ -211,7 +220,7 @@ def test_training_run_shows_progress_and_completes(shapes: Path) -> None:
 
 @pytest.mark.slow
 def test_cancel_stops_a_running_job(shapes: Path) -> None:
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     start_run(at, shapes, epochs=300)
     wait_for(at, lambda: "running" in texts(at))
     assert at.get("progress"), "a running job shows a progress bar"
@@ -223,7 +232,7 @@ def test_cancel_stops_a_running_job(shapes: Path) -> None:
 
 
 def test_predict_labels_an_uploaded_image(completed_run: str) -> None:
-    at = open_page("pages/predict.py")
+    at = open_page("app_pages/predict.py")
     at.file_uploader(key="w_pred_files").set_value(
         [
             ("a.png", png_bytes(1, 40), "image/png"),
@@ -243,7 +252,7 @@ def test_predict_labels_an_uploaded_image(completed_run: str) -> None:
 def test_predict_from_a_camera_photo(completed_run: str) -> None:
     buf = io.BytesIO()
     Image.open(io.BytesIO(png_bytes(5, 48))).save(buf, "JPEG")
-    at = open_page("pages/predict.py")
+    at = open_page("app_pages/predict.py")
     at.toggle(key="w_camera_on").set_value(True).run()
     at.camera_input(key="w_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
     assert not at.exception, at.exception
@@ -257,7 +266,7 @@ def test_untrainable_dataset_is_refused_before_submitting() -> None:
     (datasets_dir() / "lonely" / "only").mkdir(parents=True)
     for i in range(3):
         (datasets_dir() / "lonely" / "only" / f"{i}.png").write_bytes(png_bytes(i))
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.selectbox(key="w_data").set_value(str(datasets_dir() / "lonely")).run()
     at.button[[b.label for b in at.button].index("Start training")].click().run()
     assert not at.exception, at.exception
@@ -268,7 +277,7 @@ def test_untrainable_dataset_is_refused_before_submitting() -> None:
 def test_runs_page_deletes_after_confirmation(completed_run: str) -> None:
     from classifier.jobs import default_executor
 
-    at = open_page("pages/runs.py")
+    at = open_page("app_pages/runs.py")
     delete = at.button[[b.label for b in at.button].index("Delete run")]
     assert delete.disabled
     at.checkbox(key=f"w_confirm_{completed_run}").check().run()

@@ -10,6 +10,7 @@ st.navigation(
         "Model": [st.Page("app_pages/train.py", title="Train", icon=":material/model_training:")],
         "Results": [
             st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+            st.Page("app_pages/explain.py", title="Explain", icon=":material/visibility:"),
             st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:"),
             st.Page("app_pages/runs.py", title="Runs", icon=":material/history:"),
         ],

@@ -36,7 +36,13 @@ st.dataframe(per_class, hide_index=True, column_config={c: st.column_config.Numb
 left, right = st.columns(2)
 with left:
     normalise = st.toggle("Normalise rows", value=True, help="Share of each true class (recall on the diagonal).")
-    st.plotly_chart(figures.confusion_matrix_figure(m["confusion_matrix"], names, normalize=normalise))
+    event = st.plotly_chart(
+        figures.confusion_matrix_figure(m["confusion_matrix"], names, normalize=normalise, clickable=True),
+        on_select="rerun",
+        selection_mode="points",
+        key="cm_chart",
+    )
+    st.caption("Click a cell to see its images below, worst first.")
 with right:
     st.plotly_chart(figures.per_class_bar(m["per_class"]))
 roc_tab, pr_tab, cal_tab = st.tabs(["ROC curves", "Precision-recall", "Calibration"])
@@ -49,25 +55,40 @@ cal_tab.caption(
     "mean over-confidence."
 )
 
-st.subheader("Mistakes, worst first")
 ANY = "any"
-f1, f2, f3 = st.columns([2, 2, 1])
+ss = st.session_state
+clicked = [p for p in (event.selection.points if event else []) if p.get("x") in names and p.get("y") in names]
+if clicked:  # a confusion-matrix cell: apply it once, so the pickers below stay the user's to change afterwards
+    cell = (job.run_id, clicked[0]["y"], clicked[0]["x"])
+    if cell != ss[state.CM_PICK]:
+        ss[state.CM_PICK] = cell
+        ss["w_true"], ss["w_pred"], ss["w_only_wrong"] = cell[1], cell[2], cell[1] != cell[2]
+for key in ("w_true", "w_pred"):
+    if ss.get(key) not in (ANY, *names):
+        ss[key] = ANY
+ss.setdefault("w_only_wrong", True)
+
+st.subheader("Images by true and predicted class, worst first")
+f1, f2, f3, f4 = st.columns([2, 2, 1, 1])
 true_pick = f1.selectbox("True class", [ANY, *names], key="w_true")
 pred_pick = f2.selectbox("Predicted class", [ANY, *names], key="w_pred")
 limit = f3.number_input("Show", 4, 96, 12, step=4, key="w_limit")
+only_wrong = f4.toggle("Only mistakes", key="w_only_wrong")
 pairs = most_confused(m["confusion_matrix"], names)[:3]
 if pairs:
     st.caption("Most confused (true → predicted): " + "; ".join(f"{t} → {p} ({n})" for t, p, n in pairs))
-wrong = [r for r in top_losses(y_true, probs) if r["true"] != r["pred"]]
-wrong = [
+shown = [
     r
-    for r in wrong
-    if (true_pick == ANY or names[r["true"]] == true_pick) and (pred_pick == ANY or names[r["pred"]] == pred_pick)
+    for r in top_losses(y_true, probs)
+    if (not only_wrong or r["true"] != r["pred"])
+    and (true_pick == ANY or names[r["true"]] == true_pick)
+    and (pred_pick == ANY or names[r["pred"]] == pred_pick)
 ]
-if not wrong:
-    st.success("No misclassified validation images for this selection.")
+if not shown:
+    st.success("No misclassified validation images for this selection." if only_wrong else "No images here.")
+st.caption(f"{len(shown)} images; open any of them in **Explain** to see why the model decided as it did.")
 cols = st.columns(4)
-for n, r in enumerate(wrong[: int(limit)]):
+for n, r in enumerate(shown[: int(limit)]):
     rel = table["path"].iloc[r["index"]]
     with cols[n % 4]:
         try:
@@ -78,3 +99,6 @@ for n, r in enumerate(wrong[: int(limit)]):
             f"**true** {names[r['true']]} · **predicted** {names[r['pred']]} ({r['prob_pred']:.0%})  \n"
             f"p(true) {r['prob_true']:.0%} · loss {r['loss']:.2f} · `{rel}`"
         )
+        if st.button("Explain", key=f"explain_{rel}", icon=":material/visibility:"):
+            ss[state.EXPLAIN_REQUEST] = {"run_id": job.run_id, "path": rel}
+            st.switch_page("app_pages/explain.py")

@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier {train,evaluate,predict,summary,demo-data,backbones} ...`.
+"""Command line: `python -m classifier {train,evaluate,predict,explain,summary,demo-data,backbones} ...`.
 
 Thin by design: it parses arguments, calls the package and prints. A user error (bad dataset, unknown
 backbone, bad weights file, existing run dir) prints one line `error: ...` and exits with code 2.
@@ -37,8 +37,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--test-split", type=float, default=0.0, help="optional test fraction per class")
     g.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
-    g.add_argument("--augment", default=None, choices=["none", "light", "standard", "strong"],
-                   help="augmentation preset (default: none for linear, using cached features; light for finetune)")
+    g.add_argument(
+        "--augment",
+        default=None,
+        choices=["none", "light", "standard", "strong"],
+        help="augmentation preset (default: none for linear, using cached features; light for finetune)",
+    )
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
     g.add_argument("--grayscale", action="store_true", help="train on grayscale versions of the images")
@@ -112,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run dir")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser(
+        "explain",
+        help="attribution maps (Grad-CAM, integrated gradients, ...) for images; writes .npy maps and .png overlays",
+    )
+    p.add_argument("--run", required=True, help="run dir")
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=["gradcam", "guided_gradcam", "ig", "saliency", "smoothgrad", "occlusion", "gradient_shap"],
+    )
+    p.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
+    p.add_argument("--out-dir", required=True, help="folder for <stem>.npy (raw map) and <stem>.png (overlay)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--baseline", default="black", choices=["black", "blur", "noise"], help="ig, occlusion, shap")
+    p.add_argument("--n-steps", type=int, default=32, help="integrated gradients: path steps")
+    p.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlay")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("summary", help="check a dataset: classes, counts, sizes, skipped files, duplicates")
@@ -230,6 +253,46 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
+def cmd_explain(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from classifier.explain import explain_paths
+    from classifier.predict import load_run
+
+    if not 0.0 <= a.alpha <= 1.0:
+        raise ClassifierError(f"--alpha must be between 0 and 1, got {a.alpha}")
+    run = load_run(a.run, device=a.device)
+    bar = tqdm(total=0, unit="img", desc=a.method, file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        results = explain_paths(
+            run,
+            a.inputs,
+            a.method,
+            a.target,
+            out_dir=a.out_dir,
+            cmap=a.cmap,
+            alpha=a.alpha,
+            baseline=a.baseline,
+            n_steps=a.n_steps,
+            progress=progress,
+        )
+    except ValueError as e:  # a bad colour map or option
+        raise ClassifierError(str(e)) from None
+    finally:
+        bar.close()
+    failed = 0
+    for r in results:
+        failed += "error" in r
+        print(json.dumps(r))
+    return EXIT_USER_ERROR if failed else 0
+
+
 def cmd_summary(a: argparse.Namespace) -> int:
     from classifier.data.dataset import check_trainable, index_dataset
     from classifier.data.splits import assign_splits
@@ -303,6 +366,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "explain": cmd_explain,
     "summary": cmd_summary,
     "demo-data": cmd_demo_data,
     "backbones": cmd_backbones,

@@ -90,11 +90,15 @@ def history_curves(history: pd.DataFrame) -> go.Figure:
     return _style(fig, "Training history")
 
 
-def confusion_matrix_figure(cm: Any, class_names: Sequence[str], normalize: bool = False) -> go.Figure:
+def confusion_matrix_figure(
+    cm: Any, class_names: Sequence[str], normalize: bool = False, clickable: bool = False
+) -> go.Figure:
     """Heatmap of the confusion matrix, rows = true class, columns = predicted class.
 
     With `normalize`, cells are shares of their row (recall on the diagonal), annotated "share (count)";
-    rows with no samples stay 0.
+    rows with no samples stay 0. With `clickable`, an invisible marker sits on every cell (trace 1,
+    `customdata` = [true index, predicted index]): heatmap cells emit no click selections in Plotly, markers do,
+    so a Streamlit chart with `on_select` reports the clicked cell.
     """
     counts = np.asarray(cm, dtype=np.int64)
     names = [str(n) for n in class_names]
@@ -122,6 +126,21 @@ def confusion_matrix_figure(cm: Any, class_names: Sequence[str], normalize: bool
             hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
         )
     )
+    if clickable:
+        n = len(names)
+        fig.add_trace(
+            go.Scatter(
+                x=[names[j] for i in range(n) for j in range(n)],
+                y=[names[i] for i in range(n) for j in range(n)],
+                customdata=[[i, j] for i in range(n) for j in range(n)],
+                text=[t.replace("<br>", " ") for row in text for t in row],
+                mode="markers",
+                marker={"size": min(60, max(12, 240 // max(n, 1))), "symbol": "square", "color": "rgba(0,0,0,0)"},
+                hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<br>click to see these images<extra></extra>",
+                showlegend=False,
+                name="cells",
+            )
+        )
     # Category axes; reversed y so the first class is on top like a printed matrix.
     fig.update_xaxes(type="category", side="bottom")
     fig.update_yaxes(type="category", autorange="reversed")

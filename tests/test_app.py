@@ -23,6 +23,7 @@ PAGES = [
     "app_pages/data.py",
     "app_pages/train.py",
     "app_pages/evaluate.py",
+    "app_pages/explain.py",
     "app_pages/predict.py",
     "app_pages/runs.py",
 ]
@@ -108,7 +109,14 @@ def test_every_page_renders(page: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "page", ["app_pages/evaluate.py", "app_pages/predict.py", "app_pages/runs.py", "app_pages/train.py"]
+    "page",
+    [
+        "app_pages/evaluate.py",
+        "app_pages/explain.py",
+        "app_pages/predict.py",
+        "app_pages/runs.py",
+        "app_pages/train.py",
+    ],
 )
 def test_result_pages_render_with_a_run(page: str, completed_run: str) -> None:
     at = open_page(page)
@@ -303,3 +311,49 @@ def test_safe_name_and_augment_preview() -> None:
     assert safe_name("...") == "dataset"
     views = augment_preview(Image.new("RGB", (50, 40), (200, 30, 30)), "standard", n=3, size=32)
     assert len(views) == 3 and views[0].shape == (32, 32, 3) and 0 <= views[0].min() <= views[0].max() <= 1
+
+
+def test_evaluate_gallery_opens_an_image_in_explain(completed_run: str) -> None:
+    at = open_page("app_pages/evaluate.py")
+    at.toggle(key="w_only_wrong").set_value(False).run()  # every val image, worst first
+    at.selectbox(key="w_true").set_value("square").run()
+    captions = [c.value for c in at.caption if c.value.startswith("**true** square")]
+    assert captions, [c.value for c in at.caption]
+    worst = captions[0].split("`")[1]
+    buttons = [b for b in at.button if b.label == "Explain"]
+    assert len(buttons) == len(captions)
+    buttons[0].click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Explain"
+    assert at.selectbox(key="x_image").value == worst
+    labels = [c.value for c in at.caption]
+    for method in ("Grad-CAM", "Integrated gradients", "Saliency"):  # the default methods, each with its time
+        assert any(c.startswith(f"**{method}** · ") and " s" in c for c in labels), labels
+    assert len(at.get("download_button")) == 3
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_explain_page_methods_targets_and_upload(completed_run: str) -> None:
+    at = open_page("app_pages/explain.py")
+    at.selectbox(key="x_outcome").set_value("correct").run()
+    at.multiselect(key="x_methods").set_value(["occlusion", "smoothgrad", "gradient_shap", "guided_gradcam"]).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    labels = [c.value for c in at.caption]
+    assert sum(c.startswith("**") for c in labels) == 5, labels  # the original and four maps
+    assert sum(c.endswith(" s") or " s · " in c for c in labels) == 4, labels  # each map with its time
+    targets = at.selectbox(key="x_target").options
+    assert targets[0].startswith("predicted: ") and targets[1].startswith("true: ")
+    assert sum(t.startswith("class ") for t in targets) == 3
+    at.selectbox(key="x_target").set_value(targets[-1]).run()
+    assert not at.exception, at.exception
+
+    at.segmented_control(key="x_source").set_value("Upload").run()
+    at.file_uploader(key="x_upload").set_value([("mine.png", png_bytes(7, 40), "image/png")]).run()
+    assert not at.exception, at.exception
+    assert "**Original** · 40×40 px" in [c.value for c in at.caption]  # the upload, not the 32 px val image
+    assert len(at.get("download_button")) == 4
+    assert not any(t.startswith("true: ") for t in at.selectbox(key="x_target").options)
+    at.file_uploader(key="x_upload").set_value([("broken.png", b"not an image", "image/png")]).run()
+    assert not at.exception, at.exception
+    assert any("broken.png" in e.value for e in at.error)

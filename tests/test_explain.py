@@ -471,3 +471,32 @@ def test_pointing_game_on_demo_dataset(tmp_path):
     assert pointing["gradcam"] >= 0.85, (pointing, energy)
     assert pointing["ig"] >= 0.70, (pointing, energy)
     assert energy["gradcam"] > 2 and energy["ig"] > 2, (pointing, energy)
+
+
+def test_cli_explain_writes_npy_and_png_per_image(tmp_path, capsys):
+    import json
+
+    from classifier.cli import main
+    from classifier.data.demo import make_demo_dataset
+    from classifier.training import TrainConfig, fit
+
+    data = make_demo_dataset(tmp_path / "data", n_per_class=6, size=40, seed=1, classes=("circle", "square"))
+    cfg = TrainConfig(data=str(data), backbone="simple_cnn", weights="none", epochs=1, img_size=32, num_workers=0)
+    assert fit(cfg, tmp_path / "run").status == "completed"
+    wide = square_image((70, 50), (5, 5, 30, 30))
+    wide.save(tmp_path / "wide.png")
+    args = ["explain", "--run", str(tmp_path / "run"), "--out-dir", str(tmp_path / "out"), "--target", "square"]
+    assert main([*args, "--method", "ig", "--n-steps", "8", str(tmp_path / "wide.png"), str(data / "circle")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 1 + 6 and all(r["target_name"] == "square" and r["method"] == "ig" for r in lines)
+    assert np.load(tmp_path / "out" / "wide.npy").shape == (50, 70)  # the image file's own height and width
+    assert Image.open(tmp_path / "out" / "wide.png").size == (70, 50)
+    assert len(list((tmp_path / "out").glob("circle_*.npy"))) == 6
+    # a missing file is reported on its own line (exit 2); the other images are still explained
+    assert main([*args, "--method", "occlusion", str(tmp_path / "missing.png"), str(tmp_path / "wide.png")]) == 2
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "not found" in out[0]["error"] and out[1]["method"] == "occlusion"
+    assert main([*args[:-1], "dog", "--method", "saliency", str(tmp_path / "wide.png")]) == 2
+    assert "unknown target class 'dog'" in capsys.readouterr().err
+    assert main([*args, "--method", "gradcam", "--cmap", "no-such-map", str(tmp_path / "wide.png")]) == 2
+    assert "unknown colormap" in capsys.readouterr().err

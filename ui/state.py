@@ -18,6 +18,9 @@ TEST_SPLIT = "test_split"  # float: test fraction per class
 SPLIT_SEED = "split_seed"  # int: seed of the split
 CLASS_ROWS = "class_rows"  # int: how many class rows the "build from images" form shows
 DONE_UPLOADS = "done_uploads"  # dict[str, str]: upload file id -> dataset path, so a zip is extracted once
+EXPLAIN_REQUEST = "explain_request"  # dict | None: {"run_id", "path"} a page asks the Explain page to open
+EXPLAIN_CACHE = "explain_cache"  # OrderedDict | None: attribution maps of this session (ui.explain)
+CM_PICK = "cm_pick"  # tuple | None: the confusion-matrix cell last clicked on Evaluate (applied once)
 
 DEFAULTS: dict[str, Any] = {
     DATASET: None,
@@ -28,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     SPLIT_SEED: 0,
     CLASS_ROWS: 2,
     DONE_UPLOADS: {},
+    EXPLAIN_REQUEST: None,
+    EXPLAIN_CACHE: None,
+    CM_PICK: None,
 }
 
 

@@ -1,0 +1,192 @@
+"""Explain: why did the model say that? Attribution maps side by side for a validation image or an upload."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from classifier.data.images import IMAGE_EXTENSIONS, load_image
+from classifier.errors import ClassifierError
+from classifier.explain import BASELINES, METHODS, crop_box
+from classifier.metrics import top_losses
+from ui import state
+from ui.cache import file_mtime, loaded_run, val_predictions
+from ui.explain import (
+    METHOD_LABELS,
+    OPTIONS_USED,
+    cached_attribution,
+    caption,
+    clip_box,
+    display_image,
+    method_help,
+    overlay_for_display,
+    png_bytes,
+)
+from ui.widgets import run_picker, user_errors
+
+state.init_state()
+ss = st.session_state
+st.title("Explain")
+request = ss[state.EXPLAIN_REQUEST]
+if request:  # sent here from Evaluate: select that run and image before the widgets are drawn
+    ss[state.RUN_ID] = request["run_id"]
+    ss.pop("w_run_picker", None)
+job = run_picker("Model (a completed run)")
+if job is None:
+    st.stop()
+run = table = None
+with user_errors("Cannot load this run", also=(OSError, KeyError, ValueError)):
+    run = loaded_run(job.run_dir)
+    table, y_true, probs, names, root = val_predictions(job.run_dir)
+if run is None or table is None:
+    st.stop()
+
+# ------------------------------------------------------------------------------------------- the image
+VAL, UPLOAD = "Validation image", "Upload"
+if request and request.get("run_id") == job.run_id:
+    ss["x_source"], ss["x_class"], ss["x_outcome"], ss["x_sort"] = VAL, "any", "all", "highest loss"
+    ss["x_image"] = request["path"]
+    ss[state.EXPLAIN_REQUEST] = None
+ss.setdefault("x_source", VAL)
+source = st.segmented_control("Image", [VAL, UPLOAD], key="x_source") or VAL
+image = true_idx = None
+image_key: tuple = ()
+if source == VAL:
+    rows = top_losses(y_true, probs) if len(y_true) else []
+    c1, c2, c3 = st.columns(3)
+    cls = c1.selectbox("True class", ["any", *names], key="x_class")
+    outcome = c2.selectbox("Outcome", ["all", "correct", "incorrect"], key="x_outcome")
+    order = c3.selectbox("Order", ["highest loss", "file name"], key="x_sort")
+    rows = [
+        r
+        for r in rows
+        if (cls == "any" or names[r["true"]] == cls)
+        and (outcome == "all" or (r["true"] == r["pred"]) == (outcome == "correct"))
+    ]
+    if order == "file name":
+        rows.sort(key=lambda r: table["path"].iloc[r["index"]])
+    if not rows:
+        st.info("No validation images match these filters.")
+        st.stop()
+    by_path = {table["path"].iloc[r["index"]]: r for r in rows}
+    if ss.get("x_image") not in by_path:
+        ss["x_image"] = next(iter(by_path))
+    rel = st.selectbox(
+        f"Validation image ({len(by_path)})",
+        list(by_path),
+        key="x_image",
+        format_func=lambda p: (
+            f"{p} · true {names[by_path[p]['true']]} · predicted {names[by_path[p]['pred']]} "
+            f"({by_path[p]['prob_pred']:.0%}) · loss {by_path[p]['loss']:.2f}"
+        ),
+    )
+    path = Path(root) / rel
+    with user_errors("Cannot open this image"):
+        image = load_image(path)
+        true_idx = by_path[rel]["true"]
+        image_key = ("val", str(path), file_mtime(path))
+        stem = Path(rel).stem
+else:
+    up = st.file_uploader("Image", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="x_upload")
+    if up is not None:
+        data = up.getvalue()
+        with user_errors(up.name):
+            image = load_image(data, name=up.name)
+            image_key = ("upload", hashlib.sha1(data).hexdigest())
+            stem = Path(up.name).stem
+if image is None:
+    if source == UPLOAD:
+        st.info("Drop an image (JPEG, PNG, WebP, BMP, GIF, TIFF) to explain the model's prediction on it.")
+    st.stop()
+
+# ------------------------------------------------------------------------------------- what to explain
+from classifier.predict import predict_images  # noqa: E402  (after the early stops: torch work starts here)
+
+p = predict_images(run, [image])[0]
+pred = int(np.argmax(p))
+targets = {f"predicted: {names[pred]} ({p[pred]:.0%})": pred}
+if true_idx is not None:
+    targets[f"true: {names[true_idx]} ({p[true_idx]:.0%})"] = true_idx
+targets |= {f"class {c} ({p[i]:.0%})": i for i, c in enumerate(names)}
+if ss.get("x_target") not in targets:
+    ss["x_target"] = next(iter(targets))
+t1, t2 = st.columns([1, 2])
+target_label = t1.selectbox("Explain the score of", list(targets), key="x_target", help="The class logit explained.")
+methods = t2.multiselect(
+    "Methods",
+    list(METHODS),
+    default=["gradcam", "ig", "saliency"],
+    format_func=METHOD_LABELS.get,
+    key="x_methods",
+    help=method_help(),
+)
+with st.expander("Settings"):
+    s1, s2, s3, s4 = st.columns(4)
+    baseline = s1.selectbox(
+        "Baseline",
+        BASELINES,
+        key="x_baseline",
+        help="Reference image for integrated gradients, occlusion and GradientSHAP: black, a blurred copy, or "
+        "uniform noise.",
+    )
+    n_steps = s2.slider("IG steps", 8, 128, 32, step=8, key="x_steps", help="Path steps of integrated gradients.")
+    nt_samples = s3.slider("Noise samples", 4, 32, 8, step=4, key="x_samples", help="SmoothGrad / GradientSHAP.")
+    window = s4.slider(
+        "Occlusion window (% of input)", 5, 40, 14, key="x_window", help="Side of the occluding square; stride is half."
+    )
+    v1, v2, v3 = st.columns(3)
+    cmap = v1.selectbox("Colour map", ["jet", "inferno", "viridis", "magma", "turbo", "Reds"], key="x_cmap")
+    alpha = v2.slider("Opacity", 0.0, 1.0, 0.5, step=0.05, key="x_alpha")
+    crop = v3.toggle("Show only what the model sees", value=True, key="x_crop", help="Crop to the evaluation crop.")
+
+target = targets[target_label]
+size = int(run.config["data_config"]["input_size"][-1])
+options = {
+    "baseline": baseline,
+    "n_steps": int(n_steps),
+    "nt_samples": int(nt_samples),
+    "occlusion_window": max(1, round(size * window / 100)),
+}
+st.caption(
+    f"Prediction **{names[pred]}** ({p[pred]:.1%}). Maps are computed on the {size} px input the model sees "
+    "and drawn over the original image."
+)
+
+# ------------------------------------------------------------------------------------------ the overlays
+if not methods:
+    st.info("Choose one or more methods above.")
+    st.stop()
+weights_key = (job.run_dir, file_mtime(Path(job.run_dir) / "model.safetensors"))
+tiles = [("Original", None)]
+for method in methods:
+    used = {k: options[k] for k in OPTIONS_USED[method]}
+    key = (weights_key, image_key, method, target, tuple(sorted(used.items())))
+    with user_errors(METHOD_LABELS[method]):
+        tiles.append((method, cached_attribution(key, run, image, method, target, used)))
+per_row = 4
+box = crop_box(image.size, run.config["data_config"]) if crop else None
+for start in range(0, len(tiles), per_row):
+    cols = st.columns(per_row)
+    for col, (name, result) in zip(cols, tiles[start : start + per_row]):
+        with col:
+            if result is None:
+                st.image(display_image(image, clip_box(box, image.size) if box else None), width="stretch")
+                st.caption(f"**Original** · {image.width}×{image.height} px")
+                continue
+            try:
+                shown = overlay_for_display(image, result, cmap, alpha, crop)
+            except (ValueError, ClassifierError) as e:
+                st.error(f"{METHOD_LABELS[name]}: {e}")
+                continue
+            st.image(shown, width="stretch")
+            st.caption(caption(result))
+            st.download_button(
+                "PNG",
+                png_bytes(shown),
+                file_name=f"{stem}-{name}.png",
+                mime="image/png",
+                on_click="ignore",
+                icon=":material/download:",
+                key=f"x_dl_{name}",
+            )

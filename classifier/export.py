@@ -1,0 +1,729 @@
+"""Export a trained run to ONNX or TorchScript, check the export against PyTorch, and package it for download.
+
+Every export is compared with the run's PyTorch model on the run's own validation images, preprocessed with
+the run's exact evaluation transform (at most `max_images`, spread over the classes). A float export must
+agree on every top-1 prediction and stay within `FLOAT_MAX_PROB_DIFF` on every probability; an int8 model
+must not lose more than `INT8_MAX_ACCURACY_DROP` accuracy against the labels. Whatever misses its bar gets
+status "warning" and a reason: it is reported, never offered as fine.
+
+How the files are made (torch 2.15, onnx 1.23, onnxruntime 1.32, onnxscript 0.7):
+
+- ONNX: `torch.onnx.export(..., dynamo=True)`, the torch.export-based exporter that is PyTorch's default since
+  2.9 and needs `onnxscript`. The TorchScript-based exporter (`dynamo=False`) raises a DeprecationWarning in
+  torch 2.15, so it is not used. The batch axis is dynamic (`torch.export.Dim`), the rest is fixed to the run's
+  input size; one self-contained file (no external data). Input "input" (N, 3, H, W) float32, output "logits".
+- int8: `onnxruntime.quantization.quantize_dynamic` (int8 weights, activations quantized at run time) after
+  ONNX Runtime's recommended `quant_pre_process`. It makes the file about 4x smaller; on x86 CPUs ONNX
+  Runtime's integer convolution kernels are often *slower* than float ones, which the speed figures show.
+- TorchScript: `torch.jit.trace` + `torch.jit.save`. Torch 2.15 marks TorchScript deprecated (FutureWarning,
+  silenced here); prefer ONNX where the target allows it.
+
+>>> report = export_run("runs/r1", "onnx", "exports/r1-onnx.zip", quantize="int8")  # doctest: +SKIP
+>>> report.status, report.checks[0].top1_agreement, report.checks[1].accuracy  # doctest: +SKIP
+('ok', 1.0, 0.94)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from classifier.data.images import load_image
+from classifier.data.loader import draft_size
+from classifier.errors import ClassifierError, ModelError
+from classifier.predict import LoadedRun, load_run
+
+FORMATS = ("onnx", "torchscript")
+QUANTIZE = ("int8",)
+MODEL_FILES = {("onnx", None): "model.onnx", ("onnx", "int8"): "model.int8.onnx", ("torchscript", None): "model.pt"}
+SNIPPET_FILES = {"onnx": "predict_onnx.py", "torchscript": "predict_torchscript.py"}
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+FLOAT_MIN_AGREEMENT = 1.0  # float exports must give the same top-1 class on every image
+FLOAT_MAX_PROB_DIFF = 1e-3  # ... and no probability may move by more than this
+INT8_MAX_ACCURACY_DROP = 0.02  # int8: accuracy against the labels may fall by at most 2 points
+INT8_MIN_AGREEMENT = 0.95  # int8 without labels (generated inputs): top-1 agreement with PyTorch
+MAX_PARITY_IMAGES = 64
+SPEED_BATCH = 16  # images per timed call (the first of the parity images)
+N_GENERATED = 16
+
+
+@dataclass
+class Check:
+    """One exported model against the PyTorch model on the same inputs."""
+
+    name: str  # "ONNX float32", "ONNX int8", "TorchScript"
+    file: str
+    size_mb: float
+    top1_agreement: float  # share of images where the export's top-1 class equals PyTorch's
+    max_prob_diff: float  # largest |p_export - p_pytorch| over all images and classes
+    accuracy: float | None = None  # against the labels; None on generated inputs
+    images_per_s: float | None = None
+    status: str = "ok"  # ok | warning
+    reason: str = ""
+
+
+@dataclass
+class ExportReport:
+    """What `export_run` made and how it compares with the PyTorch model. `to_dict()` is what the CLI prints."""
+
+    run_dir: str
+    format: str
+    quantize: str | None
+    out: str
+    kind: str  # "bundle" (a .zip) or "model" (the model file alone)
+    inputs: str  # "validation images" or "generated inputs"
+    n_images: int
+    pytorch_accuracy: float | None
+    pytorch_images_per_s: float | None
+    speed_batch: int
+    threads: int
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return "warning" if any(c.status != "ok" for c in self.checks) else "ok"
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.reason}" for c in self.checks if c.status != "ok"]
+
+    @property
+    def check(self) -> Check:
+        """The check of the model that was asked for (the int8 one when quantizing)."""
+        return self.checks[-1]
+
+    def speed_ratio(self, name: str | None = None) -> float | None:
+        """Images/s of the named export (default: the one asked for) over PyTorch's, measured side by side."""
+        c = self.check if name is None else next(c for c in self.checks if c.name == name)
+        if not c.images_per_s or not self.pytorch_images_per_s:
+            return None
+        return c.images_per_s / self.pytorch_images_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"], d["reasons"] = self.status, self.reasons
+        d["speed_ratio"] = _round(self.speed_ratio())
+        return d
+
+
+@dataclass
+class ParityInputs:
+    x: torch.Tensor  # (n, 3, H, W), already through the run's evaluation transform
+    labels: np.ndarray | None  # class indices, None for generated inputs
+    source: str
+    note: str
+
+
+def parity_inputs(run: LoadedRun, max_images: int = MAX_PARITY_IMAGES) -> ParityInputs:
+    """Up to `max_images` validation images of the run (split.csv, relative to the dataset root), taken in turn
+    from each class and run through the run's evaluation transform. Unreadable or moved images are skipped;
+    when none is readable, generated images go through the same transform instead and the note says so."""
+    root = Path(run.config.get("dataset", {}).get("root", ""))
+    names = {c: i for i, c in enumerate(run.class_names)}
+    rows = _val_rows(run.run_dir)
+    by_class: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("label") in names:
+            by_class.setdefault(r["label"], []).append(r["path"])
+    queue = [(c, p) for group in _interleave(list(by_class.items())) for c, p in [group]]
+    draft = (draft_size(run.config["data_config"]),) * 2
+    xs, ys, skipped = [], [], 0
+    for label, rel in queue:
+        if len(xs) >= max_images:
+            break
+        try:
+            xs.append(run.transform(load_image(root / rel, draft_size=draft)))
+            ys.append(names[label])
+        except ClassifierError:
+            skipped += 1
+    if xs:
+        note = f"{len(xs)} of the run's {len(rows)} validation images"
+        if skipped:
+            note += f" ({skipped} unreadable or missing under {root} were skipped)"
+        return ParityInputs(torch.stack(xs), np.array(ys), "validation images", note)
+    why = (
+        f"none of its {len(rows)} validation images is readable under {root}" if rows else "it has no validation split"
+    )
+    return ParityInputs(
+        _generated(run, min(N_GENERATED, max_images)),
+        None,
+        "generated inputs",
+        f"{why}; compared on {min(N_GENERATED, max_images)} generated images instead, so top-1 agreement and "
+        "probabilities are checked but accuracy is not",
+    )
+
+
+def _val_rows(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if r.get("split") == "val"]
+
+
+def _interleave(groups: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
+    """Round-robin over classes, so a capped sample still covers every class."""
+    out = []
+    for i in range(max((len(paths) for _, paths in groups), default=0)):
+        out += [(label, paths[i]) for label, paths in groups if i < len(paths)]
+    return out
+
+
+def _generated(run: LoadedRun, n: int) -> torch.Tensor:
+    """Smooth random colour images (blocky noise, upsampled), larger than the input so resize and crop both act."""
+    rng = np.random.default_rng(0)
+    side = int(run.config["data_config"]["input_size"][-1] * 1.3)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side + 7), Image.BILINEAR)
+        for _ in range(n)
+    ]
+    return torch.stack([run.transform(im) for im in images])
+
+
+# ---------------------------------------------------------------------------------------------- exporters
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
+    """Write `model` as ONNX with a dynamic batch axis (torch.export-based exporter, `dynamo=True`)."""
+    path = Path(path)
+    # The example batch must not have size 1: torch.export would specialise the batch axis to a constant.
+    example = example[:2] if len(example) >= 2 else example.repeat(2, 1, 1, 1)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    except ImportError as e:  # onnxscript / onnx missing
+        raise ModelError(
+            f"ONNX export needs the onnx and onnxscript packages ({e}); pip install -r requirements.txt"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs the one line
+        raise ModelError(f"could not export the model to ONNX: {type(e).__name__}: {_first_line(e)}") from e
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
+    """Write `model` traced to TorchScript (`torch.jit.trace` + `torch.jit.save`; deprecated in torch 2.15)."""
+    path = Path(path)
+    try:
+        with torch.no_grad(), _no_jit_deprecation():
+            traced = torch.jit.trace(model.eval(), example[:2], check_trace=False)
+            torch.jit.save(traced, str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"could not trace the model to TorchScript: {type(e).__name__}: {_first_line(e)}") from e
+    return path
+
+
+def quantize_onnx_int8(src: str | Path, dst: str | Path) -> Path:
+    """Dynamic int8 quantization (weights int8, activations at run time) of the ONNX model at `src`."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst = Path(dst)
+    plain, pre = dst.with_name(dst.stem + ".plain.onnx"), dst.with_name(dst.stem + ".pre.onnx")
+    try:
+        # The exporter annotates weights with shapes too; onnxruntime < 1.32 quantizes a Gemm by transposing its
+        # weight under the same name and then fails shape inference on that stale annotation. Drop those.
+        model = onnx.load(str(src))
+        weights = {t.name for t in model.graph.initializer}
+        keep = [v for v in model.graph.value_info if v.name not in weights]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+        onnx.save(model, str(plain))
+        quant_pre_process(str(plain), str(pre), skip_symbolic_shape=True)  # ONNX Runtime's recommended step
+        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"could not quantize the ONNX model: {type(e).__name__}: {_first_line(e)}") from e
+    finally:
+        plain.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
+    return dst
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session using `threads` intra-op threads (default: as many as torch uses)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    with _no_jit_deprecation():
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+class _no_jit_deprecation(warnings.catch_warnings):
+    def __enter__(self) -> Any:
+        out = super().__enter__()
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+# ------------------------------------------------------------------------------------------- parity, speed
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def compare(
+    reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None, *, name: str, file: str, size_mb: float
+) -> Check:
+    """Top-1 agreement, largest probability difference and accuracy of `probs` against `reference`."""
+    agree = float(np.mean(reference.argmax(1) == probs.argmax(1)))
+    diff = float(np.abs(reference - probs).max())
+    acc = None if labels is None else float(np.mean(probs.argmax(1) == labels))
+    return Check(name, file, round(size_mb, 3), agree, diff, acc)
+
+
+def judge(check: Check, pytorch_accuracy: float | None, quantized: bool) -> Check:
+    """Set `status`/`reason` from the thresholds at the top of this module."""
+    problems = []
+    if not quantized:
+        if check.top1_agreement < FLOAT_MIN_AGREEMENT:
+            problems.append(f"top-1 class differs from PyTorch on {1 - check.top1_agreement:.1%} of the images")
+        if check.max_prob_diff > FLOAT_MAX_PROB_DIFF:
+            problems.append(f"a probability differs by {check.max_prob_diff:.2g} (allowed {FLOAT_MAX_PROB_DIFF:g})")
+    elif check.accuracy is not None and pytorch_accuracy is not None:
+        drop = pytorch_accuracy - check.accuracy
+        if drop > INT8_MAX_ACCURACY_DROP:
+            problems.append(
+                f"accuracy falls from {pytorch_accuracy:.1%} to {check.accuracy:.1%} "
+                f"(more than the {INT8_MAX_ACCURACY_DROP:.0%} allowed)"
+            )
+    elif check.top1_agreement < INT8_MIN_AGREEMENT:
+        problems.append(
+            f"top-1 agreement with PyTorch is {check.top1_agreement:.1%} (below {INT8_MIN_AGREEMENT:.0%}); "
+            "no labelled images to measure accuracy"
+        )
+    check.status = "warning" if problems else "ok"
+    check.reason = "; ".join(problems)
+    return check
+
+
+def throughput(fns: dict[str, Callable[[], Any]], n_images: int, seconds: float = 2.0, min_reps: int = 2) -> dict:
+    """Images/s of each function, timed side by side (interleaved calls after one warm-up each; median call)."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    end = time.perf_counter() + seconds
+    reps = 0
+    while reps < min_reps or time.perf_counter() < end:
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+        reps += 1
+    return {k: n_images / statistics.median(v) for k, v in times.items()}
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    quantize: str | None = None,
+    max_images: int = MAX_PARITY_IMAGES,
+    bench_seconds: float = 2.0,
+    progress: Callable[[str], None] | None = None,
+) -> ExportReport:
+    """Export a run, check it against PyTorch, measure speed, and write `out`.
+
+    `out` ending in `.zip` gets the download bundle (model, config.json, MODEL_CARD.md, the predict snippet);
+    ending in `.onnx` / `.pt`, the model file alone. A flagged export is still written; its report says why
+    (`report.status == "warning"`, `report.reasons`).
+    """
+    t_start = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    fmt, out_path, kind = _check_args(fmt, quantize, out)
+    run = load_run(run_dir, device="cpu")
+    run.model.eval()
+    inputs = parity_inputs(run, max_images)
+    x = inputs.x
+    threads = torch.get_num_threads()
+    with torch.no_grad():
+        ref = _softmax(run.model(x).numpy())
+    pytorch_acc = None if inputs.labels is None else float(np.mean(ref.argmax(1) == inputs.labels))
+    xs = x[:SPEED_BATCH]
+    xs_np = xs.numpy()
+
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        checks: list[Check] = []
+        timed: dict[str, Callable[[], Any]] = {"PyTorch": lambda: _torch_forward(run.model, xs)}
+        notes = [f"inputs: {inputs.note}"]
+        if fmt == "onnx":
+            say("Exporting to ONNX…")
+            float_path = export_onnx(run.model, x, Path(tmp) / MODEL_FILES[("onnx", None)])
+            paths = [("ONNX float32", float_path, False)]
+            if quantize == "int8":
+                say("Quantizing to int8…")
+                q = quantize_onnx_int8(float_path, Path(tmp) / MODEL_FILES[("onnx", "int8")])
+                paths.append(("ONNX int8", q, True))
+            for name, path, quantized in paths:
+                say(f"Checking {name} against PyTorch…")
+                sess = onnx_session(path, threads)
+                probs = _softmax(_onnx_forward(sess, x.numpy()))
+                check = compare(ref, probs, inputs.labels, name=name, file=path.name, size_mb=_mb(path))
+                _check_batch_one(check, probs, _softmax(_onnx_forward(sess, x[:1].numpy())))
+                checks.append(judge(check, pytorch_acc, quantized))
+                timed[name] = lambda s=sess: _onnx_forward(s, xs_np)
+        else:
+            say("Tracing to TorchScript…")
+            path = export_torchscript(run.model, x, Path(tmp) / MODEL_FILES[("torchscript", None)])
+            say("Checking TorchScript against PyTorch…")
+            module = load_torchscript(path)
+            probs = _softmax(_torch_forward(module, x))
+            check = compare(ref, probs, inputs.labels, name="TorchScript", file=path.name, size_mb=_mb(path))
+            _check_batch_one(check, probs, _softmax(_torch_forward(module, x[:1])))
+            checks.append(judge(check, pytorch_acc, False))
+            timed["TorchScript"] = lambda: _torch_forward(module, xs)
+            notes.append("TorchScript is deprecated in PyTorch 2.15; prefer ONNX where the target allows it")
+        say("Measuring speed…")
+        speed = throughput(timed, len(xs), bench_seconds)
+        for c in checks:
+            c.images_per_s = _round(speed[c.name], 2)
+            c.top1_agreement, c.max_prob_diff = _round(c.top1_agreement), float(f"{c.max_prob_diff:.3g}")
+            c.accuracy = _round(c.accuracy)
+        notes.append(
+            f"speed: batch of {len(xs)}, {threads} threads for PyTorch and ONNX Runtime (CPUExecutionProvider), "
+            "timed side by side in one process"
+        )
+        if quantize == "int8" and checks[-1].images_per_s and checks[0].images_per_s:
+            ratio = checks[-1].images_per_s / checks[0].images_per_s
+            notes.append(
+                f"int8 is {checks[0].size_mb / max(checks[-1].size_mb, 1e-9):.1f}x smaller and runs at {ratio:.2f}x "
+                "the float model's speed here (dynamic quantization; integer convolutions are slow on many CPUs)"
+            )
+        report = ExportReport(
+            run_dir=str(run.run_dir),
+            format=fmt,
+            quantize=quantize,
+            out=str(out_path) if out_path else "",
+            kind=kind,
+            inputs=inputs.source,
+            n_images=len(x),
+            pytorch_accuracy=_round(pytorch_acc),
+            pytorch_images_per_s=_round(speed["PyTorch"], 2),
+            speed_batch=len(xs),
+            threads=threads,
+            checks=checks,
+            notes=notes,
+        )
+        report.seconds = round(time.perf_counter() - t_start, 2)
+        if out_path is not None:
+            model_path = Path(tmp) / checks[-1].file
+            if kind == "bundle":
+                _write_atomic(out_path, build_bundle(run, model_path, report, folder=out_path.stem))
+            else:
+                _write_atomic(out_path, model_path.read_bytes())
+    return report
+
+
+def _check_args(fmt: str, quantize: str | None, out: str | Path | None) -> tuple[str, Path | None, str]:
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ClassifierError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ClassifierError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANTIZE)}")
+    if quantize and fmt != "onnx":
+        raise ClassifierError("int8 quantization is only available for ONNX exports (--format onnx)")
+    if out is None:
+        return fmt, None, "none"
+    out = Path(out)
+    suffix = out.suffix.lower()
+    want = ".onnx" if fmt == "onnx" else ".pt"
+    if suffix == ".zip":
+        return fmt, out, "bundle"
+    if suffix == want:
+        return fmt, out, "model"
+    raise ClassifierError(
+        f"--out {out}: end it in .zip for the download bundle or in {want} for the {fmt} model file alone"
+    )
+
+
+def _torch_forward(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def _onnx_forward(session: Any, x: np.ndarray) -> np.ndarray:
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def _check_batch_one(check: Check, probs: np.ndarray, single: np.ndarray) -> None:
+    """The same image alone must give what it gave inside the batch (the batch axis really is dynamic)."""
+    diff = float(np.abs(probs[:1] - single).max())
+    if diff > FLOAT_MAX_PROB_DIFF:
+        check.max_prob_diff = max(check.max_prob_diff, diff)
+        check.top1_agreement = min(check.top1_agreement, float(probs[0].argmax() == single[0].argmax()))
+
+
+def _mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ bundle
+
+
+def bundle_config(run: LoadedRun, report: ExportReport, opset: int | None = None) -> dict[str, Any]:
+    """config.json of the bundle: classes, preprocessing, how to feed the model, and the parity result."""
+    dc = run.config["data_config"]
+    check = report.check
+    cfg: dict[str, Any] = {
+        "format": report.format,
+        "quantize": report.quantize,
+        "model_file": check.file,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input": "float32 (batch, 3, height, width), batch size free; the output is logits (softmax -> probabilities)",
+        "class_names": run.class_names,
+        "preprocessing": {
+            "input_size": list(dc["input_size"]),
+            "interpolation": dc["interpolation"],
+            "mean": list(dc["mean"]),
+            "std": list(dc["std"]),
+            "crop_pct": dc["crop_pct"],
+            "crop_mode": dc["crop_mode"],
+            "grayscale": bool(run.config.get("grayscale", False)),
+        },
+        "source_run": {
+            "run_dir": str(run.run_dir),
+            "backbone": run.config.get("backbone"),
+            "timm_name": run.config.get("timm_name"),
+            "created_at": run.config.get("created_at"),
+        },
+        "parity": {
+            "status": report.status,
+            "reasons": report.reasons,
+            "inputs": report.inputs,
+            "n_images": report.n_images,
+            "top1_agreement": check.top1_agreement,
+            "max_prob_diff": check.max_prob_diff,
+            "accuracy": check.accuracy,
+            "pytorch_accuracy": report.pytorch_accuracy,
+        },
+        "onnx_opset": opset,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(report.format),
+    }
+    return cfg
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    import platform
+
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+
+        v |= {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return v
+
+
+def build_bundle(run: LoadedRun, model_path: str | Path, report: ExportReport, folder: str = "export") -> bytes:
+    """The download zip: `folder/` with the model file, config.json, MODEL_CARD.md and the predict snippet."""
+    model_path = Path(model_path)
+    opset = None
+    if report.format == "onnx":
+        import onnx
+
+        opsets = onnx.load(str(model_path), load_external_data=False).opset_import
+        opset = next((int(o.version) for o in opsets if o.domain in ("", "ai.onnx")), None)
+    cfg = bundle_config(run, report, opset)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.write(model_path, f"{folder}/{report.check.file}")
+        zf.writestr(f"{folder}/config.json", json.dumps(cfg, indent=2) + "\n")
+        zf.writestr(f"{folder}/MODEL_CARD.md", model_card(run, report))
+        zf.writestr(f"{folder}/{SNIPPET_FILES[report.format]}", predict_snippet())
+    return buf.getvalue()
+
+
+def predict_snippet() -> str:
+    """The standalone predict script of a bundle: `classifier/bundle_predict.py`, which imports nothing from here."""
+    return (Path(__file__).with_name("bundle_predict.py")).read_text(encoding="utf-8")
+
+
+def model_card(run: LoadedRun, report: ExportReport) -> str:
+    """MODEL_CARD.md: data, training settings, validation metrics, intended use, limitations (parity included)."""
+    cfg, train = run.config, run.config.get("train", {})
+    metrics = _read_json(run.run_dir / "metrics.json")
+    counts = _split_counts(run.run_dir)
+    root = cfg.get("dataset", {}).get("root", "")
+    dc = cfg["data_config"]
+    check = report.check
+    lines = [
+        f"# Model card: {Path(root).name or 'dataset'} classifier ({cfg.get('backbone')}, {check.name})",
+        "",
+        f"Exported {datetime.now(timezone.utc):%Y-%m-%d} by the image-classifier workbench from run "
+        f"`{run.run_dir.name}` (trained {cfg.get('created_at', '?')}).",
+        "",
+        "## Data",
+        "",
+        f"- Dataset: `{Path(root).name}` ({cfg.get('dataset', {}).get('layout', '?')}), source `{root}`",
+        f"- Classes ({len(run.class_names)}): {', '.join(run.class_names)}",
+    ]
+    if counts:
+        splits = [s for s in ("train", "val", "test") if any(s in c for c in counts.values())]
+        lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+        lines += [f"| {c} | " + " | ".join(str(counts.get(c, {}).get(s, 0)) for s in splits) + " |"
+                  for c in run.class_names]  # fmt: skip
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- Backbone `{cfg.get('backbone')}` (timm architecture `{cfg.get('timm_name')}`), starting weights "
+        f"`{cfg.get('weights')}`, mode `{train.get('mode')}`",
+        f"- {train.get('epochs')} epochs, batch size {train.get('batch_size')}, "
+        f"optimizer {train.get('optimizer')}, learning rate {train.get('lr')}, "
+        f"scheduler {train.get('scheduler')}, weight decay {train.get('weight_decay')}",
+        f"- Augmentation `{train.get('augment')}`, label smoothing {train.get('label_smoothing')}, "
+        f"mixup {train.get('mixup')}, cutmix {train.get('cutmix')}, imbalance handling `{train.get('imbalance')}`, "
+        f"seed {train.get('seed')}",
+        f"- Input {dc['input_size'][-1]} px: resize the shorter side to floor({dc['input_size'][-1]} / "
+        f"{dc['crop_pct']}) ({dc['interpolation']}), centre crop, normalise with mean {list(dc['mean'])} and "
+        f"std {list(dc['std'])}" + (", grayscale" if cfg.get("grayscale") else ""),
+        "",
+        "## Validation metrics (PyTorch model, the run's validation split)",
+        "",
+    ]
+    if metrics:
+        for key, label in (("accuracy", "accuracy"), ("top_k_accuracy", f"top-{metrics.get('top_k', '?')} accuracy"),
+                           ("macro_f1", "macro F1"), ("roc_auc_macro", "ROC AUC (macro, one-vs-rest)"),
+                           ("ece", "expected calibration error"), ("n_val", "validation images")):  # fmt: skip
+            if metrics.get(key) is not None:
+                value = metrics[key]
+                lines.append(f"- {label}: {value:.4g}" if isinstance(value, float) else f"- {label}: {value}")
+        per_class = metrics.get("per_class") or []
+        if per_class:
+            lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {p['name']} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} | {p['support']} |"
+                      for p in per_class]  # fmt: skip
+    else:
+        lines.append("- metrics.json is missing from the run.")
+    lines += [
+        "",
+        "## Export check",
+        "",
+        f"Compared with the PyTorch model on {report.n_images} {report.inputs}: top-1 agreement "
+        f"{check.top1_agreement:.1%}, largest probability difference {check.max_prob_diff:.2g}"
+        + (
+            f", accuracy {check.accuracy:.1%} (PyTorch {report.pytorch_accuracy:.1%})"
+            if check.accuracy is not None and report.pytorch_accuracy is not None
+            else ""
+        )  # fmt: skip
+        + f". Status: **{report.status}**"
+        + (f" — {'; '.join(report.reasons)}" if report.reasons else "")
+        + ".",
+        "",
+        "## Intended use",
+        "",
+        f"Sorting images into the {len(run.class_names)} classes above, for images like those of the training set "
+        "(same kind of camera, framing and subjects). Use the preprocessing in config.json "
+        f"(`{SNIPPET_FILES[report.format]}` implements it).",
+        "",
+        "## Limitations",
+        "",
+        "- The model always answers with one of its classes; it cannot say that an image shows none of them.",
+        f"- The metrics come from {metrics.get('n_val', '?')} validation images of one dataset; expect lower accuracy "
+        "on images that look different (other cameras, lighting, backgrounds).",
+        "- Probabilities can be over- or under-confident (see the calibration error above).",
+    ]
+    if report.status != "ok":
+        lines.append(f"- **The export check flagged this file: {'; '.join(report.reasons)}.**")
+    if report.inputs != "validation images":
+        lines.append("- The export was checked on generated images only: the validation images were not readable.")
+    if report.quantize == "int8":
+        lines.append("- int8 weights: probabilities differ slightly from the float model (see the export check).")
+    return "\n".join(lines) + "\n"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _split_counts(run_dir: Path) -> dict[str, dict[str, int]]:
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        return {}
+    counts: dict[str, dict[str, int]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            per = counts.setdefault(r.get("label", "?"), {})
+            per[r.get("split", "?")] = per.get(r.get("split", "?"), 0) + 1
+    return counts
+
+
+def default_export_path(run_dir: str | Path, fmt: str, quantize: str | None = None) -> Path:
+    """Where the app keeps a run's export bundle: `<workspace>/exports/<run name>/<format>[-int8].zip`."""
+    from classifier.workspace import workspace_dir
+
+    name = f"{fmt}-{quantize}" if quantize else fmt
+    return workspace_dir() / "exports" / Path(run_dir).name / f"{name}.zip"

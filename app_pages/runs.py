@@ -1,4 +1,4 @@
-"""Runs: every run with its settings and metrics; download a run as a zip, or delete it."""
+"""Runs: every run with its settings and metrics; download a run as a zip, export it (ONNX, TorchScript), delete it."""
 
 import streamlit as st
 
@@ -6,6 +6,7 @@ from classifier.store import ACTIVE
 from ui import state
 from ui.artifacts import run_zip
 from ui.cache import executor
+from ui.export import export_section
 from ui.widgets import jobs, run_label, runs_table, sticky_select, user_errors
 
 state.init_state()
@@ -61,3 +62,6 @@ with right:
             executor().delete(job.run_id)
             st.toast(f"Deleted {job.name}")
             st.rerun()
+
+st.divider()
+export_section(job)

@@ -42,6 +42,17 @@ class NonFiniteLoss(RuntimeError):
         self.epoch, self.step = epoch, step
 
 
+class OutOfMemoryFailure(RuntimeError):
+    """Out of memory even at the smallest batch size: the run fails with this message."""
+
+    def __init__(self, batch_size: int, device: str, epoch: int, step: int):
+        super().__init__(
+            f"out of memory at batch size {batch_size} on {device} (epoch {epoch} step {step}); "
+            "try a smaller image size or backbone"
+        )
+        self.batch_size, self.device = batch_size, device
+
+
 @dataclass
 class FitState:
     """What callbacks can read: the loop updates it in place."""
@@ -69,10 +80,14 @@ class FitState:
     best_score: tuple[float, float] = (-math.inf, -math.inf)  # (val accuracy, -val loss)
     status: str = "running"  # running | completed | cancelled | failed
     error: str | None = None
+    batch_size: int = 0  # the batch size in use (halved after an out-of-memory error)
+    planned_steps: int | None = None  # total optimizer steps once the batch size changed; None = epochs x steps
+    oom_events: list[dict[str, Any]] = field(default_factory=list)  # {"epoch", "step", "from", "to"}
+    resumed_from: dict[str, Any] | None = None  # {"epoch", "batch", "step"} when this fit resumed a checkpoint
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.planned_steps if self.planned_steps is not None else self.epochs * self.steps_per_epoch
 
     @property
     def fraction_done(self) -> float:
@@ -122,7 +137,10 @@ class HistoryWriter(Callback):
     """Rewrites `history.csv` after every epoch, so a reader polling the run dir sees curves grow."""
 
     order = 10
-    columns = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec"]
+    columns = [
+        "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec",
+        "batch_size",
+    ]  # fmt: skip
 
     def on_epoch_end(self, state: FitState) -> None:
         write_history(state.out_dir / "history.csv", state.history)

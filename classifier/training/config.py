@@ -46,6 +46,9 @@ class TrainConfig:
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
     num_workers: int | None = None  # DataLoader workers; None = chosen for the machine
+    # resume checkpoint (last.safetensors) at every epoch end and every N optimizer steps; 0 = epoch ends only;
+    # None = after every 2 minutes of training
+    checkpoint_every_steps: int | None = None
 
     def resolved(self) -> TrainConfig:
         """A copy with mode-dependent defaults filled in, after validating every choice."""
@@ -74,6 +77,8 @@ class TrainConfig:
             out.lr = 3e-3 if out.mode == "linear" else 5e-4
         if out.epochs < 1 or out.batch_size < 1 or out.lr <= 0:
             raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+        if out.checkpoint_every_steps is not None and out.checkpoint_every_steps < 0:
+            raise ValueError("checkpoint_every_steps must be 0 (epoch ends only) or a positive number of steps")
         return out
 
     def to_dict(self) -> dict[str, Any]:

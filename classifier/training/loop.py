@@ -6,10 +6,19 @@
 
 `linear` mode without augmentation runs the frozen backbone once over every image and trains the head on
 the stored features, which takes seconds on a CPU. Every output in the run dir is written atomically.
+
+Every `checkpoint_every_steps` steps and at every epoch end the whole training state goes to
+`last.safetensors` (see `classifier.training.resume`); `fit(..., resume=True)` continues from it and ends
+with the same steps, learning rates and weights as an uninterrupted run (bit for bit on a CPU with
+`num_workers=0`; with loader workers the batches are the same but augmentation draws may differ). An
+out-of-memory error in a training step frees what the step held, halves the batch size and retries the
+same samples; below `OOM_MIN_BATCH_SIZE` the run fails with a clear message.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import os
 import platform
@@ -25,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, TensorDataset
 
 from classifier.data.dataset import DatasetIndex, check_trainable
 from classifier.data.loader import ImageListDataset, draft_size
@@ -35,6 +44,7 @@ from classifier.errors import RunError
 from classifier.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from classifier.metrics import compute_metrics
 from classifier.models import build_model, extract_features, freeze_bn_stats, set_trainable
+from classifier.models.factory import model_from_run_config
 from classifier.training.callbacks import (
     CancelCallback,
     CancelFit,
@@ -42,12 +52,27 @@ from classifier.training.callbacks import (
     FitState,
     HistoryWriter,
     NonFiniteLoss,
+    OutOfMemoryFailure,
     StopFit,
     write_history,
 )
 from classifier.training.config import TrainConfig
+from classifier.training.resume import (
+    RESUME_FILE,
+    EpochSampler,
+    ResumeState,
+    can_resume,
+    epoch_seed,
+    load_resume,
+    restore_rng,
+    save_resume,
+)
 
 CONFIG_FORMAT = 1
+OOM_MIN_BATCH_SIZE = 1  # below this an out-of-memory error fails the run instead of halving the batch again
+CHECKPOINT_INTERVAL_S = 120.0  # checkpoint_every_steps=None: a mid-epoch checkpoint after this much training
+RUNTIME_FIELDS = ("device", "num_workers")  # settings a resumed run may change
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -158,47 +183,79 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def fit(
-    config: TrainConfig,
+    config: TrainConfig | None,
     out_dir: str | Path,
     callbacks: Sequence = (),
     *,
     index: DatasetIndex | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    resume: bool = False,
 ) -> FitResult:
-    """Train `config` into the new run dir `out_dir`; returns how it ended and the validation metrics."""
-    cfg = config.resolved()
+    """Train `config` into the new run dir `out_dir`; returns how it ended and the validation metrics.
+
+    `resume=True` continues the run in `out_dir` from its checkpoint (`last.safetensors`) with the same epoch,
+    position in the epoch, step, optimizer, learning-rate schedule, RNG states, history and best score, and
+    finishes exactly as an uninterrupted run would. `config` may then be None (it is read from the run's
+    config.json); if given it must match (device and workers may differ). A run that stopped before its first
+    checkpoint starts over in place.
+    """
     out_dir = Path(out_dir)
+    saved_config, ckpt = _open_resume(config, out_dir) if resume else (None, None)
+    if config is None:
+        if saved_config is None:
+            raise RunError("fit needs a TrainConfig (or resume=True with an existing run dir)")
+        config = TrainConfig.from_dict(saved_config["train"])
+    cfg = config.resolved()
+    if saved_config is not None:
+        _check_same_config(cfg, saved_config, out_dir)
     if index is None:
         index = load_dataset(cfg.data, cfg.seed)
     check_trainable(index)
-    _prepare_out_dir(out_dir)
+    if resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        _prepare_out_dir(out_dir)
     seed_everything(cfg.seed)
     splits = assign_splits(index, cfg.val_split, cfg.test_split, cfg.seed)
     device = pick_device(cfg.device)
-    built = build_model(cfg.backbone, len(index.classes), cfg.weights, drop_rate=cfg.drop_rate, img_size=cfg.img_size)
-    model = built.model
-    data_config = built.data_config
-
-    run_config = {
-        "format_version": CONFIG_FORMAT,
-        "backbone": built.info.name,
-        "timm_name": built.timm_name,
-        "weights": built.weights,
-        "num_classes": len(index.classes),
-        "class_names": list(index.classes),
-        "data_config": data_config,
-        "grayscale": cfg.grayscale,
-        "dataset": {"root": str(index.root), "source": index.source, "layout": index.layout},
-        "train": cfg.to_dict(),
-        "device": str(device),
-        "versions": _versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_json(out_dir / "config.json", run_config)
     split_rows = ["path,label,split"] + [
         f"{_csv_field(s.path)},{_csv_field(index.classes[s.label])},{sp}" for s, sp in zip(index.samples, splits)
     ]
-    atomic_write_text(out_dir / "split.csv", "\n".join(split_rows) + "\n")
+    split_text = "\n".join(split_rows) + "\n"
+    if ckpt is None:
+        built = build_model(
+            cfg.backbone, len(index.classes), cfg.weights, drop_rate=cfg.drop_rate, img_size=cfg.img_size
+        )
+        model = built.model
+        data_config = built.data_config
+        run_config = {
+            "format_version": CONFIG_FORMAT,
+            "backbone": built.info.name,
+            "timm_name": built.timm_name,
+            "weights": built.weights,
+            "num_classes": len(index.classes),
+            "class_names": list(index.classes),
+            "data_config": data_config,
+            "grayscale": cfg.grayscale,
+            "dataset": {"root": str(index.root), "source": index.source, "layout": index.layout},
+            "train": cfg.to_dict(),
+            "device": str(device),
+            "versions": _versions(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(out_dir / "config.json", run_config)
+        atomic_write_text(out_dir / "split.csv", split_text)
+    else:
+        # The weights come from the checkpoint: rebuild the architecture without downloading anything.
+        run_config = saved_config
+        split_path = out_dir / "split.csv"
+        if not split_path.is_file() or split_path.read_text(encoding="utf-8") != split_text:
+            raise RunError(
+                f"the dataset {cfg.data} changed since run {out_dir} started (its train/val split differs from "
+                "split.csv); cannot resume. Start a new run."
+            )
+        model = model_from_run_config(run_config, ckpt.model)
+        data_config = run_config["data_config"]
 
     def items(split: str) -> list[tuple[Path, int]]:
         return [(index.root / s.path, s.label) for s, sp in zip(index.samples, splits) if sp == split]
@@ -214,16 +271,23 @@ def fit(
         + ([CancelCallback(should_cancel)] if should_cancel else []),
         key=lambda c: c.order,
     )
-    steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
-    state = FitState(cfg, out_dir, model, cfg.epochs, steps_per_epoch, len(train_items), len(val_items))
+    n_train = len(train_items)
+    # The learning-rate schedule counts steps of the configured batch size, also after an out-of-memory halving.
+    bs0 = cfg.batch_size
+    steps_per_epoch = math.ceil(n_train / bs0)
+    sched_total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    state = FitState(cfg, out_dir, model, cfg.epochs, steps_per_epoch, n_train, len(val_items), batch_size=bs0)
 
     def emit(hook: str) -> None:
         for cb in cbs:
             getattr(cb, hook)(state)
 
     loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    class_counts = np.bincount([y for _, y in train_items], minlength=len(index.classes)).astype(float)
+    train_labels = [y for _, y in train_items]
+    sampler = EpochSampler(train_labels, cfg.seed, balanced=cfg.imbalance == "sampler")
+    loader_gen = torch.Generator()  # the loader's own seed source, so it never draws from the global RNG
+    class_counts = np.bincount(train_labels, minlength=len(index.classes)).astype(float)
     class_weights = None
     if cfg.imbalance == "weights":
         w = class_counts.sum() / np.maximum(class_counts, 1) / len(class_counts)
@@ -242,7 +306,62 @@ def fit(
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
     best_val: dict[str, Any] = {}
+    pos = _fresh_position()  # where training stands inside the current epoch
+    start_epoch, generation, seconds_before, val_seconds = 1, 0, 0.0, 0.0
+    if ckpt is not None:
+        m = ckpt.meta
+        start_epoch, generation, seconds_before = int(m["epoch"]), int(m["generation"]), float(m["seconds"])
+        pos = dict(m["position"])
+        state.epoch, state.batch, state.step = min(start_epoch, cfg.epochs), int(m["batch"]), int(m["step"])
+        state.history = list(m["history"])
+        state.best_epoch = int(m["best_epoch"])
+        state.best_score = tuple(m["best_score"]) if m["best_score"] else state.best_score
+        state.batch_size = int(m["batch_size"])
+        state.steps_per_epoch = math.ceil(n_train / state.batch_size)
+        state.planned_steps = m["planned_steps"]
+        state.oom_events = list(m["oom_events"])
+        state.lr = float(m["lr"])
+        state.resumed_from = {"epoch": start_epoch, "batch": state.batch, "step": state.step}
+        if "best.val_probs" in ckpt.tensors:
+            best_val = {**m["best_val"], "probs": ckpt.tensors["best.val_probs"].numpy()}
+        sched = m["scheduler"]
+        if (sched["kind"], sched["total_steps"], sched["warmup_steps"]) != (cfg.scheduler, sched_total, warmup):
+            raise RunError(f"the checkpoint in {out_dir} was written for another schedule or dataset size")
+    ckpt_path = out_dir / RESUME_FILE
+    in_training = False
     t0 = time.time()
+    last_checkpoint = [t0]  # when the last one was written (for the time-based default)
+
+    def save_checkpoint(next_epoch: int, batch: int, position: dict[str, Any]) -> None:
+        nonlocal generation
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            log.warning("not writing a checkpoint at step %d: the weights are no longer finite", state.step)
+            return  # keep the last good one
+        generation += 1
+        meta = {
+            "generation": generation,
+            "epoch": next_epoch,  # the epoch to continue (cfg.epochs + 1: training is done)
+            "batch": batch,  # batches done in it
+            "step": state.step,  # optimizer steps done in total
+            "position": position,
+            "batch_size": state.batch_size,
+            "planned_steps": state.planned_steps,
+            "scheduler": {"kind": cfg.scheduler, "base_lr": cfg.lr, "warmup_steps": warmup,
+                          "total_steps": sched_total, "step_batch_size": bs0},  # fmt: skip
+            "lr": state.lr,
+            "history": _json_safe(state.history),
+            "best_epoch": state.best_epoch,
+            "best_score": list(state.best_score) if all(map(math.isfinite, state.best_score)) else None,
+            "best_val": {k: best_val[k] for k in ("loss", "acc")} if best_val else None,
+            "oom_events": state.oom_events,
+            "seconds": seconds_before + time.time() - t0,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "train": cfg.to_dict(),
+        }
+        extra = {"best.val_probs": torch.from_numpy(np.ascontiguousarray(best_val["probs"]))} if best_val else {}
+        save_resume(ckpt_path, model, optimizer, meta, extra)
+        last_checkpoint[0] = time.time()
+
     try:
         emit("on_fit_start")
         if use_features:
@@ -253,17 +372,14 @@ def fit(
                 model, train_items, ev_t, draft, loader_kw, cfg.batch_size, device, autocast, state, emit
             )
             val_x = _features(model, val_items, ev_t, draft, loader_kw, cfg.batch_size, device, autocast, state, emit)
-            train_y = torch.tensor([y for _, y in train_items])
-            train_loader = DataLoader(
-                TensorDataset(train_x, train_y),
-                batch_size=cfg.batch_size,
-                sampler=_sampler(cfg, train_y.tolist(), class_counts, gen),
-                shuffle=cfg.imbalance != "sampler",
-                generator=gen,
-            )
-            val_loader = DataLoader(
-                TensorDataset(val_x, torch.tensor([y for _, y in val_items])), batch_size=cfg.batch_size * 4
-            )
+            train_ds = TensorDataset(train_x, torch.tensor(train_labels))
+            val_ds = TensorDataset(val_x, torch.tensor([y for _, y in val_items]))
+
+            def make_loaders(bs: int) -> tuple[DataLoader, DataLoader]:
+                return (
+                    DataLoader(train_ds, batch_size=bs, sampler=sampler, generator=loader_gen),
+                    DataLoader(val_ds, batch_size=bs * 4),
+                )
 
             def forward(x: torch.Tensor) -> torch.Tensor:
                 return head(dropout(x))
@@ -274,19 +390,14 @@ def fit(
 
             params = list(head.parameters())
         else:
-            tr_t = train_transform(data_config, cfg.augment, cfg.grayscale)
-            train_loader = DataLoader(
-                ImageListDataset(train_items, tr_t, draft),
-                batch_size=cfg.batch_size,
-                sampler=_sampler(cfg, [y for _, y in train_items], class_counts, gen),
-                shuffle=cfg.imbalance != "sampler",
-                generator=gen,
-                drop_last=False,
-                **loader_kw,
-            )
-            val_loader = DataLoader(
-                ImageListDataset(val_items, ev_t, draft), batch_size=cfg.batch_size * 2, **loader_kw
-            )
+            train_ds = ImageListDataset(train_items, train_transform(data_config, cfg.augment, cfg.grayscale), draft)
+            val_ds = ImageListDataset(val_items, ev_t, draft)
+
+            def make_loaders(bs: int) -> tuple[DataLoader, DataLoader]:
+                return (
+                    DataLoader(train_ds, batch_size=bs, sampler=sampler, generator=loader_gen, **loader_kw),
+                    DataLoader(val_ds, batch_size=bs * 2, **loader_kw),
+                )
 
             def forward(x: torch.Tensor) -> torch.Tensor:
                 return model(x)
@@ -300,81 +411,127 @@ def fit(
             set_trainable(model, cfg.mode == "finetune" and cfg.head_warmup_epochs == 0)
 
         optimizer = _optimizer(cfg, params)
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt.optimizer_state())
+            if ckpt.meta.get("scaler") and scaler.is_enabled():
+                scaler.load_state_dict(ckpt.meta["scaler"])
         mixup = _mixup(cfg, len(index.classes))
         train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-        val_seconds = 0.0
-        for epoch in range(1, cfg.epochs + 1):
-            state.epoch, state.batch, state.phase = epoch, 0, "train"
+        train_loader, val_loader = make_loaders(state.batch_size)
+        if ckpt is not None:
+            # Last, right before the first batch is drawn: everything above is deterministic without RNG.
+            restore_rng(ckpt.meta["rng"], ckpt.tensors)
+        in_training = True
+        step0, epochs_validated = state.step, 0
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            state.epoch, state.phase = epoch, "train"
+            if epoch != start_epoch or ckpt is None:
+                pos, state.batch = _fresh_position(), 0
             if not use_features and cfg.mode == "finetune" and cfg.head_warmup_epochs:
                 set_trainable(model, epoch > cfg.head_warmup_epochs)
             emit("on_epoch_start")
             set_mode(True)
-            ep_start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-            for x, y in train_loader:
-                bt = time.time()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                lr = lr_at(state.step, state.total_steps, cfg.lr, warmup, cfg.scheduler)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                target = y
-                if mixup is not None:
-                    if x.shape[0] % 2:  # timm's Mixup pairs samples, so it needs an even batch
-                        x, y = x[:-1], y[:-1]
-                    if x.shape[0] == 0:
-                        continue
-                    x, target = mixup(x, y)
-                with autocast():
-                    logits = forward(x)
-                    loss = _soft_ce(logits, target) if mixup is not None else train_loss_fn(logits, target)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(epoch, state.step + 1, float(loss.detach()))
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                n = y.shape[0]
-                seen += n
-                loss_sum += float(loss.detach()) * n
-                correct += int((logits.argmax(1) == y).sum())
-                state.step += 1
-                state.batch += 1
-                state.loss, state.lr = float(loss.detach()), lr
-                dt = max(time.time() - bt, 1e-6)
-                ips = n / dt
-                state.images_per_sec = ips if state.images_per_sec == 0 else 0.8 * state.images_per_sec + 0.2 * ips
-                train_elapsed = time.time() - t0 - val_seconds
-                remaining = state.total_steps - state.step
-                state.eta_seconds = (
-                    train_elapsed / state.step * remaining + val_seconds / max(1, epoch - 1) * (cfg.epochs - epoch + 1)
-                    if state.step
-                    else None
-                )
-                emit("on_batch_end")
-            train_seconds = time.time() - ep_start
+            ep_start = time.time()
+            while True:  # once per batch size: an out-of-memory error halves it and continues this epoch
+                sampler.set_epoch(epoch, start=pos["samples"])
+                loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
+                out_of_memory = False
+                try:
+                    for x, y in train_loader:
+                        n_batch = int(y.shape[0])
+                        bt = time.time()
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        if channels_last and x.ndim == 4:
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        lr = lr_at((epoch - 1) * steps_per_epoch + pos["samples"] // bs0, sched_total, cfg.lr,
+                                   warmup, cfg.scheduler)  # fmt: skip
+                        for g in optimizer.param_groups:
+                            g["lr"] = lr
+                        target = y
+                        if mixup is not None:
+                            if x.shape[0] % 2:  # timm's Mixup pairs samples, so it needs an even batch
+                                x, y = x[:-1], y[:-1]
+                            if x.shape[0] == 0:
+                                pos["samples"] += n_batch
+                                continue
+                            x, target = mixup(x, y)
+                        with autocast():
+                            logits = forward(x)
+                            loss = _soft_ce(logits, target) if mixup is not None else train_loss_fn(logits, target)
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLoss(epoch, state.step + 1, float(loss.detach()))
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        if cfg.grad_clip:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        n = y.shape[0]
+                        pos["samples"] += n_batch
+                        pos["seen"] += n
+                        pos["loss_sum"] += float(loss.detach()) * n
+                        pos["correct"] += int((logits.argmax(1) == y).sum())
+                        state.step += 1
+                        state.batch += 1
+                        state.loss, state.lr = float(loss.detach()), lr
+                        ips = n / max(time.time() - bt, 1e-6)
+                        state.images_per_sec = 0.8 * state.images_per_sec + 0.2 * ips if state.images_per_sec else ips
+                        train_elapsed = time.time() - t0 - val_seconds
+                        remaining = state.total_steps - state.step
+                        state.eta_seconds = (
+                            train_elapsed / (state.step - step0) * remaining
+                            + val_seconds / max(1, epochs_validated) * (cfg.epochs - epoch + 1)
+                        )
+                        emit("on_batch_end")
+                        every = cfg.checkpoint_every_steps
+                        if every is None:
+                            due = time.time() - last_checkpoint[0] >= CHECKPOINT_INTERVAL_S
+                        else:
+                            due = every > 0 and state.step % every == 0
+                        if due and pos["samples"] < n_train:  # (the epoch-end checkpoint follows anyway)
+                            elapsed = pos["seconds"] + time.time() - ep_start
+                            save_checkpoint(epoch, state.batch, {**pos, "seconds": elapsed})
+                except RuntimeError as e:
+                    if not _is_oom(e):
+                        raise
+                    out_of_memory = True
+                if not out_of_memory:
+                    break
+                # Drop every reference to the failed batch before retrying it at half the size.
+                x = y = target = logits = loss = train_loader = val_loader = None
+                new_bs = _free_after_oom(optimizer, device, state.batch_size, epoch, state.step + 1)
+                state.oom_events.append(dict(epoch=epoch, step=state.step + 1, to=new_bs, **{"from": state.batch_size}))
+                log.warning(
+                    "out of memory at batch size %d on %s (epoch %d step %d); continuing with batch size %d",
+                    state.batch_size, device, epoch, state.step + 1, new_bs,
+                )  # fmt: skip
+                state.batch_size = new_bs
+                state.steps_per_epoch = math.ceil(n_train / new_bs)
+                left_in_epoch = math.ceil((n_train - pos["samples"]) / new_bs)
+                state.planned_steps = state.step + left_in_epoch + (cfg.epochs - epoch) * state.steps_per_epoch
+                train_loader, val_loader = make_loaders(new_bs)
+            train_seconds = pos["seconds"] + time.time() - ep_start
             state.phase = "val"
             vt = time.time()
             val = _evaluate(forward, set_mode, val_loader, device, channels_last, autocast)
             val_seconds += time.time() - vt
+            epochs_validated += 1
             row = {
                 "epoch": epoch,
                 "step": state.step,
-                "train_loss": loss_sum / max(1, seen),
-                "train_acc": correct / max(1, seen),
+                "train_loss": pos["loss_sum"] / max(1, pos["seen"]),
+                "train_acc": pos["correct"] / max(1, pos["seen"]),
                 "val_loss": val["loss"],
                 "val_acc": val["acc"],
                 "lr": state.lr,
-                "seconds": round(time.time() - ep_start, 3),
-                "images_per_sec": seen / max(train_seconds, 1e-6),
+                "seconds": round(train_seconds + time.time() - vt, 3),
+                "images_per_sec": pos["seen"] / max(train_seconds, 1e-6),
+                "batch_size": state.batch_size,
             }
             state.history.append(row)
             score = (val["acc"], -val["loss"])
-            if score > state.best_score:
+            if math.isfinite(val["loss"]) and score > state.best_score:
                 state.best_score, state.best_epoch = score, epoch
                 best_val = val
                 atomic_save_safetensors(
@@ -382,22 +539,28 @@ def fit(
                     model.state_dict(),
                     metadata={"epoch": str(epoch), "format": "classifier-run"},
                 )
-            state.eta_seconds = (time.time() - t0) / epoch * (cfg.epochs - epoch)
+            state.eta_seconds = (time.time() - t0) / epochs_validated * (cfg.epochs - epoch)
             emit("on_epoch_end")
+            save_checkpoint(epoch + 1, 0, _fresh_position())
         state.status = "completed"
     except StopFit:
         state.status = "completed"
     except CancelFit:
         state.status = "cancelled"
-    except NonFiniteLoss as e:
-        state.status, state.error = "failed", str(e)
+        if in_training:  # a cancelled run can be resumed exactly where it stopped
+            if len(state.history) >= state.epoch:
+                save_checkpoint(state.epoch + 1, 0, _fresh_position())
+            else:
+                save_checkpoint(state.epoch, state.batch, pos)
+    except (NonFiniteLoss, OutOfMemoryFailure) as e:
+        state.status, state.error = "failed", str(e)  # the last good checkpoint stays as it is
     except Exception as e:  # noqa: BLE001 - the run must end with a recorded status, then re-raise
         state.status, state.error = "failed", f"{type(e).__name__}: {e}"
         state.phase = "done"
         emit("on_fit_end")
         raise
     state.phase = "done"
-    seconds = time.time() - t0
+    seconds = seconds_before + time.time() - t0
     metrics = None
     if best_val:
         probs = best_val["probs"]
@@ -408,7 +571,7 @@ def fit(
                 "epochs_run": len(state.history),
                 "status": state.status,
                 "train_seconds": round(seconds, 2),
-                "backbone": built.info.name,
+                "backbone": run_config["backbone"],
                 "mode": cfg.mode,
             }
         )
@@ -418,18 +581,82 @@ def fit(
         atomic_write_json(out_dir / "metrics.json", metrics)
     write_history(out_dir / "history.csv", state.history)
     emit("on_fit_end")
+    if state.status == "completed":
+        ckpt_path.unlink(missing_ok=True)  # nothing left to resume; it is several times the model's size
     return FitResult(state.status, out_dir, metrics, state.history, state.best_epoch, seconds, state.error)
+
+
+def _fresh_position() -> dict[str, Any]:
+    """Progress inside an epoch: samples drawn, images trained on, their summed loss and hits, seconds spent."""
+    return {"samples": 0, "seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}
+
+
+def _open_resume(config: TrainConfig | None, out_dir: Path) -> tuple[dict[str, Any] | None, ResumeState | None]:
+    """The run's saved config.json and checkpoint, either None when the run never got that far."""
+    from classifier.predict import read_run_config
+
+    if not (out_dir / "config.json").is_file():
+        if config is None:
+            raise RunError(f"nothing to resume in {out_dir}: it has no config.json (is it a run dir?)")
+        return None, None  # stopped before writing anything: start over in place
+    saved = read_run_config(out_dir)
+    for tmp in out_dir.glob(".*.tmp"):  # temp files of writes a kill interrupted
+        tmp.unlink(missing_ok=True)
+    path = out_dir / RESUME_FILE
+    if path.is_file():
+        return saved, load_resume(path)
+    if not can_resume(out_dir):
+        raise RunError(
+            f"run {out_dir} has no resume checkpoint ({RESUME_FILE}): it completed, or it ended before this "
+            "version wrote checkpoints. Nothing was changed; start a new run."
+        )
+    return saved, None  # stopped before its first checkpoint: start over in place
+
+
+def _check_same_config(cfg: TrainConfig, saved: dict[str, Any], out_dir: Path) -> None:
+    theirs = TrainConfig.from_dict(saved["train"]).resolved().to_dict()
+    ours = cfg.to_dict()
+    diff = [k for k in ours if k not in RUNTIME_FIELDS and ours[k] != theirs.get(k)]
+    if diff:
+        raise RunError(
+            f"run {out_dir} was trained with other settings ({', '.join(diff)}); resume it with its own settings "
+            "(python -m classifier train --resume RUN_DIR) or start a new run"
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def _is_oom(e: BaseException) -> bool:
+    # MPS (and CUDA before torch 2.5) report it as a plain RuntimeError.
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and not isinstance(e, NonFiniteLoss) and "out of memory" in str(e).lower()
+    )
+
+
+def _free_after_oom(optimizer: torch.optim.Optimizer, device: torch.device, batch_size: int, epoch: int, step: int):
+    """Release what the failed step held; the halved batch size, or `OutOfMemoryFailure` below the minimum."""
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+    new = batch_size // 2
+    if new < OOM_MIN_BATCH_SIZE:
+        raise OutOfMemoryFailure(batch_size, str(device), epoch, step)
+    return new
 
 
 def _csv_field(s: str) -> str:
     return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n') else s
-
-
-def _sampler(cfg: TrainConfig, labels: list[int], counts: np.ndarray, gen: torch.Generator):
-    if cfg.imbalance != "sampler":
-        return None
-    w = [1.0 / counts[y] for y in labels]
-    return WeightedRandomSampler(w, num_samples=len(labels), replacement=True, generator=gen)
 
 
 def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from classifier.errors import ClassifierError
@@ -79,7 +80,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--early-stopping", type=int, default=0, help="patience in epochs (0 = off)")
     g = p.add_argument_group("output and runtime")
-    g.add_argument("--out", required=True, help="new run dir to write (must not exist or be empty)")
+    g.add_argument("--out", default=None, help="new run dir to write (must not exist or be empty)")
+    g.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted or cancelled run from its last checkpoint (RUN_DIR/last.safetensors) with "
+        "the run's own settings; the data/model/optimisation flags are ignored",
+    )
+    g.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write the resume checkpoint every N steps as well as at every epoch end (0 = epoch ends only; "
+        "default: after every 2 minutes of training)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
@@ -176,19 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a: argparse.Namespace) -> int:
     from classifier.training import ProgressPrinter, fit
 
-    if a.config_json is None and a.data is None:
+    if a.resume is not None:
+        if a.out is not None and Path(a.out).resolve() != Path(a.resume).resolve():
+            raise ClassifierError("--resume continues the run in RUN_DIR; leave out --out (or give the same dir)")
+        a.out = a.resume
+    elif a.out is None:
+        raise ClassifierError("give --out (a new run dir), or --resume RUN_DIR to continue a run")
+    if a.config_json is None and a.data is None and a.resume is None:
         raise ClassifierError("give --data (a dataset folder, .zip, CSV or demo) or --config-json")
     callbacks = [] if a.quiet else [ProgressPrinter(sys.stderr)]
     if a.run_id is not None:
-        from pathlib import Path
-
         from classifier.jobs import run_job
 
         # run_job loads and checks the config itself, so that even a bad config ends as "failed" in the store.
-        result = run_job(a.run_id, Path(a.config_json) if a.config_json else _train_config(a), a.out, callbacks)
+        if a.resume is not None:
+            config = Path(a.config_json) if a.config_json else None
+        else:
+            config = Path(a.config_json) if a.config_json else _train_config(a)
+        result = run_job(a.run_id, config, a.out, callbacks, resume=a.resume is not None)
         if result is None:
             print(json.dumps({"status": "cancelled", "run_dir": a.out}))
             return 0
+    elif a.resume is not None:
+        result = fit(None, a.resume, callbacks, resume=True)
     else:
         if a.config_json is not None:
             from classifier.jobs import load_config_json
@@ -251,6 +277,7 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
         device=a.device,
         amp=not a.no_amp,
         num_workers=a.workers,
+        checkpoint_every_steps=a.checkpoint_every_steps,
     )
 
 

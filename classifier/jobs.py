@@ -11,7 +11,8 @@ server itself. That child calls `run_job`, which
 - stops within one batch when the cancel flag file `runs/<id>.cancel` appears, keeping the best checkpoint.
 
 A run whose process is gone while its row still says queued/running is marked "interrupted" by the next
-`status`/`list` call.
+`status`/`list` call. `resume` starts an interrupted (or cancelled, or failed) run's process again with
+`train --resume RUN_DIR`: same run id, same run dir, continuing from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from classifier.errors import ClassifierError, RunError
 from classifier.io import atomic_write_json
-from classifier.store import ACTIVE, RunStore
+from classifier.store import ACTIVE, RESUMABLE, RunStore
 from classifier.training.callbacks import Callback, FitState
 from classifier.training.config import TrainConfig
+from classifier.training.resume import can_resume, resume_point
 from classifier.workspace import ENV_VAR, runs_dir, workspace_dir
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ class Executor(Protocol):
     def cancel(self, run_id: str) -> None: ...
     def list(self, limit: int | None = None) -> list[JobStatus]: ...
     def delete(self, run_id: str) -> None: ...
+    def resume(self, run_id: str) -> None: ...
 
 
 def cancel_flag_path(run_id: str) -> Path:
@@ -113,8 +116,32 @@ class LocalProcessExecutor(Executor):
         run_dir = runs_dir() / run_id
         request = atomic_write_json(request_path(run_id), cfg.to_dict())
         self.store.create(run_id, name or _default_name(cfg), cfg.to_dict(), str(run_dir), device=device.type)
-        cmd = [self.python, "-m", "classifier", "train", "--config-json", str(request), "--out", str(run_dir),
-               "--run-id", run_id, "--quiet"]  # fmt: skip
+        self._launch(run_id, ["--config-json", str(request), "--out", str(run_dir)])
+        return run_id
+
+    def resume(self, run_id: str) -> None:
+        """Start an interrupted, cancelled or failed run again from its last checkpoint (same id, same run dir).
+
+        The row goes back to "queued" and then "running" as for a new run; the process is
+        `python -m classifier train --resume RUN_DIR --run-id ID`.
+        """
+        row = self._row(run_id)
+        if not resumable(_job_status(row)):
+            why = "it has no checkpoint to continue from" if row["status"] in RESUMABLE else f"it is {row['status']}"
+            raise RunError(f"run {run_id} cannot be resumed: {why}")
+        cancel_flag_path(run_id).unlink(missing_ok=True)  # an old cancel request must not stop the new process
+        if not self.store.transition(run_id, RESUMABLE, status="queued", error=None, ended_at=None, pid=None):
+            raise RunError(f"run {run_id} changed state meanwhile; look again before resuming")
+        args = ["--resume", row["run_dir"]]
+        if request_path(run_id).is_file():  # lets a run that stopped before writing config.json start over
+            args += ["--config-json", str(request_path(run_id))]
+        with open(log_path(run_id), "ab") as log:
+            log.write(f"\n--- resumed at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        self._launch(run_id, args)
+
+    def _launch(self, run_id: str, args: list[str]) -> None:
+        """Start `python -m classifier train ARGS --run-id ID --quiet` in its own session; record its pid."""
+        cmd = [self.python, "-m", "classifier", "train", *args, "--run-id", run_id, "--quiet"]
         # An absolute workspace so the child finds the same store whatever its cwd; the package's parent on
         # PYTHONPATH so `-m classifier` imports this very package even when it is not installed.
         package_root = str(Path(__file__).resolve().parent.parent)
@@ -136,7 +163,6 @@ class LocalProcessExecutor(Executor):
         with _CHILDREN_LOCK:
             _CHILDREN[run_id] = proc
         self.store.update(run_id, pid=proc.pid)
-        return run_id
 
     def status(self, run_id: str) -> JobStatus:
         return _job_status(self._row(run_id))
@@ -189,8 +215,9 @@ class LocalProcessExecutor(Executor):
             return row
         pid = row.get("pid")
         if pid is None:
-            if time.time() - row["created_at"] < LAUNCH_GRACE_S:
-                return row  # submit is between writing the row and recording the pid
+            # updated_at: a resumed run's row is old, but it went back to "queued" just now.
+            if time.time() - max(row["created_at"], row.get("updated_at") or 0) < LAUNCH_GRACE_S:
+                return row  # submit/resume is between writing the row and recording the pid
         elif _process_alive(int(pid), row["id"]):
             return row
         now = time.time()
@@ -205,6 +232,19 @@ class LocalProcessExecutor(Executor):
 
 def default_executor() -> LocalProcessExecutor:
     return LocalProcessExecutor()
+
+
+def resumable(job: JobStatus) -> bool:
+    """Whether `Executor.resume` may restart this run: interrupted (from its checkpoint, or from the start if
+    it stopped before the first one), or cancelled/failed with a checkpoint to continue from."""
+    if job.status == "interrupted":
+        return can_resume(job.run_dir)
+    return job.status in RESUMABLE and resume_point(job.run_dir) is not None
+
+
+def resume_info(job: JobStatus) -> dict | None:
+    """Where a resumed run would continue: {"epoch", "batch", "step", "generation"}, or None."""
+    return resume_point(job.run_dir)
 
 
 def _reap() -> None:
@@ -314,10 +354,12 @@ def _device_lock(device: str, give_up: Callable[[], bool]) -> Iterator[bool]:
 
 def run_job(
     run_id: str,
-    config: TrainConfig | str | Path,
+    config: TrainConfig | str | Path | None,
     out_dir: str | Path,
     callbacks: Sequence[Callback] = (),
     store: RunStore | None = None,
+    *,
+    resume: bool = False,
 ) -> FitResult | None:
     """Train run `run_id` in this process, recording everything in the store (the child side of `submit`).
 
@@ -325,12 +367,14 @@ def run_job(
     request that `submit` wrote (the row must exist). Waits for the device lock first. Returns the
     `FitResult`, or None when the run was cancelled (or deleted) before training started. Any exception is
     recorded as status "failed" with a one-line message, then re-raised so the exit code tells too.
+    `resume=True` continues the run in `out_dir` from its checkpoint (`config` may then be None: the run
+    dir's config.json is used).
     """
     _check_run_id(run_id)
     store = store if store is not None else RunStore()
     flag = cancel_flag_path(run_id)
     if store.get(run_id) is None:
-        if not isinstance(config, TrainConfig):
+        if not isinstance(config, TrainConfig) or resume:
             # A submitted run (config given as its request file) deleted while its process was starting must
             # stay deleted, so only a direct call with a TrainConfig makes a new row.
             raise RunError(f"unknown run id {run_id!r}; --config-json with --run-id is for runs made by submit()")
@@ -339,7 +383,12 @@ def run_job(
     try:
         from classifier.training.loop import fit, pick_device
 
-        cfg = _resolve(config) if isinstance(config, TrainConfig) else load_config_json(config)
+        if isinstance(config, TrainConfig):
+            cfg = _resolve(config)
+        elif config is not None:
+            cfg = load_config_json(config)
+        else:
+            cfg = _resolve(TrainConfig.from_dict(_saved_train_config(out_dir)))
         device = pick_device(cfg.device)
         store.update(run_id, config=cfg.to_dict(), device=device.type)
 
@@ -355,7 +404,7 @@ def run_job(
             if not store.transition(run_id, ("queued",), status="running", started_at=now, pid=os.getpid()):
                 return None  # cancelled or deleted while we waited
             cb = StoreCallback(store, run_id)
-            return fit(cfg, out_dir, [cb, *callbacks], should_cancel=flag.exists)
+            return fit(cfg, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)
     except Exception as e:
         # fit's own failure path already wrote "failed"; overwrite with the user-facing one-line message.
         store.transition(run_id, (*ACTIVE, "failed"), status="failed", error=_one_line(e), ended_at=time.time())
@@ -364,6 +413,12 @@ def run_job(
         store.transition(run_id, ACTIVE, status="interrupted", error=_one_line(e) or INTERRUPTED_ERROR,
                          ended_at=time.time())  # fmt: skip
         raise
+
+
+def _saved_train_config(run_dir: str | Path) -> dict:
+    from classifier.predict import read_run_config
+
+    return read_run_config(run_dir)["train"]
 
 
 class StoreCallback(Callback):
@@ -385,6 +440,11 @@ class StoreCallback(Callback):
         self.store.set_progress(self.run_id, progress_dict(state))
 
     def on_fit_start(self, state: FitState) -> None:
+        # A resumed run starts from its checkpoint's history: epochs it is about to redo are forgotten, and
+        # epochs the killed process finished but never recorded are written now.
+        self.store.trim_epochs(self.run_id, len(state.history))
+        for row in state.history:
+            self.store.add_epoch(self.run_id, row)
         self._progress(state, force=True)
 
     def on_phase(self, state: FitState) -> None:
@@ -430,6 +490,8 @@ def progress_dict(state: FitState) -> dict[str, Any]:
         "eta_seconds": state.eta_seconds,
         "phase_done": state.phase_done,
         "phase_total": state.phase_total,
+        "batch_size": state.batch_size,
+        "resumed_from": state.resumed_from,
     }
 
 

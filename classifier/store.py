@@ -22,6 +22,7 @@ from typing import Any
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
+RESUMABLE = ("interrupted", "cancelled", "failed")  # may go back to "queued" (classifier.jobs resume)
 JSON_COLUMNS = ("config", "progress", "metrics")
 COLUMNS = (
     "id", "name", "status", "created_at", "started_at", "ended_at", "pid", "run_dir", "config", "progress",
@@ -116,6 +117,11 @@ class RunStore:
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, row) VALUES (?, ?, ?)",
                 (run_id, int(row["epoch"]), _dumps(row)),
             )
+
+    def trim_epochs(self, run_id: str, last_epoch: int) -> None:
+        """Forget the epoch rows after `last_epoch` (a resumed run redoes them from its checkpoint)."""
+        with self._connect() as con:
+            con.execute("DELETE FROM epochs WHERE run_id = ? AND epoch > ?", (run_id, int(last_epoch)))
 
     def get(self, run_id: str) -> dict | None:
         """One run with its JSON fields decoded and `history` (one dict per epoch, in order); None if unknown."""

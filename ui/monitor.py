@@ -1,4 +1,4 @@
-"""Live view of background training runs: progress bar, loss/accuracy curves, cancel button, run list.
+"""Live view of background training runs: progress bar, loss/accuracy curves, cancel and resume, run list.
 
 The run's process writes progress into the run store; this view only reads it. While a run is queued or
 running, `runs_section` draws inside an `st.fragment(run_every=...)` so only this part of the page re-runs.
@@ -12,10 +12,11 @@ import pandas as pd
 import streamlit as st
 
 from classifier.figures import history_curves
+from classifier.jobs import resumable, resume_info
 from classifier.store import ACTIVE, RunStore
 from ui import state
 from ui.cache import executor
-from ui.widgets import STATUS_ICONS, jobs, metric_cards, run_label, runs_table, sticky_select
+from ui.widgets import STATUS_ICONS, jobs, metric_cards, run_label, runs_table, sticky_select, user_errors
 
 POLL_SECONDS = 1.0
 
@@ -71,6 +72,10 @@ def _draw(job: Any) -> None:
         st.warning(f"The run was {job.status}. " + (job.error or "The best checkpoint so far, if any, was kept."))
     elif job.status == "completed":
         metric_cards(job.metrics)
+    if resumable(job):
+        at = resume_info(job)
+        where = f"epoch {at['epoch']}, step {at['step']}" if at else "the start (no checkpoint was written yet)"
+        st.caption(f"**Resume** continues this run from its last checkpoint: {where}.")
     hist = history(job.run_id)
     if not hist.empty:
         st.plotly_chart(history_curves(hist), key=f"history_{job.run_id}")
@@ -101,6 +106,10 @@ def runs_section() -> None:
         if job.status in ACTIVE and st.button("Cancel run", icon=":material/stop_circle:", key=f"cancel_{job.run_id}"):
             executor().cancel(job.run_id)
             st.toast("Cancelling after the current batch…")
+        if resumable(job) and st.button("Resume", icon=":material/replay:", key=f"resume_{job.run_id}"):
+            with user_errors("Cannot resume the run"):
+                executor().resume(job.run_id)
+                st.rerun()  # the whole page, so that it starts polling the run again
         table = runs_table(list(all_jobs.values()))
         st.dataframe(
             table[["name", "status", "backbone", "mode", "accuracy", "created", "error"]],

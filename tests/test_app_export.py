@@ -109,3 +109,19 @@ def test_broken_export_shows_a_warning(completed_run: str, monkeypatch) -> None:
     assert any("flagged" in w.value for w in at.warning), [w.value for w in at.warning]
     assert not at.success
     assert table(at).loc[1, "check"] == "warning"
+
+
+def test_export_failure_shows_an_error_not_a_traceback(completed_run: str, monkeypatch) -> None:
+    from classifier import export
+    from classifier.errors import ModelError
+
+    def fails(model, example, path):
+        raise ModelError("could not export the model to ONNX: Unsupported: some operator")
+
+    monkeypatch.setattr(export, "export_onnx", fails)
+    at = runs_page()
+    at.radio(key=f"w_export_format_{completed_run}").set_value("ONNX").run()
+    at.button(key=f"w_export_build_{completed_run}").click().run()
+    assert not at.exception, at.exception
+    assert any(e.value.startswith("Export failed: could not export") for e in at.error), [e.value for e in at.error]
+    assert not bundle_buttons(at)

@@ -49,7 +49,8 @@ def export_section(job: Any) -> None:
     bundle = default_export_path(job.run_dir, fmt, quantize)
     report_path = bundle.with_suffix(".json")
     if st.button("Build export", key=f"w_export_build_{job.run_id}", icon=":material/package_2:"):
-        with st.status("Exporting…", expanded=False) as box, user_errors("Export failed"):
+        # user_errors outside the status box: a failure shows as an error box, not inside a collapsed status
+        with user_errors("Export failed"), st.status("Exporting…", expanded=False) as box:
             report = export_run(
                 job.run_dir, fmt, bundle, quantize=quantize, progress=lambda msg: box.update(label=msg)
             )

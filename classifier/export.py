@@ -58,7 +58,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 FLOAT_MIN_AGREEMENT = 1.0  # float exports must give the same top-1 class on every image
 FLOAT_MAX_PROB_DIFF = 1e-3  # ... and no probability may move by more than this
-INT8_MAX_ACCURACY_DROP = 0.02  # int8: accuracy against the labels may fall by at most 2 points
+INT8_MAX_ACCURACY_DROP = 0.02  # int8: accuracy against the labels may fall by at most 2 points, or one image
 INT8_MIN_AGREEMENT = 0.95  # int8 without labels (generated inputs): top-1 agreement with PyTorch
 MAX_PARITY_IMAGES = 64
 SPEED_BATCH = 16  # images per timed call (the first of the parity images)
@@ -145,7 +145,7 @@ def parity_inputs(run: LoadedRun, max_images: int = MAX_PARITY_IMAGES) -> Parity
     for r in rows:
         if r.get("label") in names:
             by_class.setdefault(r["label"], []).append(r["path"])
-    queue = [(c, p) for group in _interleave(list(by_class.items())) for c, p in [group]]
+    queue = _interleave(list(by_class.items()))
     draft = (draft_size(run.config["data_config"]),) * 2
     xs, ys, skipped = [], [], 0
     for label, rel in queue:
@@ -318,8 +318,12 @@ def compare(
     return Check(name, file, round(size_mb, 3), agree, diff, acc)
 
 
-def judge(check: Check, pytorch_accuracy: float | None, quantized: bool) -> Check:
-    """Set `status`/`reason` from the thresholds at the top of this module."""
+def judge(check: Check, pytorch_accuracy: float | None, quantized: bool, n_images: int = 0) -> Check:
+    """Set `status`/`reason` from the thresholds at the top of this module.
+
+    An int8 model may lose `INT8_MAX_ACCURACY_DROP` of accuracy, or one of the `n_images` where that is more: on
+    a small validation set a single changed answer is more than 2 points and says little on its own.
+    """
     problems = []
     if not quantized:
         if check.top1_agreement < FLOAT_MIN_AGREEMENT:
@@ -327,11 +331,11 @@ def judge(check: Check, pytorch_accuracy: float | None, quantized: bool) -> Chec
         if check.max_prob_diff > FLOAT_MAX_PROB_DIFF:
             problems.append(f"a probability differs by {check.max_prob_diff:.2g} (allowed {FLOAT_MAX_PROB_DIFF:g})")
     elif check.accuracy is not None and pytorch_accuracy is not None:
-        drop = pytorch_accuracy - check.accuracy
-        if drop > INT8_MAX_ACCURACY_DROP:
+        allowed = max(INT8_MAX_ACCURACY_DROP, 1.0 / n_images if n_images else 0.0)
+        if pytorch_accuracy - check.accuracy > allowed + 1e-9:
             problems.append(
                 f"accuracy falls from {pytorch_accuracy:.1%} to {check.accuracy:.1%} "
-                f"(more than the {INT8_MAX_ACCURACY_DROP:.0%} allowed)"
+                f"(more than the {allowed:.1%} allowed: 2 points or one image of {n_images})"
             )
     elif check.top1_agreement < INT8_MIN_AGREEMENT:
         problems.append(
@@ -344,14 +348,15 @@ def judge(check: Check, pytorch_accuracy: float | None, quantized: bool) -> Chec
 
 
 def throughput(fns: dict[str, Callable[[], Any]], n_images: int, seconds: float = 2.0, min_reps: int = 2) -> dict:
-    """Images/s of each function, timed side by side (interleaved calls after one warm-up each; median call)."""
+    """Images/s of each function, timed side by side: one warm-up call each, then rounds of one call each, in
+    alternating order (so neither always runs right after the other), for `seconds`; the median call counts."""
     for f in fns.values():
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     end = time.perf_counter() + seconds
     reps = 0
     while reps < min_reps or time.perf_counter() < end:
-        for k, f in fns.items():
+        for k, f in list(fns.items())[:: 1 if reps % 2 == 0 else -1]:
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
@@ -410,7 +415,7 @@ def export_run(
                 probs = _softmax(_onnx_forward(sess, x.numpy()))
                 check = compare(ref, probs, inputs.labels, name=name, file=path.name, size_mb=_mb(path))
                 _check_batch_one(check, probs, _softmax(_onnx_forward(sess, x[:1].numpy())))
-                checks.append(judge(check, pytorch_acc, quantized))
+                checks.append(judge(check, pytorch_acc, quantized, len(x)))
                 timed[name] = lambda s=sess: _onnx_forward(s, xs_np)
         else:
             say("Tracing to TorchScript…")
@@ -550,7 +555,7 @@ def bundle_config(run: LoadedRun, report: ExportReport, opset: int | None = None
             "grayscale": bool(run.config.get("grayscale", False)),
         },
         "source_run": {
-            "run_dir": str(run.run_dir),
+            "run": run.run_dir.name,
             "backbone": run.config.get("backbone"),
             "timm_name": run.config.get("timm_name"),
             "created_at": run.config.get("created_at"),
@@ -624,7 +629,7 @@ def model_card(run: LoadedRun, report: ExportReport) -> str:
         "",
         "## Data",
         "",
-        f"- Dataset: `{Path(root).name}` ({cfg.get('dataset', {}).get('layout', '?')}), source `{root}`",
+        f"- Dataset: `{Path(root).name}` ({cfg.get('dataset', {}).get('layout', '?')})",
         f"- Classes ({len(run.class_names)}): {', '.join(run.class_names)}",
     ]
     if counts:
@@ -692,6 +697,8 @@ def model_card(run: LoadedRun, report: ExportReport) -> str:
         f"- The metrics come from {metrics.get('n_val', '?')} validation images of one dataset; expect lower accuracy "
         "on images that look different (other cameras, lighting, backgrounds).",
         "- Probabilities can be over- or under-confident (see the calibration error above).",
+        f"- This file was checked against the PyTorch model on {report.n_images} {report.inputs} only "
+        f"(status {report.status}; see Export check).",
     ]
     if report.status != "ok":
         lines.append(f"- **The export check flagged this file: {'; '.join(report.reasons)}.**")

@@ -210,9 +210,12 @@ def test_int8_accuracy_drop_is_flagged() -> None:
     def check(acc: float) -> export.Check:
         return export.Check("ONNX int8", "m.onnx", 1.0, top1_agreement=0.9, max_prob_diff=0.2, accuracy=acc)
 
-    assert export.judge(check(0.89), 0.90, quantized=True).status == "ok"
-    flagged = export.judge(check(0.85), 0.90, quantized=True)
+    assert export.judge(check(0.89), 0.90, quantized=True, n_images=64).status == "ok"
+    flagged = export.judge(check(0.85), 0.90, quantized=True, n_images=64)
     assert flagged.status == "warning" and "accuracy falls" in flagged.reason
+    # on 30 images one changed answer (3.3 points) is tolerated, two are not
+    assert export.judge(check(0.9 - 1 / 30), 0.9, quantized=True, n_images=30).status == "ok"
+    assert export.judge(check(0.9 - 2 / 30), 0.9, quantized=True, n_images=30).status == "warning"
     no_labels = export.Check("ONNX int8", "m.onnx", 1.0, top1_agreement=0.9, max_prob_diff=0.2)
     assert export.judge(no_labels, None, quantized=True).status == "warning"
     float_off = export.Check("ONNX float32", "m.onnx", 1.0, top1_agreement=1.0, max_prob_diff=2e-3)

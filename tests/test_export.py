@@ -234,12 +234,25 @@ def test_unreadable_validation_images_fall_back_to_generated_inputs(run_dir: Pat
     assert any("not readable" in n or "none of its" in n for n in report.notes)
 
 
-def test_cli_export_prints_json(run_dir: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "m.pt"
+def test_cli_torchscript_bundle_and_its_predict_script(run_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ts.zip"
     assert main(["export", "--run", str(run_dir), "--format", "torchscript", "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["status"] == "ok" and result["kind"] == "model" and result["checks"][0]["top1_agreement"] == 1.0
-    assert out.is_file()
+    assert result["status"] == "ok" and result["kind"] == "bundle" and result["checks"][0]["top1_agreement"] == 1.0
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(tmp_path)
+    folder = tmp_path / "ts"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "MODEL_CARD.md", "config.json", "model.pt", "predict_torchscript.py"]  # fmt: skip
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(image)
+    run = load_run(run_dir)
+    proc = subprocess.run([sys.executable, str(folder / "predict_torchscript.py"), str(image), "--top-k", "9"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = dict(json.loads(proc.stdout)["top_k"])
+    want = predict_images(run, [load_image(image)])[0]
+    np.testing.assert_allclose([got[c] for c in run.class_names], want, atol=2e-6)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The app in a real browser: Streamlit as a subprocess, Debian's Chromium driven by Playwright, one user walk.
 
 Home → demo → Train a short linear probe → close the tab mid-run and come back in a new session → switch pages
-while it trains (timed) → Evaluate → Predict on an uploaded PNG → Runs. Prints one `FIGURES ...` line (seconds
+while it trains (timed) → Evaluate → click a confusion-matrix cell → Explain an image of it → Predict on an
+uploaded PNG → Runs. Prints one `FIGURES ...` line (seconds
 to a healthy server, to the first painted page, and per page switch). `SAVE_SCREENSHOTS=1` writes the
 screenshots to docs/screenshots/ (otherwise to pytest's tmp dir, so a test run leaves the repo clean).
 """
@@ -322,6 +323,36 @@ def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, s
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3  # confusion matrix, per class, curves
     assert_clean(page)
     shoot(page, shots_dir / "evaluate.png")
+
+    # 4b. The error-analysis loop: click a confusion-matrix cell -> its images, worst first -> Explain one.
+    cm = page.locator('[data-testid="stPlotlyChart"]').first
+    cm.scroll_into_view_if_needed()
+    area = cm.locator(".nsewdrag").first.bounding_box()  # the plot area (cells), y reversed: row 0 on top
+    n, row, col = len(DEMO_CLASSES), 0, 0  # true circle, predicted circle: the diagonal always has images
+    start = time.monotonic()
+    page.mouse.click(area["x"] + (col + 0.5) * area["width"] / n, area["y"] + (row + 0.5) * area["height"] / n)
+    expect(page.get_by_role("combobox", name="True class", exact=True)).to_have_value("circle", timeout=STEP_MS)
+    expect(page.get_by_role("combobox", name="Predicted class", exact=True)).to_have_value("circle")
+    gallery = page.locator('[data-testid="stCaptionContainer"]', has_text="true circle · predicted circle")
+    expect(gallery.first).to_be_visible(timeout=STEP_MS)
+    cell_s = time.monotonic() - start
+    first_path = gallery.first.locator("code").inner_text()
+    assert_clean(page)
+    page.get_by_role("button", name="Explain").first.click()
+    heading(page, "Explain").wait_for(timeout=STEP_MS)
+    expect(page).to_have_url(f"{url}/explain")
+    expect(page.get_by_role("combobox", name=re.compile(r"^Validation image"))).to_have_value(
+        re.compile("^" + re.escape(first_path))
+    )
+    start = time.monotonic()
+    for method in ("Grad-CAM", "Integrated gradients", "Saliency"):  # the default methods, each with its time
+        expect(page.locator('[data-testid="stCaptionContainer"]', has_text=re.compile(rf"^{method} · \d+\.\d+ s"))
+               ).to_be_visible(timeout=SLOW_MS)  # fmt: skip
+    explain_s = time.monotonic() - start
+    expect(page.get_by_role("button", name="PNG")).to_have_count(3)
+    assert_clean(page)
+    print(f"confusion-matrix click to gallery {cell_s:.1f} s; three attribution maps shown after {explain_s:.1f} s")
+    shoot(page, shots_dir / "explain.png")
 
     # 5. Predict: upload a generated PNG; a demo class comes back with its probability.
     switch_to(page, url, "predict", "Predict")

@@ -125,10 +125,11 @@ with st.expander("Settings"):
     s1, s2, s3, s4 = st.columns(4)
     baseline = s1.selectbox(
         "Baseline",
-        BASELINES,
+        ["auto", *BASELINES],
         key="x_baseline",
         help="Reference image for integrated gradients, occlusion and GradientSHAP: black, a blurred copy, or "
-        "uniform noise.",
+        "uniform noise. Auto: noise for integrated gradients (on the demo shapes it points at the object far more "
+        "often than black), black for occlusion and GradientSHAP.",
     )
     n_steps = s2.slider("IG steps", 8, 128, 32, step=8, key="x_steps", help="Path steps of integrated gradients.")
     nt_samples = s3.slider("Noise samples", 4, 32, 8, step=4, key="x_samples", help="SmoothGrad / GradientSHAP.")
@@ -143,7 +144,7 @@ with st.expander("Settings"):
 target = targets[target_label]
 size = int(run.config["data_config"]["input_size"][-1])
 options = {
-    "baseline": baseline,
+    "baseline": None if baseline == "auto" else baseline,
     "n_steps": int(n_steps),
     "nt_samples": int(nt_samples),
     "occlusion_window": max(1, round(size * window / 100)),

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = [  # (label, method, options)
     ("gradcam", "gradcam", {}),
     ("guided_gradcam", "guided_gradcam", {}),
-    ("ig", "ig", {}),
-    ("ig (noise baseline)", "ig", {"baseline": "noise"}),
+    ("ig (black baseline)", "ig", {"baseline": "black"}),
+    ("ig (noise, default)", "ig", {}),
     ("saliency", "saliency", {}),
     ("smoothgrad", "smoothgrad", {}),
     ("occlusion", "occlusion", {}),

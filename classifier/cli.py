@@ -27,6 +27,47 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a classifier. Example: python -m classifier train --data demo "
         "--backbone efficientnet_lite0 --mode linear --out runs/demo",
     )
+    _add_settings(p)
+    g = p.add_argument_group("output and runtime")
+    g.add_argument("--out", default=None, help="new run dir to write (must not exist or be empty)")
+    g.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted or cancelled run from its last checkpoint (RUN_DIR/last.safetensors) with "
+        "the run's own settings; the data/model/optimisation flags are ignored",
+    )
+    g.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write the resume checkpoint every N steps as well as at every epoch end (0 = epoch ends only; "
+        "default: after every 2 minutes of training)",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    g.add_argument(
+        "--workers", type=int, default=None, help="DataLoader worker processes (default: chosen for the machine)"
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--config-json",
+        default=None,
+        metavar="PATH",
+        help="a JSON TrainConfig dict to train with; the data/model/optimisation flags above are then ignored",
+    )
+    g.add_argument(
+        "--run-id",
+        default=None,
+        metavar="ID",
+        help="a run queued by classifier.jobs: wait for the device, then report to the run store",
+    )
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """The data, model and optimisation flags of a TrainConfig (train, lr-find and search share them)."""
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -79,42 +120,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--label-smoothing", type=float, default=None, help="default 0 (linear) or 0.1 (finetune)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--early-stopping", type=int, default=0, help="patience in epochs (0 = off)")
-    g = p.add_argument_group("output and runtime")
-    g.add_argument("--out", default=None, help="new run dir to write (must not exist or be empty)")
-    g.add_argument(
-        "--resume",
-        default=None,
-        metavar="RUN_DIR",
-        help="continue an interrupted or cancelled run from its last checkpoint (RUN_DIR/last.safetensors) with "
-        "the run's own settings; the data/model/optimisation flags are ignored",
-    )
-    g.add_argument(
-        "--checkpoint-every-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="write the resume checkpoint every N steps as well as at every epoch end (0 = epoch ends only; "
-        "default: after every 2 minutes of training)",
-    )
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    g.add_argument(
-        "--workers", type=int, default=None, help="DataLoader worker processes (default: chosen for the machine)"
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument(
-        "--config-json",
-        default=None,
-        metavar="PATH",
-        help="a JSON TrainConfig dict to train with; the data/model/optimisation flags above are then ignored",
-    )
-    g.add_argument(
-        "--run-id",
-        default=None,
-        metavar="ID",
-        help="a run queued by classifier.jobs: wait for the device, then report to the run store",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
     p.add_argument("--out-dir", required=True, help="folder for <stem>.npy (raw map) and <stem>.png (overlay)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--baseline", default="black", choices=["black", "blur", "noise"], help="ig, occlusion, shap")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        choices=["black", "blur", "noise"],
+        help="reference image for ig, occlusion and gradient_shap (default: noise for ig, black for the others)",
+    )
     p.add_argument("--n-steps", type=int, default=32, help="integrated gradients: path steps")
     p.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlay")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1")
@@ -184,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", default=None, choices=["int8"], help="ONNX only: dynamic int8 quantization")
     p.add_argument("--max-images", type=int, default=64, help="validation images to check the export on")
 
+    _add_lr_find(sub)
     p = sub.add_parser("backbones", help="list backbones")
     p.add_argument("--all", action="store_true", help="also list every timm model name")
     return parser
@@ -420,6 +431,95 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 1 if report.reasons else 0  # flagged: the file is written, but say so in the exit code
 
 
+def _add_runtime(g: argparse._ArgumentGroup) -> None:
+    """Seed, device, AMP, workers, --config-json and --quiet (for commands that train without a run dir)."""
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    g.add_argument(
+        "--config-json", default=None, metavar="PATH", help="a JSON TrainConfig dict; the flags above are then ignored"
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_lr_find(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test: loss against an exponentially rising learning rate, with a suggestion",
+        description="Train a copy of the model a run with these settings would use for a few dozen steps while the "
+        "learning rate rises exponentially; print the curve and the suggested learning rate as JSON. Example: "
+        "python -m classifier lr-find --data demo --backbone resnet18 --mode linear --plot lr.html",
+    )
+    _add_settings(p)
+    g = p.add_argument_group("range test")
+    g.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate")
+    g.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (it stops earlier on divergence)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (default 60, or 30 on small data)")
+    g.add_argument("--plot", default=None, metavar="FILE", help="write the plot: FILE.html or FILE.png")
+    _add_runtime(g)
+    p.set_defaults(checkpoint_every_steps=None)
+
+
+def cmd_lr_find(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from classifier.lr_find import lr_find, lr_find_figure
+
+    cfg = _settings_config(a)
+    bars: dict[str, tqdm] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if a.quiet:
+            return
+        if phase not in bars:
+            for b in bars.values():
+                b.close()
+            bars[phase] = tqdm(total=total, desc=phase, file=sys.stderr, leave=False)
+        bars[phase].n = done
+        bars[phase].refresh()
+
+    try:
+        result = lr_find(cfg, start_lr=a.start_lr, end_lr=a.end_lr, steps=a.steps, progress=progress)
+    finally:
+        for b in bars.values():
+            b.close()
+    out = result.to_dict()
+    if a.plot:
+        out["plot"] = _write_figure(lr_find_figure(result), a.plot)
+    print(json.dumps(out))
+    return 0
+
+
+def _settings_config(a: argparse.Namespace) -> TrainConfig:
+    """The resolved TrainConfig of --config-json or of the settings flags (user errors as ClassifierError)."""
+    if a.config_json is not None:
+        from classifier.jobs import load_config_json
+
+        return load_config_json(a.config_json)
+    if a.data is None:
+        raise ClassifierError("give --data (a dataset folder, .zip, CSV or demo) or --config-json")
+    try:
+        return _train_config(a).resolved()
+    except ValueError as e:
+        raise ClassifierError(str(e)) from e
+
+
+def _write_figure(fig, path: str) -> str:
+    """Write a Plotly figure as HTML (self-contained) or, for .png/.svg/.pdf, as an image."""
+    out = Path(path)
+    if out.suffix.lower() in (".html", ".htm"):
+        fig.write_html(out, include_plotlyjs=True)
+    elif out.suffix.lower() in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
+        try:
+            fig.write_image(out)
+        except (ImportError, ValueError, RuntimeError) as e:
+            raise ClassifierError(f"cannot write {out} as an image ({e}); write an .html plot instead") from e
+    else:
+        raise ClassifierError(f"--plot {path}: use a .html or .png file name")
+    return str(out)
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -429,6 +529,7 @@ COMMANDS = {
     "demo-data": cmd_demo_data,
     "backbones": cmd_backbones,
     "export": cmd_export,
+    "lr-find": cmd_lr_find,
 }
 
 

@@ -131,7 +131,7 @@ def test_saliency_is_exactly_the_quadrant():
 
 def test_integrated_gradients_exact_and_complete():
     model = Quadrant()
-    a = attribute(model, grey(), "ig", data_config=IDENTITY_DC, n_steps=8, internal_batch_size=3)
+    a = attribute(model, grey(), "ig", data_config=IDENTITY_DC, baseline="black", n_steps=8, internal_batch_size=3)
     np.testing.assert_allclose(a.map, np.where(quadrant_mask(), 3 * (X - BLACK), 0.0), rtol=1e-5, atol=1e-6)
     # completeness: attributions sum to f(x) - f(baseline), computed here independently of Captum
     n = (SIZE // 2) ** 2
@@ -140,6 +140,16 @@ def test_integrated_gradients_exact_and_complete():
     assert a.extra["logit"] == pytest.approx(f_x, rel=1e-5)
     assert a.delta is not None and a.delta < 1e-3
     assert a.extra["evaluations"] == 1 + 3 + 2  # predict, ceil(8 / 3) IG batches, delta at input and baseline
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"), [("ig", "noise"), ("occlusion", "black"), ("gradient_shap", "black")]
+)
+def test_default_baseline_per_method(method, expected):
+    a = attribute(Quadrant(), grey(), method, data_config=IDENTITY_DC, n_steps=4, nt_samples=2)
+    assert a.extra["baseline"] == expected
+    b = attribute(Quadrant(), grey(), method, data_config=IDENTITY_DC, n_steps=4, nt_samples=2, baseline=expected)
+    np.testing.assert_array_equal(a.map, b.map)
 
 
 @pytest.mark.parametrize("baseline", ["blur", "noise"])
@@ -170,6 +180,12 @@ def test_gradient_shap_exact():
     assert np.all(a.map[~quadrant_mask()] == 0)
     assert np.all(a.map[quadrant_mask()] > 0)
     assert a.delta is not None and a.delta < 1e-3  # linear: gradient x (input - baseline) is exact per sample
+    model = Quadrant()  # (building it draws from torch's global RNG)
+    np_state, torch_state = np.random.get_state()[1].copy(), torch.random.get_rng_state()
+    b = attribute(model, grey(), "gradient_shap", data_config=IDENTITY_DC, nt_samples=6)
+    np.testing.assert_array_equal(a.map, b.map)  # Captum draws from numpy's global RNG: seeded, then restored
+    np.testing.assert_array_equal(np_state, np.random.get_state()[1])
+    assert torch.equal(torch_state, torch.random.get_rng_state())
 
 
 def test_occlusion_exact():

@@ -64,7 +64,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise RunError(f"{run_dir} has no model.safetensors yet (the run may still be in its first epoch or failed)")
-    model = model_from_run_config(config, read_safetensors(weights))
+    model = model_from_run_config(config, read_safetensors(weights), source=str(weights))
     dev = pick_device(device)
     model.to(dev)
     return LoadedRun(run_dir, config, model, eval_transform(config["data_config"], config.get("grayscale", False)), dev)

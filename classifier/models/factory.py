@@ -144,15 +144,28 @@ def extract_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-def model_from_run_config(config: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Rebuild a trained run's architecture (no download) and load its weights strictly (keys, shapes, classes)."""
+def model_from_run_config(
+    config: dict[str, Any], state: dict[str, torch.Tensor] | None = None, source: str = "model.safetensors"
+) -> nn.Module:
+    """Rebuild a trained run's architecture (no download) and load its weights strictly (keys, shapes, classes).
+
+    `source` names the weights file in error messages.
+    """
     model = _create(
         config["timm_name"], int(config["num_classes"]), float(config["train"].get("drop_rate", 0.0)), pretrained=False
     )
     if state is not None:
         head = model.get_classifier()
+        n_classes = len(config["class_names"])
         n_out = getattr(head, "out_features", None)
-        if n_out is not None and n_out != len(config["class_names"]):
-            raise WeightsError(f"model head has {n_out} outputs but the run names {len(config['class_names'])} classes")
-        W.load_state_checked(model, state, "model.safetensors", allow_head_mismatch=False)
+        if n_out is not None and n_out != n_classes:
+            raise WeightsError(f"model head has {n_out} outputs but the run names {n_classes} classes")
+        head_weight = next((f"{name}.weight" for name, mod in model.named_modules() if mod is head), None)
+        found = state.get(head_weight) if head_weight else None
+        if found is not None and found.ndim >= 1 and found.shape[0] != n_classes:
+            raise WeightsError(
+                f"{source} has a classifier head for {found.shape[0]} classes but the run names {n_classes} "
+                f"({', '.join(map(str, config['class_names']))}); these weights belong to another run"
+            )
+        W.load_state_checked(model, state, source, allow_head_mismatch=False)
     return model.eval()

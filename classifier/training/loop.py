@@ -254,7 +254,7 @@ def fit(
                 f"the dataset {cfg.data} changed since run {out_dir} started (its train/val split differs from "
                 "split.csv); cannot resume. Start a new run."
             )
-        model = model_from_run_config(run_config, ckpt.model)
+        model = model_from_run_config(run_config, ckpt.model, source=str(out_dir / RESUME_FILE))
         data_config = run_config["data_config"]
 
     def items(split: str) -> list[tuple[Path, int]]:

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -406,3 +407,123 @@ def test_row22_prediction_on_other_sizes_modes_formats_same_preprocessing_correc
     np.testing.assert_allclose(from_eval[-1], predict_images(run, [upright])[0], atol=0.02)
     sideways = predict_images(run, [rotated])[0]
     assert not np.allclose(from_eval[-1], sideways, atol=1e-4)
+
+
+# --- rows 14 and 20: browser sessions (two AppTest instances are two Streamlit sessions) ---------------------------
+
+
+@pytest.fixture
+def _no_orphans():
+    """Kill any training process a test started and left behind."""
+    from classifier import jobs
+
+    yield
+    for proc in list(jobs._CHILDREN.values()):
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    jobs._CHILDREN.clear()
+
+
+def _session(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _start(at: AppTest, data: str, name: str, epochs: int) -> None:
+    """Fill in the Train page for a small simple_cnn run on `data` and click Start."""
+    at.selectbox(key="w_data").set_value(data).run()
+    at.selectbox(key="w_backbone").set_value("simple_cnn").run()
+    at.number_input(key="w_epochs_finetune").set_value(epochs)
+    at.number_input(key="w_img").set_value(32)
+    at.number_input(key="w_batch").set_value(8)
+    at.text_input(key="w_run_name").set_value(name)
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def _status_line(at: AppTest, name: str) -> str:
+    return next((m.value for m in at.markdown if f"{name}** —" in m.value), "")
+
+
+def _shapes_zip(seed: int, classes: tuple[str, ...]) -> bytes:
+    from classifier.data.demo import make_demo_dataset
+
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        root = make_demo_dataset(Path(tmp) / "d", n_per_class=10, size=32, seed=seed, classes=classes)
+        return zip_of({f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()})
+
+
+@pytest.mark.slow
+def test_row14_run_keeps_training_after_its_session_is_gone_and_a_new_session_sees_it(_no_orphans) -> None:
+    from classifier.data.demo import make_demo_dataset
+    from classifier.jobs import default_executor
+    from classifier.workspace import datasets_dir
+
+    data = make_demo_dataset(datasets_dir() / "shapes", n_per_class=12, size=32, seed=3, classes=("circle", "cross"))
+    first = _session("app_pages/train.py")
+    _start(first, str(data), "row14", epochs=20)
+    [job] = default_executor().list()
+    for _ in range(3):  # clicks and page switches in the first session while the run trains
+        first.switch_page("app_pages/data.py").run()
+        first.switch_page("app_pages/train.py").run()
+        assert not first.exception, first.exception
+    del first  # the tab is closed: nothing of that session is left
+    second = _session("app_pages/train.py")
+    assert "row14" in _status_line(second, "row14") and any(
+        s in _status_line(second, "row14") for s in ("queued", "running")
+    )
+    deadline = time.monotonic() + 150
+    while "completed" not in _status_line(second, "row14"):
+        assert time.monotonic() < deadline, _status_line(second, "row14")
+        assert "failed" not in _status_line(second, "row14") and "interrupted" not in _status_line(second, "row14")
+        time.sleep(1.0)
+        second.run()
+        assert not second.exception, second.exception
+    assert default_executor().status(job.run_id).status == "completed"
+    assert len(default_executor().store.get(job.run_id)["history"]) == 20  # every epoch ran, none was lost
+
+
+@pytest.mark.slow
+def test_row20_two_sessions_see_their_own_uploads_and_their_runs_queue(_no_orphans) -> None:
+    from classifier.jobs import default_executor
+
+    sessions, paths = [], []
+    for seed, classes in ((1, ("circle", "square")), (2, ("star", "triangle", "cross"))):
+        at = _session("app_pages/data.py")
+        at.radio(key="w_source").set_value("Upload a .zip").run()
+        at.file_uploader[0].upload(f"set{seed}.zip", _shapes_zip(seed, classes), "application/zip")
+        at.run()
+        assert not at.exception, at.exception
+        sessions.append(at)
+        paths.append(at.session_state["dataset_path"])
+    a, b = sessions
+    assert paths[0] != paths[1]
+    for at, path, classes in zip(sessions, paths, (("circle", "square"), ("cross", "star", "triangle"))):
+        at.run()  # each session, re-run after the other uploaded, still shows its own dataset
+        assert at.session_state["dataset_path"] == path
+        assert any(h.value == f"Dataset: {Path(path).name}" for h in at.header)
+        counts = next(df.value for df in at.dataframe if "total" in df.value.columns)
+        assert sorted(counts.index) == list(classes)
+    for at, path, name in zip(sessions, paths, ("run-a", "run-b")):
+        at.switch_page("app_pages/train.py").run()
+        _start(at, path, name, epochs=6)
+    ex = default_executor()
+    runs = {j.name: j.run_id for j in ex.list()}
+    assert set(runs) == {"run-a", "run-b"}
+    seen_queue, deadline = False, time.monotonic() + 180
+    while True:
+        states = {name: ex.status(rid).status for name, rid in runs.items()}
+        assert list(states.values()) != ["running", "running"], "two runs trained at once on one device"
+        seen_queue |= set(states.values()) == {"running", "queued"}
+        if all(s not in ("queued", "running") for s in states.values()):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.05)
+    assert states == {"run-a": "completed", "run-b": "completed"} and seen_queue
+    for name, path in (("run-a", paths[0]), ("run-b", paths[1])):
+        assert Path(ex.status(runs[name]).config["data"]).resolve() == Path(path).resolve()

@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_lr_find(sub)
     _add_search(sub)
+    _add_results(sub)
     p = sub.add_parser("backbones", help="list backbones")
     p.add_argument("--all", action="store_true", help="also list every timm model name")
     return parser
@@ -614,6 +615,66 @@ def _write_figure(fig, path: str) -> str:
     return str(out)
 
 
+def _add_results(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare runs (also while they train): differing settings, per-class F1, which run wins each class",
+        description="Compare two or more runs as stored so far and print JSON: the settings that differ, per-class "
+        "F1 side by side, and the best run for each class (ties named). Example: python -m classifier compare "
+        "--runs runs/a runs/b",
+    )
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR", help="two or more run dirs")
+
+    p = sub.add_parser(
+        "ensemble",
+        help="average the probabilities of runs trained on the same classes; save it and print its metrics",
+        description="Combine runs (same class names in the same order, same validation images) by averaging their "
+        "probabilities, each through its own evaluation transform. Writes OUT/ensemble.json, metrics.json and "
+        "val_predictions.csv and prints the metrics as JSON. Example: python -m classifier ensemble --runs runs/a "
+        "runs/b --out ensembles/ab",
+    )
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR", help="two or more run dirs")
+    p.add_argument("--out", required=True, help="new folder for the ensemble")
+    p.add_argument("--name", default=None, help="a display name (default: the run ids joined by +)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser(
+        "report",
+        help="write a one-page self-contained HTML report of a run (settings, metrics, figures)",
+        description="Example: python -m classifier report --run runs/a --out a-report.html",
+    )
+    p.add_argument("--run", required=True, help="run (or ensemble) dir")
+    p.add_argument("--out", required=True, help="the .html file to write")
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from classifier.compare import compare_summary, load_runs
+
+    print(json.dumps(compare_summary(load_runs(a.runs)), indent=2, default=str))
+    return 0
+
+
+def cmd_ensemble(a: argparse.Namespace) -> int:
+    from classifier.ensemble import build_ensemble
+
+    def progress(done: int, total: int, eta: float | None) -> None:
+        left = f", about {eta:.0f} s left" if eta else ""
+        print(f"evaluated {done}/{total} members{left}", file=sys.stderr)
+
+    metrics = build_ensemble(a.runs, a.out, name=a.name, device=a.device, progress=progress)
+    print(json.dumps({"ensemble_dir": a.out, **metrics}, indent=2))
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from classifier.report import write_report
+
+    if Path(a.out).suffix.lower() not in (".html", ".htm"):
+        raise ClassifierError(f"--out {a.out}: the report is HTML; give a file name ending in .html")
+    print(json.dumps({"report": str(write_report(a.run, a.out))}))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -625,6 +686,9 @@ COMMANDS = {
     "export": cmd_export,
     "lr-find": cmd_lr_find,
     "search": cmd_search,
+    "compare": cmd_compare,
+    "ensemble": cmd_ensemble,
+    "report": cmd_report,
 }
 
 

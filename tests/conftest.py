@@ -23,3 +23,20 @@ def demo_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     make_demo_dataset(root / "data", n_per_class=16, size=64, seed=1, masks_out=root / "masks")
     return root / "data"
+
+
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two finished simple_cnn runs on the same 3-class data and split: 32 px lr 1e-3 (1 epoch) and 40 px lr 3e-3
+    (2 epochs), so they differ in settings and in their evaluation transforms. Copy them before changing them."""
+    from classifier.data.demo import make_demo_dataset
+    from classifier.training import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("two_runs")
+    data = make_demo_dataset(root / "data", n_per_class=10, size=32, seed=3, classes=("circle", "square", "cross"))
+    runs = []
+    settings = {"run_a": {"img_size": 32, "lr": 1e-3, "epochs": 1}, "run_b": {"img_size": 40, "lr": 3e-3, "epochs": 2}}
+    for name, kw in settings.items():
+        cfg = TrainConfig(data=str(data), backbone="simple_cnn", weights="none", batch_size=8, num_workers=0, **kw)
+        runs.append(fit(cfg, root / name).run_dir)
+    return runs[0], runs[1]

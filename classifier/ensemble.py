@@ -1,0 +1,240 @@
+"""Ensembles: average the class probabilities of several runs trained on the same classes.
+
+Each member predicts through its own evaluation transform (input size, mean/std, crop), so runs with different
+backbones and image sizes combine. A saved ensemble is a folder with `ensemble.json` (members, class names,
+dataset root), `metrics.json` and `val_predictions.csv` in the same format as a run's, so the Evaluate page
+and `classifier.evaluate.read_val_predictions` treat it like a run; nothing in it is a model of its own.
+
+    >>> metrics = build_ensemble(["runs/a", "runs/b"], "ensembles/ab")  # doctest: +SKIP
+    >>> ens = load_ensemble("ensembles/ab")  # doctest: +SKIP
+    >>> ens.predict_images([image])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from classifier.errors import RunError
+from classifier.io import atomic_write_json, atomic_write_text
+from classifier.metrics import compute_metrics
+from classifier.predict import LoadedRun, load_run, predict_images, predict_items
+
+ENSEMBLE_FILE = "ensemble.json"
+FORMAT_VERSION = 1
+
+
+def ensembles_dir() -> Path:
+    """`workspace/ensembles`: where the app saves ensembles."""
+    from classifier.workspace import workspace_dir
+
+    path = workspace_dir() / "ensembles"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_ensemble_dir(path: str | Path) -> bool:
+    return (Path(path) / ENSEMBLE_FILE).is_file()
+
+
+def check_same_classes(runs: Sequence[LoadedRun]) -> list[str]:
+    """The members' shared class names; RunError naming the first run whose classes (or their order) differ."""
+    if len(runs) < 2:
+        raise RunError(f"an ensemble needs at least two runs, got {len(runs)}")
+    first = runs[0].class_names
+    for run in runs[1:]:
+        names = run.class_names
+        if names == first:
+            continue
+        if sorted(names) == sorted(first):
+            why = f"the same classes in another order ({', '.join(names)} vs {', '.join(first)})"
+        else:
+            extra, lacking = sorted(set(names) - set(first)), sorted(set(first) - set(names))
+            why = "; ".join(
+                part
+                for part in (
+                    f"it has {', '.join(extra)} which {runs[0].run_dir.name} lacks" if extra else "",
+                    f"it lacks {', '.join(lacking)}" if lacking else "",
+                )
+                if part
+            )
+        raise RunError(f"run {run.run_dir} cannot join an ensemble with {runs[0].run_dir}: {why}")
+    return list(first)
+
+
+@dataclass
+class Ensemble:
+    """Member runs whose probabilities are averaged; `predict_images` is what the Predict page calls."""
+
+    members: list[LoadedRun]
+    name: str = "ensemble"
+    ensemble_dir: Path | None = None
+    class_names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.class_names = check_same_classes(self.members)
+
+    def predict_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Mean of the members' class probabilities (n, C), each member through its own eval transform."""
+        return np.mean([predict_images(run, images, batch_size) for run in self.members], axis=0)
+
+    def predict_items(self, paths: Sequence[str | Path], batch_size: int = 32) -> np.ndarray:
+        return np.mean([predict_items(run, paths, batch_size) for run in self.members], axis=0)
+
+
+def shared_val_items(runs: Sequence[LoadedRun]) -> list[tuple[Path, int]]:
+    """The validation images every member was validated on, in the first member's order.
+
+    RunError naming the run when a member's validation split holds other images (another dataset, split seed
+    or validation fraction): the ensemble's metrics would not be comparable to the members'.
+    """
+    from classifier.evaluate import evaluation_items
+
+    first = evaluation_items(runs[0], split="val")
+    key = {(p.resolve(), y) for p, y in first}
+    for run in runs[1:]:
+        items = evaluation_items(run, split="val")
+        other = {(p.resolve(), y) for p, y in items}
+        if other != key:
+            only_a, only_b = sorted(key - other), sorted(other - key)
+            example = (only_b or only_a)[0][0]
+            raise RunError(
+                f"run {run.run_dir} was validated on other images than {runs[0].run_dir} "
+                f"({len(only_a)} images only in the first, {len(only_b)} only in this one, e.g. {example}); "
+                "ensemble runs trained on the same dataset with the same split settings"
+            )
+    return first
+
+
+def evaluate_members(
+    runs: Sequence[LoadedRun], progress: Callable[[int, int, float | None], None] | None = None
+) -> tuple[list[tuple[Path, int]], list[np.ndarray]]:
+    """(shared validation items, each member's probabilities on them). `progress(done, total, eta_s)` per member."""
+    check_same_classes(runs)
+    items = shared_val_items(runs)
+    paths = [p for p, _ in items]
+    out: list[np.ndarray] = []
+    t0 = time.monotonic()
+    for i, run in enumerate(runs):
+        if progress is not None:
+            eta = (time.monotonic() - t0) / i * (len(runs) - i) if i else None
+            progress(i, len(runs), eta)
+        out.append(predict_items(run, paths))
+    if progress is not None:
+        progress(len(runs), len(runs), 0.0)
+    return items, out
+
+
+def _csv_line(fields: Sequence[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(fields)
+    return buf.getvalue()
+
+
+def _val_predictions_text(items: Sequence[tuple[Path, int]], root: Path, probs: np.ndarray, names: list[str]) -> str:
+    """The same columns as a run's val_predictions.csv: path,label,pred,prob,p_<class>..."""
+    lines = [_csv_line(["path", "label", "pred", "prob", *(f"p_{c}" for c in names)])]
+    for (path, y), row in zip(items, probs):
+        k = int(row.argmax())
+        rel = Path(path).resolve().relative_to(root.resolve()).as_posix()
+        lines.append(_csv_line([rel, names[y], names[k], f"{row[k]:.6f}", *(f"{v:.6f}" for v in row)]))
+    return "\n".join(lines) + "\n"
+
+
+def build_ensemble(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    name: str | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int, float | None], None] | None = None,
+    runs: Sequence[LoadedRun] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the average of `run_dirs` on their shared validation images and save it in `out_dir` (new or
+    empty). Returns the metrics (`classifier.metrics.compute_metrics` plus `members`). `runs` may pass the
+    members already loaded (the app's cached models)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise RunError(f"{out_dir} already exists and is not empty; choose a new folder for the ensemble")
+    if runs is None:
+        if len(run_dirs) < 2:
+            raise RunError(f"an ensemble needs at least two runs, got {len(run_dirs)}")
+        resolved = [Path(d).resolve() for d in run_dirs]
+        if len(set(resolved)) < len(resolved):
+            raise RunError("the same run is listed twice; an ensemble needs different runs")
+        runs = [load_run(d, device=device) for d in resolved]
+    names = check_same_classes(runs)
+    items, member_probs = evaluate_members(runs, progress)
+    probs = np.mean(member_probs, axis=0)
+    y = np.array([label for _, label in items])
+    metrics = compute_metrics(y, probs, names)
+    root = Path(runs[0].config["dataset"]["root"])
+    members = [
+        {"run_dir": str(r.run_dir.resolve()), "run_id": r.run_dir.name, "backbone": r.config.get("backbone")}
+        for r in runs
+    ]
+    metrics["members"] = [
+        {**m, "accuracy": float((p.argmax(1) == y).mean())} for m, p in zip(members, member_probs)
+    ]
+    info = {
+        "format": "ensemble",
+        "format_version": FORMAT_VERSION,
+        "name": name or " + ".join(r.run_dir.name for r in runs),
+        "combine": "mean of probabilities",
+        "members": members,
+        "class_names": names,
+        "dataset": {"root": str(root)},
+        "n_val": len(items),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "val_predictions.csv", _val_predictions_text(items, root, probs, names))
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(out_dir / ENSEMBLE_FILE, info)  # last: a folder with ensemble.json is complete
+    return metrics
+
+
+def read_ensemble(ensemble_dir: str | Path) -> dict[str, Any]:
+    """`ensemble.json` checked: RunError naming the file when it is unreadable or a member dir is gone."""
+    path = Path(ensemble_dir) / ENSEMBLE_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{ensemble_dir} is not an ensemble: it has no {ENSEMBLE_FILE}") from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read {path}: {e}") from e
+    if not isinstance(info, dict) or info.get("format") != "ensemble" or len(info.get("members") or []) < 2:
+        raise RunError(f"{path} is not an ensemble description (format 'ensemble' with two or more members)")
+    for m in info["members"]:
+        if not (Path(m["run_dir"]) / "model.safetensors").is_file():
+            raise RunError(f"{path}: member run {m['run_dir']} is missing or has no model (was it deleted?)")
+    return info
+
+
+def load_ensemble(ensemble_dir: str | Path, device: str = "cpu") -> Ensemble:
+    """A saved ensemble with its members' models loaded."""
+    info = read_ensemble(ensemble_dir)
+    runs = [load_run(m["run_dir"], device=device) for m in info["members"]]
+    return Ensemble(runs, name=info.get("name") or Path(ensemble_dir).name, ensemble_dir=Path(ensemble_dir))
+
+
+def list_ensembles() -> list[tuple[Path, dict[str, Any]]]:
+    """Saved ensembles in the workspace, newest first, as (dir, ensemble.json); unreadable ones are skipped."""
+    out = []
+    for d in ensembles_dir().iterdir():
+        try:
+            info = json.loads((d / ENSEMBLE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("format") == "ensemble":
+            out.append((d, info))
+    return sorted(out, key=lambda e: e[1].get("created_at") or "", reverse=True)

@@ -1,0 +1,94 @@
+"""The one-page HTML report: parses, has every section and the run's accuracy, inlines plotly.js exactly once (no
+script fetched from the network); the report CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+
+from classifier.cli import main
+from classifier.report import SECTIONS, report_html
+
+
+class _Outline(HTMLParser):
+    """Collects h2 texts, script tags (with their src) and Plotly figure divs; checks tags are balanced."""
+
+    VOID = {"meta", "br", "img", "hr", "input", "link"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.h2: list[str] = []
+        self.scripts: list[dict[str, str | None]] = []
+        self.script_text: list[str] = []
+        self.figures = 0
+        self.unbalanced: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self.scripts.append(attrs)
+            self.script_text.append("")
+        if tag == "div" and "plotly-graph-div" in (attrs.get("class") or ""):
+            self.figures += 1
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.unbalanced.append(tag)
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1] == "h2":
+            self.h2.append(data.strip())
+        if self.stack and self.stack[-1] == "script":
+            self.script_text[-1] += data
+
+
+def test_report_is_one_self_contained_page(two_runs, tmp_path) -> None:
+    a = two_runs[0]
+    page = report_html(a)
+    outline = _Outline()
+    outline.feed(page)
+    outline.close()
+    assert page.startswith("<!DOCTYPE html>") and not outline.unbalanced and not outline.stack
+    assert outline.h2 == list(SECTIONS)
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert f"{metrics['accuracy']:.1%}" in page  # the run's accuracy, as on the Evaluate page's card
+    for row in metrics["per_class"]:
+        assert f"<td>{row['name']}</td>" in page
+    assert "train.lr" in page and "0.001" in page  # settings
+    # Figures: class histogram, training curves, confusion matrix, per-class bars, ROC, PR, reliability.
+    assert outline.figures == 7
+    assert not any(s.get("src") for s in outline.scripts), "no script is loaded from elsewhere"
+    with_library = [t for t in outline.script_text if "plotly.js v" in t or len(t) > 1_000_000]
+    assert len(with_library) == 1, "plotly.js is inlined exactly once"
+    first_plot = next(i for i, t in enumerate(outline.script_text) if "Plotly.newPlot" in t)
+    assert outline.script_text.index(with_library[0]) < first_plot, "before the first figure that needs it"
+
+
+def test_report_cli_and_errors(two_runs, tmp_path, capsys) -> None:
+    out = tmp_path / "r.html"
+    assert main(["report", "--run", str(two_runs[1]), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["report"] == str(out)
+    assert "Reliability diagram" in out.read_text(encoding="utf-8")
+    assert main(["report", "--run", str(two_runs[1]), "--out", str(tmp_path / "r.pdf")]) == 2
+    assert ".html" in capsys.readouterr().err
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(two_runs[1], unfinished)
+    (unfinished / "val_predictions.csv").unlink()
+    assert main(["report", "--run", str(unfinished), "--out", str(out)]) == 2
+    assert "has no val_predictions.csv yet" in capsys.readouterr().err
+    assert main(["report", "--run", str(tmp_path), "--out", str(out)]) == 2
+    assert "not a run or ensemble dir" in capsys.readouterr().err
+
+
+def test_report_of_an_ensemble(two_runs, tmp_path) -> None:
+    from classifier.ensemble import build_ensemble
+
+    metrics = build_ensemble(list(two_runs), tmp_path / "ens", name="pair")
+    page = report_html(tmp_path / "ens")
+    assert "<h1>pair</h1>" in page and f"{metrics['accuracy']:.1%}" in page and "members" in page

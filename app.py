@@ -7,7 +7,10 @@ st.navigation(
     {
         "": [st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)],
         "Data": [st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:")],
-        "Model": [st.Page("app_pages/train.py", title="Train", icon=":material/model_training:")],
+        "Model": [
+            st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+            st.Page("app_pages/search.py", title="Search", icon=":material/tune:"),
+        ],
         "Results": [
             st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
             st.Page("app_pages/explain.py", title="Explain", icon=":material/visibility:"),

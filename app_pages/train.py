@@ -13,6 +13,7 @@ from classifier.training.config import IMBALANCE, OPTIMIZERS, SCHEDULERS
 from ui import state
 from ui.cache import dataset_index, executor, weights_offline
 from ui.datasets import workspace_datasets
+from ui.lr_find import lr_finder_section
 from ui.monitor import runs_section
 from ui.widgets import user_errors
 
@@ -65,8 +66,10 @@ with st.expander("Hyperparameters", expanded=True):
     h = st.columns(4)
     epochs = h[0].number_input("Epochs", 1, 500, default.epochs, key=f"w_epochs_{mode}", help="Passes over the data.")
     batch = h[1].number_input("Batch size", 1, 1024, default.batch_size, key="w_batch", help="Images per step.")
+    lr_key = f"w_lr_{mode}"
+    ss.setdefault(lr_key, default.lr)  # seeded here, not via value=, so the LR finder's button can set it
     lr = h[2].number_input(
-        "Learning rate", 1e-6, 1.0, default.lr, format="%.5f", key=f"w_lr_{mode}", help="Peak rate after warm-up."
+        "Learning rate", 1e-6, 1.0, format="%.6f", key=lr_key, help="Peak rate after warm-up; try the LR finder."
     )
     optimizer = h[3].selectbox("Optimizer", OPTIMIZERS, key="w_opt", help="AdamW, or SGD with Nesterov momentum.")
     scheduler = h[0].selectbox("Schedule", SCHEDULERS, key="w_sched", help="Learning-rate schedule after warm-up.")
@@ -95,34 +98,41 @@ with st.expander("Hyperparameters", expanded=True):
     seed = h[3].number_input("Seed", 0, 2**31 - 1, 0, key="w_train_seed", help="Same seed, same run.")
 name = st.text_input("Run name (optional)", key="w_run_name", placeholder="e.g. shapes-resnet18")
 
+
+def current_config() -> TrainConfig:
+    """The settings on this page as a TrainConfig (checked: bad settings and untrainable data raise here)."""
+    config = TrainConfig(
+        data=data,
+        val_split=ss[state.VAL_SPLIT],
+        test_split=ss[state.TEST_SPLIT],
+        backbone=backbone,
+        weights=weights,
+        mode=mode,
+        epochs=int(epochs),
+        batch_size=int(batch),
+        lr=float(lr),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        weight_decay=float(wd),
+        label_smoothing=float(smoothing),
+        augment=augment,
+        imbalance=imbalance,
+        early_stopping=int(patience),
+        img_size=int(img_size) if img_size else None,
+        seed=int(seed),
+    )
+    if not weights:
+        raise WeightsError("give the path of a .safetensors weights file, or choose another weight source")
+    config.resolved()  # bad settings and untrainable data fail here, in the page, not in the background
+    if data != "demo":
+        check_trainable(dataset_index(data))
+    return config
+
+
+lr_finder_section(current_config, lr_key)
 if st.button("Start training", type="primary", icon=":material/play_arrow:"):
     with user_errors("Cannot start the run", also=(ValueError,)):  # ValueError: TrainConfig.resolved()
-        config = TrainConfig(
-            data=data,
-            val_split=ss[state.VAL_SPLIT],
-            test_split=ss[state.TEST_SPLIT],
-            backbone=backbone,
-            weights=weights,
-            mode=mode,
-            epochs=int(epochs),
-            batch_size=int(batch),
-            lr=float(lr),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            weight_decay=float(wd),
-            label_smoothing=float(smoothing),
-            augment=augment,
-            imbalance=imbalance,
-            early_stopping=int(patience),
-            img_size=int(img_size) if img_size else None,
-            seed=int(seed),
-        )
-        if not weights:
-            raise WeightsError("give the path of a .safetensors weights file, or choose another weight source")
-        config.resolved()  # bad settings and untrainable data fail here, in the page, not in the background
-        if data != "demo":
-            check_trainable(dataset_index(data))
-        run_id = executor().submit(config, name=name.strip() or None)
+        run_id = executor().submit(current_config(), name=name.strip() or None)
         ss[state.WATCH_RUN] = ss[state.RUN_ID] = ss["w_watch"] = run_id
 
 runs_section()

@@ -21,6 +21,8 @@ DONE_UPLOADS = "done_uploads"  # dict[str, str]: upload file id -> dataset path,
 EXPLAIN_REQUEST = "explain_request"  # dict | None: {"run_id", "path"} a page asks the Explain page to open
 EXPLAIN_CACHE = "explain_cache"  # OrderedDict | None: attribution maps of this session (ui.explain)
 CM_PICK = "cm_pick"  # tuple | None: the confusion-matrix cell last clicked on Evaluate (applied once)
+LR_FIND = "lr_find_result"  # dict | None: the Train page's last LR finder result (LRFindResult.to_dict())
+SEARCH_ID = "search_id"  # str | None: the search the Search page shows
 
 DEFAULTS: dict[str, Any] = {
     DATASET: None,
@@ -34,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     EXPLAIN_REQUEST: None,
     EXPLAIN_CACHE: None,
     CM_PICK: None,
+    LR_FIND: None,
+    SEARCH_ID: None,
 }
 
 

@@ -13,6 +13,7 @@ st.navigation(
         ],
         "Results": [
             st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+            st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
             st.Page("app_pages/explain.py", title="Explain", icon=":material/visibility:"),
             st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:"),
             st.Page("app_pages/runs.py", title="Runs", icon=":material/history:"),

@@ -1,4 +1,4 @@
-"""Evaluate: a completed run's validation metrics, curves, calibration and its worst mistakes."""
+"""Evaluate: a completed run's (or a saved ensemble's) validation metrics, curves, calibration and worst mistakes."""
 
 from pathlib import Path
 
@@ -8,13 +8,17 @@ import streamlit as st
 from classifier import figures
 from classifier.errors import ClassifierError
 from classifier.metrics import compute_metrics, most_confused, pr_curves, reliability_bins, roc_curves, top_losses
+from classifier.report import report_html
 from ui import state
 from ui.cache import thumbnail, val_predictions
+from ui.ensemble import apply_pending_pick, ensemble_builder, is_ensemble
 from ui.widgets import metric_cards, run_picker, user_errors
 
 state.init_state()
 st.title("Evaluate")
-job = run_picker("Completed run")
+apply_pending_pick()
+job = run_picker("Completed run or saved ensemble", ensembles=True)
+ensemble_builder()
 if job is None:
     st.stop()
 m = None
@@ -23,8 +27,18 @@ with user_errors("Cannot read this run's validation predictions", also=(OSError,
     m = compute_metrics(y_true, probs, names)  # ValueError for labels outside the run's classes, or no rows
 if m is None:
     st.stop()
-st.caption(f"{len(y_true)} validation images · {len(names)} classes · computed from val_predictions.csv")
+members = f" · ensemble of {len(job.members)} runs (mean probability)" if is_ensemble(job) else ""
+st.caption(f"{len(y_true)} validation images · {len(names)} classes · computed from val_predictions.csv{members}")
 metric_cards(m)
+st.download_button(
+    "Download report (.html)",
+    data=lambda: report_html(job.run_dir).encode(),
+    file_name=f"{job.run_id}-report.html",
+    mime="text/html",
+    on_click="ignore",
+    icon=":material/description:",
+    help="One self-contained page: settings, dataset, metrics, per-class table and these figures (works offline).",
+)
 
 st.subheader("Per class")
 per_class = pd.DataFrame(m["per_class"]).rename(
@@ -86,7 +100,8 @@ shown = [
 ]
 if not shown:
     st.success("No misclassified validation images for this selection." if only_wrong else "No images here.")
-st.caption(f"{len(shown)} images; open any of them in **Explain** to see why the model decided as it did.")
+st.caption(f"{len(shown)} images" + ("" if is_ensemble(job) else "; open any of them in **Explain** to see why the "
+                                      "model decided as it did") + ".")
 cols = st.columns(4)
 for n, r in enumerate(shown[: int(limit)]):
     rel = table["path"].iloc[r["index"]]
@@ -99,6 +114,6 @@ for n, r in enumerate(shown[: int(limit)]):
             f"**true** {names[r['true']]} · **predicted** {names[r['pred']]} ({r['prob_pred']:.0%})  \n"
             f"p(true) {r['prob_true']:.0%} · loss {r['loss']:.2f} · `{rel}`"
         )
-        if st.button("Explain", key=f"explain_{rel}", icon=":material/visibility:"):
+        if not is_ensemble(job) and st.button("Explain", key=f"explain_{rel}", icon=":material/visibility:"):
             ss[state.EXPLAIN_REQUEST] = {"run_id": job.run_id, "path": rel}
             st.switch_page("app_pages/explain.py")

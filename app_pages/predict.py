@@ -1,28 +1,56 @@
-"""Predict: run a trained model on uploaded images or a camera photo; top-k per image and a CSV for a batch."""
+"""Predict: run a trained model (or an ensemble of runs) on uploaded images or a camera photo; top-k per image and a
+CSV for a batch."""
+
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
+from classifier.ensemble import Ensemble
 from classifier.errors import ImageError
 from classifier.figures import topk_bar
 from classifier.predict import format_prediction, predict_images
 from ui import state
 from ui.cache import loaded_run
-from ui.widgets import run_picker, user_errors
+from ui.ensemble import is_ensemble, loaded_ensemble
+from ui.widgets import jobs, run_label, run_picker, user_errors
 
 state.init_state()
 st.title("Predict")
-job = run_picker("Model (a completed run)")
-if job is None:
-    st.stop()
-run = None
-with user_errors("Cannot load this run's model"):
-    run = loaded_run(job.run_dir)
+kind = st.radio(
+    "Model", ["Run", "Ensemble"], horizontal=True, key="w_pred_kind",
+    help="Ensemble: average the class probabilities of several runs trained on the same classes.",
+)  # fmt: skip
+run: Any = None
+if kind == "Run":
+    job = run_picker("Model (a completed run or a saved ensemble)", ensembles=True)
+    if job is None:
+        st.stop()
+    tag = job.run_id
+    with user_errors("Cannot load this model"):
+        run = loaded_ensemble(job) if is_ensemble(job) else loaded_run(job.run_dir)
+else:
+    done = {j.run_id: j for j in jobs() if j.status == "completed"}
+    picked = st.multiselect(
+        "Runs to combine", list(done), format_func=lambda i: run_label(done[i], with_accuracy=True), key="w_pred_ens",
+        help="Runs trained on the same classes in the same order; each keeps its own preprocessing.",
+    )  # fmt: skip
+    if len(picked) < 2:
+        st.info("Pick two or more completed runs trained on the same classes to average their predictions.")
+        st.stop()
+    tag = "ensemble"
+    with user_errors("Cannot combine these runs"):
+        run = Ensemble([loaded_run(done[i].run_dir) for i in picked])
 if run is None:
     st.stop()
 classes = run.class_names
-st.caption(f"{len(classes)} classes: {', '.join(classes)}. Images go through the run's exact evaluation transform.")
+how = (
+    f"the mean of {len(run.members)} runs' probabilities, each through its own evaluation transform"
+    if isinstance(run, Ensemble)
+    else "the run's exact evaluation transform"
+)
+st.caption(f"{len(classes)} classes: {', '.join(classes)}. Predictions use {how}.")
 
 top_k = st.slider("Classes to show per image", 1, min(10, len(classes)), min(3, len(classes)), key="w_topk")
 files = st.file_uploader(
@@ -47,7 +75,7 @@ for f in files:
 if not images:
     st.stop()
 with st.spinner(f"Predicting {len(images)} image(s)…"):
-    probs = predict_images(run, images)
+    probs = run.predict_images(images) if isinstance(run, Ensemble) else predict_images(run, images)
 results = [format_prediction(n, p, classes, top_k) for n, p in zip(names, probs)]
 
 if len(results) > 1:
@@ -63,7 +91,7 @@ if len(results) > 1:
     st.download_button(
         "Download predictions (CSV)",
         table.to_csv(index=False).encode(),
-        file_name=f"predictions-{job.run_id}.csv",
+        file_name=f"predictions-{tag}.csv",
         mime="text/csv",
         on_click="ignore",
         icon=":material/download:",

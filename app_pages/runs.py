@@ -1,7 +1,9 @@
-"""Runs: every run with its settings and metrics; download a run as a zip, export it (ONNX, TorchScript), delete it."""
+"""Runs: every run with its settings and metrics; download a run as a zip or an HTML report, export it (ONNX,
+TorchScript), delete it."""
 
 import streamlit as st
 
+from classifier.report import report_html
 from classifier.store import ACTIVE
 from ui import state
 from ui.artifacts import run_zip
@@ -51,6 +53,17 @@ with left:
         )
     else:
         st.caption("This run has no saved model to download.")
+    if (job.run_dir / "val_predictions.csv").is_file():
+        st.download_button(
+            "Download report (.html)",
+            data=lambda: report_html(job.run_dir).encode(),
+            file_name=f"{job.run_id}-report.html",
+            mime="text/html",
+            on_click="ignore",
+            icon=":material/description:",
+            help="One self-contained page to share: settings, dataset, metrics, per-class table, training curves, "
+            "confusion matrix, ROC/PR and reliability figures. Opens offline.",
+        )
 with right:
     st.markdown("**Delete**")
     active = job.status in ACTIVE

@@ -26,6 +26,7 @@ PAGES = [
     "app_pages/explain.py",
     "app_pages/predict.py",
     "app_pages/runs.py",
+    "app_pages/compare.py",
 ]
 TIMEOUT = 60  # seconds per script run: the first one imports torch and timm
 

@@ -6,7 +6,6 @@ executor is keyed on the workspace directory, so tests pointing `CLASSIFIER_WORK
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -66,16 +65,15 @@ def dataset_index(path: str | Path) -> DatasetIndex:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _val_predictions(run_dir: str, mtime: float) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str], str]:
-    config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-    names = list(config["class_names"])
-    df = pd.read_csv(Path(run_dir) / "val_predictions.csv", keep_default_na=False, dtype={"label": str, "pred": str})
-    probs = df[[f"p_{c}" for c in names]].to_numpy(dtype=np.float64)
-    y_true = df["label"].map({c: i for i, c in enumerate(names)}).fillna(-1).to_numpy(dtype=np.int64)
-    return df, y_true, probs, names, str(config["dataset"]["root"])
+    from classifier.evaluate import read_val_predictions
+
+    vp = read_val_predictions(run_dir)
+    return vp.table, vp.y_true, vp.probs, vp.class_names, vp.root
 
 
 def val_predictions(run_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str], str]:
-    """(table, y_true indices, probabilities, class names, dataset root) from a run's val_predictions.csv."""
+    """(table, y_true indices, probabilities, class names, dataset root) from a run's (or a saved ensemble's)
+    val_predictions.csv."""
     return _val_predictions(str(run_dir), file_mtime(Path(run_dir) / "val_predictions.csv"))
 
 

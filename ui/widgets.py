@@ -129,10 +129,19 @@ def sticky_select(label: str, ids: list[str], state_key: str, widget_key: str, *
     return ss[state_key]
 
 
-def run_picker(label: str = "Run", *, completed_only: bool = True, key: str = "w_run_picker") -> Any | None:
-    """Select a run (completed ones by default); the choice is kept in session state across pages."""
+def run_picker(
+    label: str = "Run", *, completed_only: bool = True, key: str = "w_run_picker", ensembles: bool = False
+) -> Any | None:
+    """Select a run (completed ones by default); the choice is kept in session state across pages.
+
+    `ensembles` adds the saved ensembles (`ui.ensemble.EnsembleEntry`, shaped like a run) after the runs.
+    """
     state.init_state()
     choices = {j.run_id: j for j in jobs() if j.status == "completed" or not completed_only}
+    if ensembles:
+        from ui.ensemble import ensemble_entries
+
+        choices.update({e.run_id: e for e in ensemble_entries()})
     if not choices:
         st.info("No completed runs yet. Start one on the **Train** page.", icon="ℹ️")
         return None

@@ -250,3 +250,45 @@ def test_cli_search_needs_a_space_and_data(capsys):
     assert "--data" in capsys.readouterr().err
     assert main(["search", "--data", "demo", "--sampler", "grid", "--search-lr", "1e-3", "1e-1"]) == 2
     assert "grid search needs a list of choices for lr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_background_driver_is_cancelled_with_its_running_trial(tmp_path, _no_orphans):
+    """launch_search starts `python -m classifier search --id`; cancel_search stops it and cancels the run."""
+    import time
+
+    from classifier.data.demo import make_demo_dataset
+    from classifier.jobs import default_executor
+
+    data = make_demo_dataset(tmp_path / "data", n_per_class=6, size=32, seed=5)
+    base = TrainConfig(data=str(data), backbone="simple_cnn", weights="none", img_size=32, epochs=200, batch_size=4,
+                       num_workers=0, device="cpu")  # fmt: skip
+    spec = create_search(base, {"lr": [1e-3, 1e-2]}, sampler="grid")
+    search.launch_search(spec["id"])
+    deadline = time.time() + 60
+    while not search.driver_alive(spec["id"]):
+        assert time.time() < deadline, search.log_path(spec["id"]).read_text()
+        time.sleep(0.2)
+    with pytest.raises(RunError, match="already running"):
+        search.launch_search(spec["id"])
+    ex = default_executor()
+    deadline = time.time() + 120
+    while True:
+        s = load_search(spec["id"])
+        if s["trials"] and ex.status(s["trials"][0]["run_id"]).status == "running":
+            break
+        assert time.time() < deadline, s
+        time.sleep(0.5)
+    cancel_search(spec["id"])
+    deadline = time.time() + 60
+    while load_search(spec["id"])["status"] != "cancelled":
+        assert time.time() < deadline, load_search(spec["id"])
+        time.sleep(0.5)
+    s = load_search(spec["id"])
+    assert [t["state"] for t in s["trials"]] == ["cancelled"] and len(s["trials"]) == 1
+    run_id = s["trials"][0]["run_id"]
+    deadline = time.time() + 60
+    while ex.status(run_id).status == "running":
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert ex.status(run_id).status == "cancelled"

@@ -6,7 +6,7 @@ import streamlit as st
 
 from classifier import search
 from classifier.data.dataset import check_trainable
-from classifier.models import default_weights, list_backbones
+from classifier.models import list_backbones
 from classifier.training import TrainConfig
 from ui import state
 from ui.cache import dataset_index
@@ -26,7 +26,7 @@ with st.expander("New search", expanded=not search.list_searches()):
     datasets = ["demo"] + [str(d) for d in workspace_datasets()]
     if ss[state.DATASET] and ss[state.DATASET] not in datasets:
         datasets.append(ss[state.DATASET])
-    b = st.columns(4)
+    b = st.columns(5)
     data = b[0].selectbox(
         "Dataset", datasets, index=datasets.index(ss[state.DATASET]) if ss[state.DATASET] in datasets else 0,
         format_func=lambda d: "Built-in demo dataset (shapes)" if d == "demo" else Path(d).name, key="w_s_data",
@@ -34,6 +34,10 @@ with st.expander("New search", expanded=not search.list_searches()):
     backbone = b[1].selectbox("Base backbone", [x.name for x in list_backbones()], key="w_s_backbone")
     mode = b[2].radio("Mode", ["linear", "finetune"], key="w_s_mode", help="linear: frozen backbone (fast)")
     img_size = b[3].number_input("Image size", 16, 1024, None, key="w_s_img", placeholder="backbone default")
+    weights = b[4].selectbox(
+        "Weights", ["default", "none"], key="w_s_weights",
+        help="default: each backbone's pretrained weights (bundled, or the Hub); none: train from scratch",
+    )  # fmt: skip
     st.markdown("**Search space** — the other settings are the defaults of the chosen mode.")
     raw = None
     with user_errors("Search space"):
@@ -49,9 +53,8 @@ with st.expander("New search", expanded=not search.list_searches()):
     name = st.text_input("Search name (optional)", key="w_s_name")
     if st.button("Start search", type="primary", icon=":material/play_arrow:", disabled=raw is None):
         with user_errors("Cannot start the search", also=(ValueError,)):
-            weights = "none" if backbone == "simple_cnn" else default_weights(backbone)
             base = TrainConfig(data=data, val_split=ss[state.VAL_SPLIT], test_split=ss[state.TEST_SPLIT],
-                               backbone=backbone, weights=weights, mode=mode,
+                               backbone=backbone, weights=None if weights == "default" else weights, mode=mode,
                                img_size=int(img_size) if img_size else None)  # fmt: skip
             if data != "demo":
                 check_trainable(dataset_index(data))

@@ -161,10 +161,11 @@ def lr_find(
             )
             model, data_config = built.model, built.data_config
         else:
-            from classifier.models.factory import resolve_data_config
+            from classifier.models.factory import default_weights, resolve_data_config
 
             model = copy.deepcopy(model)
-            data_config = resolve_data_config(model, img_size=cfg.img_size)
+            bundled = (cfg.weights or default_weights(cfg.backbone)) == "bundled"
+            data_config = resolve_data_config(model, img_size=cfg.img_size, bundled=bundled)
         model.to(device)
         amp_dtype = None
         if cfg.amp and device.type == "cuda":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -120,7 +121,7 @@ def report_html(run_dir: str | Path, title: str | None = None) -> str:
     name = title or info.get("name") or f"{info.get('backbone', 'run')} · {run_dir.name}"
     settings = {k: v for k, v in flatten(info).items() if k not in ("class_names", "created_at")}
     settings_df = pd.DataFrame(
-        [{"setting": k, "value": v if isinstance(v, str) else repr(v)} for k, v in settings.items()]
+        [{"setting": k, "value": v if isinstance(v, str) else json.dumps(v, default=str)} for k, v in settings.items()]
     )
     cards = "".join(
         f'<div class="card">{label}<b>{_fmt(m.get(key), pattern)}</b></div>' for key, label, pattern in HEADLINE

@@ -128,13 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
 
     p = sub.add_parser("evaluate", help="print a run's metrics as JSON")
-    p.add_argument("--run", required=True, help="run dir")
+    p.add_argument("--run", required=True, help="run dir (or a saved ensemble dir)")
     p.add_argument("--data", default=None, help="dataset to evaluate on (default: the run's own data)")
     p.add_argument("--split", default="val", choices=["val", "test", "all"])
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("predict", help="predict images or folders with a run; one JSON object per line")
-    p.add_argument("--run", required=True, help="run dir")
+    p.add_argument("--run", required=True, help="run dir (or a saved ensemble dir)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="auto")
@@ -295,18 +295,24 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from classifier.ensemble import evaluate_ensemble, is_ensemble_dir
     from classifier.evaluate import evaluate_run
 
-    print(json.dumps(evaluate_run(a.run, a.data, a.split, a.device), indent=2))
+    evaluate = evaluate_ensemble if is_ensemble_dir(a.run) else evaluate_run
+    print(json.dumps(evaluate(a.run, a.data, a.split, a.device), indent=2))
     return 0
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    from classifier.ensemble import is_ensemble_dir, load_ensemble
     from classifier.predict import load_run, predict_paths
 
-    run = load_run(a.run, device=a.device)
+    if is_ensemble_dir(a.run):  # a saved ensemble: the members' averaged probabilities
+        results = load_ensemble(a.run, device=a.device).predict_paths(a.inputs, top_k=a.top_k)
+    else:
+        results = predict_paths(load_run(a.run, device=a.device), a.inputs, top_k=a.top_k)
     failed = 0
-    for r in predict_paths(run, a.inputs, top_k=a.top_k):
+    for r in results:
         failed += "error" in r
         print(json.dumps(r))
     return EXIT_USER_ERROR if failed else 0

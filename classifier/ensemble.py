@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from classifier.errors import RunError
+from classifier.data.images import load_image
+from classifier.errors import ClassifierError, ImageError, RunError
 from classifier.io import atomic_write_json, atomic_write_text
 from classifier.metrics import compute_metrics
-from classifier.predict import LoadedRun, load_run, predict_images, predict_items
+from classifier.predict import LoadedRun, expand_inputs, format_prediction, load_run, predict_images, predict_items
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT_VERSION = 1
@@ -90,6 +91,25 @@ class Ensemble:
 
     def predict_items(self, paths: Sequence[str | Path], batch_size: int = 32) -> np.ndarray:
         return np.mean([predict_items(run, paths, batch_size) for run in self.members], axis=0)
+
+    def predict_paths(self, inputs: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:
+        """Like `classifier.predict.predict_paths`: one dict per image in input order, `{"path", "error"}` for an
+        image that cannot be read."""
+        results: list[dict[str, Any]] = []
+        pending: list[tuple[int, Image.Image]] = []
+        for path in expand_inputs(inputs):
+            results.append({"path": path})
+            try:
+                if not Path(path).is_file():
+                    raise ImageError(path, "file not found")
+                pending.append((len(results) - 1, load_image(path)))
+            except ClassifierError as e:
+                results[-1]["error"] = str(e)
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            for (i, _), p in zip(chunk, self.predict_images([im for _, im in chunk], batch_size)):
+                results[i] = format_prediction(results[i]["path"], p, self.class_names, top_k)
+        return results
 
 
 def shared_val_items(runs: Sequence[LoadedRun]) -> list[tuple[Path, int]]:
@@ -200,6 +220,22 @@ def build_ensemble(
     atomic_write_text(out_dir / "val_predictions.csv", _val_predictions_text(items, root, probs, names))
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_json(out_dir / ENSEMBLE_FILE, info)  # last: a folder with ensemble.json is complete
+    return metrics
+
+
+def evaluate_ensemble(
+    ensemble_dir: str | Path, data: str | Path | None = None, split: str = "val", device: str = "cpu"
+) -> dict[str, Any]:
+    """All metrics of a saved ensemble on `split` of its members' data (the first member's split) or of `data`,
+    like `classifier.evaluate.evaluate_run` for a run."""
+    from classifier.evaluate import evaluation_items
+
+    ens = load_ensemble(ensemble_dir, device=device)
+    items = evaluation_items(ens.members[0], data, split)
+    probs = ens.predict_items([p for p, _ in items])
+    metrics = compute_metrics(np.array([y for _, y in items]), probs, ens.class_names)
+    metrics["split"] = split
+    metrics["members"] = [str(r.run_dir) for r in ens.members]
     return metrics
 
 

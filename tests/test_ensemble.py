@@ -122,3 +122,22 @@ def test_ensemble_cli(two_runs, tmp_path, capsys) -> None:
     assert json.loads((out / "ensemble.json").read_text())["members"][0]["run_dir"] == str(a.resolve())
     assert main(["ensemble", "--runs", str(a), str(b), "--out", str(out)]) == 2  # exists: refused
     assert "not empty" in capsys.readouterr().err
+
+
+def test_predict_and_evaluate_cli_take_a_saved_ensemble(two_runs, tmp_path, capsys) -> None:
+    a, b = two_runs
+    out = tmp_path / "ens"
+    metrics = build_ensemble([a, b], out)
+    cfg = json.loads((a / "config.json").read_text())
+    image = Path(cfg["dataset"]["root"]) / _val_rows(a)[0]["path"]
+
+    assert main(["evaluate", "--run", str(out), "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(metrics["accuracy"]) and evaluated["split"] == "val"
+    assert evaluated["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-6)
+
+    assert main(["predict", "--run", str(out), str(image), str(tmp_path / "missing.png"), "--top-k", "3"]) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "missing.png" in lines[1]["error"]
+    want = (predict_images(load_run(a), [load_image(image)]) + predict_images(load_run(b), [load_image(image)]))[0] / 2
+    assert dict(lines[0]["top_k"]) == pytest.approx(dict(zip(cfg["class_names"], want.round(6))), abs=1e-6)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from classifier.errors import ClassifierError, RunError
@@ -511,8 +512,11 @@ def _drive(spec: dict[str, Any], executor: Any, poll: float, on_update: Callable
             if t["state"] not in ACTIVE_TRIAL:
                 continue
             trial = live[t["number"]]
-            job = executor.status(t["run_id"])
-            history = _history(executor, t["run_id"])
+            try:
+                job = executor.status(t["run_id"])
+                history = _history(executor, t["run_id"])
+            except ClassifierError as e:  # e.g. the run was deleted on the Runs page
+                job, history = SimpleNamespace(status="failed", error=str(e), metrics=None), []
             key = METRICS[spec["metric"]][1]
             inter = t.setdefault("intermediate", {})
             pruned = False

@@ -292,3 +292,18 @@ def test_background_driver_is_cancelled_with_its_running_trial(tmp_path, _no_orp
         assert time.time() < deadline
         time.sleep(0.5)
     assert ex.status(run_id).status == "cancelled"
+
+
+def test_a_deleted_run_fails_its_trial_not_the_search():
+    class Forgetful(FakeExecutor):
+        def status(self, run_id):
+            if run_id == "r1":
+                raise RunError("unknown run 'r1'")
+            return super().status(run_id)
+
+    spec = create_search(BASE, {"batch_size": [8, 16]}, sampler="grid", prune=False)
+    done = run_search(spec["id"], Forgetful(), poll=0)
+    assert done["status"] == "completed"
+    by_run = {t["run_id"]: t for t in done["trials"]}
+    assert by_run["r1"]["state"] == "failed" and "unknown run" in by_run["r1"]["error"]
+    assert by_run["r2"]["state"] == "completed"

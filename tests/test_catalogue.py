@@ -116,6 +116,60 @@ def test_row02_unsafe_zip_entries_listed_on_data_page_and_nothing_written_outsid
     assert not (workspace.parent / "escape.png").exists() and not Path("/abs.png").exists()
 
 
+# --- rows 4 and 5 through the Data page: a zip bomb and untrainable archives, nothing lost -------------------------
+
+
+def _fingerprint(root: Path) -> dict[str, bytes]:
+    return {p: (root / p).read_bytes() for p in files_under(root)}
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> list[str]:
+    at.radio(key="w_source").set_value("Upload a .zip").run()
+    at.file_uploader[0].upload(name, data, "application/zip")
+    at.run()
+    assert not at.exception, at.exception
+    return [e.value for e in at.error]
+
+
+def test_row04_zip_bomb_upload_stops_with_clear_error_no_temp_files_earlier_data_untouched() -> None:
+    from classifier.data.demo import make_demo_dataset
+    from classifier.workspace import datasets_dir, workspace_dir
+
+    earlier = make_demo_dataset(datasets_dir() / "earlier", n_per_class=3, size=24, seed=1, classes=("star", "cross"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.writestr("cats/ok.png", encode(noisy(1), "PNG"))
+        with zf.open("cats/zeros.bmp", "w", force_zip64=True) as member:  # 64 MB of zeros, ~64 kB compressed
+            for _ in range(64):
+                member.write(bytes(1024 * 1024))
+    bomb = buf.getvalue()
+    assert len(bomb) < 200_000
+    at = open_data_page()
+    before = _fingerprint(workspace_dir())
+    errors = _upload(at, "bomb.zip", bomb)
+    assert any("bomb.zip" in e and "compression ratio" in e and "possible zip bomb" in e for e in errors), errors
+    assert _fingerprint(workspace_dir()) == before  # no partial dataset, no temporary copy, earlier data as it was
+    assert at.session_state["dataset_path"] is None
+    assert files_under(earlier)  # still there
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"notes/readme.txt": b"no pictures here"}, "no usable images found"),
+        ({f"only/{i}.png": i for i in range(3)}, "only one class ('only') has images"),
+        ({**{f"cats/{i}.png": i for i in range(3)}, "dogs/0.png": 9}, "class 'dogs' has only one image"),
+    ],
+    ids=["no-images", "one-class", "single-image-class"],
+)
+def test_row05_untrainable_archive_gets_a_cannot_train_message_naming_the_problem(entries, message) -> None:
+    data = zip_of({k: encode(noisy(v), "PNG") if isinstance(v, int) else v for k, v in entries.items()})
+    at = open_data_page()
+    errors = _upload(at, "mine.zip", data)
+    assert any(message in e and "mine" in e for e in errors), errors
+    assert not any("Traceback" in e for e in errors)
+
+
 # --- row 6: decompression bomb in a dataset, memory measured in a fresh process --------------------------------------
 
 BOMB_SCRIPT = textwrap.dedent(

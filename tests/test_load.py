@@ -2,8 +2,8 @@
 
 Streamlit runs as a subprocess with a fresh workspace; a small `simple_cnn` run is submitted to the same workspace's
 job executor and trains in its own process throughout. Four headless Chromium contexts (four Streamlit sessions)
-then each visit Home, Data, Train, Evaluate, Explain, Predict and Runs in turn, at the same time. Every page must
-show its title within `PAGE_BOUND_S` and no exception box. Afterwards one session uploads a small generated zip on
+then each visit every page of app.py's navigation in turn (Home, Data, Train, Search, Evaluate, Compare, Explain,
+Predict, Runs), at the same time. Every page must show its title within `PAGE_BOUND_S` and no exception box. Afterwards one session uploads a small generated zip on
 the Data page and removes it again, twenty times, and the server's resident memory must grow by less than
 `MEMORY_BOUND_MB`. Prints `FIGURES ...` lines (longest page response, server RSS before/after) for the report.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,15 +43,19 @@ async_api = pytest.importorskip(
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]  # fmt: skip
-PAGES = [
-    ("", "Image classifier workbench"),
-    ("data", "Data"),
-    ("train", "Train"),
-    ("evaluate", "Evaluate"),
-    ("explain", "Explain"),
-    ("predict", "Predict"),
-    ("runs", "Runs"),
-]  # fmt: skip  (slug, title) as in app.py
+
+
+def app_pages() -> list[tuple[str, str]]:
+    """(URL slug, page title) of every page in app.py's navigation, in its order; the default page's slug is ""."""
+    router = (ROOT / "app.py").read_text(encoding="utf-8")
+    pages = []
+    for path, default in re.findall(r'st\.Page\("(app_pages/\w+\.py)"[^)]*?(default=True)?\)', router):
+        title = re.search(r'st\.title\("([^"]+)"\)', (ROOT / path).read_text(encoding="utf-8")).group(1)
+        pages.append(("" if default else Path(path).stem, title))
+    return pages
+
+
+PAGES = app_pages()
 SESSIONS = 4
 PAGE_BOUND_S = 45.0  # per page, four sessions at once while a run trains on a shared 2-core machine
 FIRST_PAGE_BOUND_S = 120.0  # the first page a server renders imports torch and timm
@@ -276,6 +281,9 @@ def test_four_sessions_while_training_then_upload_cycles_keep_memory_bounded(ser
     )
     assert status.status == "running", "the run must train throughout the four sessions' visits"
     assert ex.status(run_id).status == "cancelled"
+    assert {"Data", "Train", "Evaluate", "Explain", "Predict", "Runs"} <= {title for _, title in PAGES} and PAGES[0][
+        0
+    ] == ""
     assert all(set(ts) == {title for _, title in PAGES} for ts in times)
     assert slowest[0] < PAGE_BOUND_S
     assert after - before[0] < MEMORY_BOUND_MB

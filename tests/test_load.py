@@ -3,9 +3,10 @@
 Streamlit runs as a subprocess with a fresh workspace; a small `simple_cnn` run is submitted to the same workspace's
 job executor and trains in its own process throughout. Four headless Chromium contexts (four Streamlit sessions)
 then each visit every page of app.py's navigation in turn (Home, Data, Train, Search, Evaluate, Compare, Explain,
-Predict, Runs), at the same time. Every page must show its title within `PAGE_BOUND_S` and no exception box. Afterwards one session uploads a small generated zip on
-the Data page and removes it again, twenty times, and the server's resident memory must grow by less than
-`MEMORY_BOUND_MB`. Prints `FIGURES ...` lines (longest page response, server RSS before/after) for the report.
+Predict, Runs), at the same time. Every page must show its title within `PAGE_BOUND_S` and no exception box.
+Afterwards one session uploads a small generated zip on the Data page and removes it again, twenty times, and the
+server's resident memory must grow by less than `MEMORY_BOUND_MB`. Prints `FIGURES ...` lines (longest page
+response, server RSS before/after) for the report.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import websockets  # a Streamlit dependency: its server speaks websockets
 
 pytestmark = pytest.mark.slow
 
-websockets = pytest.importorskip("websockets", reason="the server test opens a Streamlit session over a websocket")
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MB = 1

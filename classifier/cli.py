@@ -51,6 +51,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--workers", type=int, default=None, help="DataLoader worker processes (default: chosen for the machine)"
     )
+    _add_speed(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument(
         "--config-json",
@@ -291,6 +292,9 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
         amp=not a.no_amp,
         num_workers=a.workers,
         checkpoint_every_steps=a.checkpoint_every_steps,
+        cache=getattr(a, "cache", "auto"),
+        compile=getattr(a, "compile", False),
+        auto_batch_size=getattr(a, "auto_batch_size", False),
     )
 
 
@@ -439,12 +443,30 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 1 if report.reasons else 0  # flagged: the file is written, but say so in the exit code
 
 
+def _add_speed(g: argparse._ArgumentGroup) -> None:
+    """--cache, --compile and --auto-batch-size (see classifier.data.cache and classifier.training.batch_size)."""
+    g.add_argument(
+        "--cache",
+        default="auto",
+        choices=["auto", "memory", "disk", "off"],
+        help="decoded-image cache: in memory when it fits CLASSIFIER_CACHE_MEMORY_MB (default 2048), else a "
+        "memory-mapped file in workspace/cache (auto); always memory; always disk; off = decode every epoch",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long GPU runs)")
+    g.add_argument(
+        "--auto-batch-size",
+        action="store_true",
+        help="CUDA: the largest batch size from --batch-size upwards (<= 512) whose training step fits in memory",
+    )
+
+
 def _add_runtime(g: argparse._ArgumentGroup) -> None:
     """Seed, device, AMP, workers, --config-json and --quiet (for commands that train without a run dir)."""
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    _add_speed(g)
     g.add_argument(
         "--config-json", default=None, metavar="PATH", help="a JSON TrainConfig dict; the flags above are then ignored"
     )

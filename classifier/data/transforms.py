@@ -62,3 +62,59 @@ def denormalize(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
     mean = torch.tensor(data_config["mean"], dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(data_config["std"], dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x * std + mean).clamp(0, 1)
+
+
+class TensorPipeline:
+    """A preset's augmentation (or the eval centre crop) on batches of cached uint8 images, on any device.
+
+    Input `(n, 3, side, side)` uint8 squares from `classifier.data.cache` (side = the eval resize size); output
+    normalised float32 `(n, 3, size, size)`. Geometric and colour operations run per image on uint8 tensors
+    (torchvision.transforms.v2, so every image draws its own parameters); conversion to float and
+    normalisation run once on the whole batch. Evaluation (and preset `none`) is a centre crop of the cached
+    square: the same pixels timm's eval transform gives, since the cache stored its resize.
+    """
+
+    def __init__(self, data_config: dict[str, Any], augment: str = "none", grayscale: bool = False, train: bool = True):
+        from torchvision.transforms import v2
+
+        if augment not in AUGMENT_PRESETS:
+            raise ValueError(f"unknown augmentation preset {augment!r}; choose from {', '.join(AUGMENT_PRESETS)}")
+        self.size = int(data_config["input_size"][-1])
+        self.mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.grayscale = grayscale
+        self.augment = augment if train else "none"
+        interp = _INTERP.get(data_config.get("interpolation", "bilinear"), T.InterpolationMode.BILINEAR)
+        ops: list = []
+        if self.augment != "none":
+            scale = {"light": (0.5, 1.0), "standard": (0.35, 1.0), "strong": (0.25, 1.0)}[self.augment]
+            ops += [v2.RandomResizedCrop(self.size, scale=scale, interpolation=interp, antialias=True)]
+            ops += [v2.RandomHorizontalFlip()]
+            if self.augment == "standard":
+                ops += [
+                    v2.RandomRotation(15, interpolation=T.InterpolationMode.BILINEAR),
+                    v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03),
+                ]
+            if self.augment == "strong":
+                ops += [v2.RandAugment(num_ops=2, magnitude=9)]
+        self.per_image = v2.Compose(ops) if ops else None
+        self.erase = T.RandomErasing(p=0.25, value="random") if self.augment == "strong" else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise ValueError(f"TensorPipeline takes (n, 3, h, w) uint8 batches, got {tuple(x.shape)} {x.dtype}")
+        if self.grayscale:
+            from torchvision.transforms.v2 import functional as F2
+
+            x = F2.rgb_to_grayscale(x, num_output_channels=3)
+        if self.per_image is None:
+            h, w = x.shape[-2:]
+            top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+            x = x[..., top : top + self.size, left : left + self.size]
+        else:
+            x = torch.stack([self.per_image(xi) for xi in x])
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        x = x.float().div_(255).sub_(mean).div_(std)
+        if self.erase is not None:
+            x = torch.stack([self.erase(xi) for xi in x])
+        return x

@@ -10,6 +10,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "constant")
 IMBALANCE = ("none", "weights", "sampler")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CACHES = ("auto", "memory", "disk", "off")
 
 
 @dataclass
@@ -46,6 +47,11 @@ class TrainConfig:
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
     num_workers: int | None = None  # DataLoader workers; None = chosen for the machine
+    # decoded-image cache (classifier.data.cache): auto = in memory when it fits the budget, else a memory-mapped
+    # file in workspace/cache; memory; disk; off = decode every image every epoch
+    cache: str = "auto"
+    compile: bool = False  # torch.compile the model (pays off only for long runs: compiling takes a while)
+    auto_batch_size: bool = False  # CUDA: largest batch size (<= batch_size) whose training step fits in memory
     # resume checkpoint (last.safetensors) at every epoch end and every N optimizer steps; 0 = epoch ends only;
     # None = after every 2 minutes of training
     checkpoint_every_steps: int | None = None
@@ -58,6 +64,7 @@ class TrainConfig:
             ("scheduler", self.scheduler, SCHEDULERS),
             ("imbalance", self.imbalance, IMBALANCE),
             ("device", self.device, DEVICES),
+            ("cache", self.cache, CACHES),
         ]:
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")

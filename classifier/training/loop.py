@@ -36,10 +36,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from classifier.data.cache import CachedImages, cache_side, open_cache
 from classifier.data.dataset import DatasetIndex, check_trainable
 from classifier.data.loader import ImageListDataset, draft_size
 from classifier.data.splits import assign_splits
-from classifier.data.transforms import eval_transform, train_transform
+from classifier.data.transforms import TensorPipeline, eval_transform, train_transform
 from classifier.errors import RunError
 from classifier.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from classifier.metrics import compute_metrics
@@ -71,7 +72,8 @@ from classifier.training.resume import (
 CONFIG_FORMAT = 1
 OOM_MIN_BATCH_SIZE = 1  # below this an out-of-memory error fails the run instead of halving the batch again
 CHECKPOINT_INTERVAL_S = 120.0  # checkpoint_every_steps=None: a mid-epoch checkpoint after this much training
-RUNTIME_FIELDS = ("device", "num_workers")  # settings a resumed run may change
+RUNTIME_FIELDS = ("device", "num_workers", "compile")  # settings a resumed run may change
+AUTO_BATCH_MAX = 512  # the batch-size finder's ceiling (also at most a quarter of the training images)
 log = logging.getLogger(__name__)
 
 
@@ -265,6 +267,36 @@ def fit(
     draft = draft_size(data_config)
     ev_t = eval_transform(data_config, cfg.grayscale)
     use_features = cfg.mode == "linear" and cfg.augment == "none" and not (cfg.mixup or cfg.cutmix)
+    side = cache_side(data_config)
+    cache_mode = cfg.cache if side is not None else "off"
+    model.to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+    amp_dtype = None
+    if cfg.amp and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype else None
+    runtime: dict[str, Any] = {"device": str(device), "amp": amp_name, "channels_last": channels_last,
+                               "compile": bool(cfg.compile)}  # fmt: skip
+    if cfg.auto_batch_size and device.type == "cuda" and not use_features:
+        if ckpt is not None:
+            cfg.batch_size = int(saved_config["train"]["batch_size"])  # the size found when the run started
+        else:
+            from classifier.training.batch_size import find_batch_size, probe_step
+
+            shape = tuple(int(v) for v in data_config["input_size"])
+            top = max(1, min(AUTO_BATCH_MAX, len(train_items) // 4))
+            step = probe_step(model, shape, len(index.classes), device, autocast, channels_last)
+            cfg.batch_size = find_batch_size(step, cfg.batch_size, max(top, 1), device=device)
+            run_config["train"] = cfg.to_dict()
+            atomic_write_json(out_dir / "config.json", run_config)
+        runtime["batch_size_found"] = cfg.batch_size
 
     cbs = sorted(
         [*callbacks, HistoryWriter(), *([EarlyStopping(cfg.early_stopping)] if cfg.early_stopping else [])]
@@ -284,6 +316,8 @@ def fit(
             getattr(cb, hook)(state)
 
     loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    # Batches gathered from the decoded cache cost microseconds: worker processes would only add copies.
+    cached_kw = dict(num_workers=0, pin_memory=device.type == "cuda")
     train_labels = [y for _, y in train_items]
     sampler = EpochSampler(train_labels, cfg.seed, balanced=cfg.imbalance == "sampler")
     loader_gen = torch.Generator()  # the loader's own seed source, so it never draws from the global RNG
@@ -293,17 +327,7 @@ def fit(
         w = class_counts.sum() / np.maximum(class_counts, 1) / len(class_counts)
         class_weights = torch.tensor(w, dtype=torch.float32, device=device)
 
-    model.to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    amp_dtype = None
-    if cfg.amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
     best_val: dict[str, Any] = {}
     pos = _fresh_position()  # where training stands inside the current epoch
@@ -364,16 +388,58 @@ def fit(
 
     try:
         emit("on_fit_start")
+        cache = None
+        if cache_mode != "off":
+            state.phase, state.phase_done, state.phase_total = "cache", 0, len(train_items) + len(val_items)
+
+            def cache_progress(done: int, total: int) -> None:
+                state.phase_done, state.phase_total = done, total
+                emit("on_phase")
+
+            cache = open_cache(
+                [p for p, _ in train_items + val_items],
+                key=str(index.root),
+                side=side,
+                interpolation=str(data_config.get("interpolation", "bilinear")),
+                mode=cache_mode,
+                num_workers=workers,
+                progress=cache_progress,
+            )
+            runtime.update(cache.describe())
+            runtime["num_workers"] = 0
+        else:
+            runtime.update(cache="off", num_workers=workers)
+        if ckpt is None:
+            run_config["runtime"] = runtime  # which data path and settings this run used
+            atomic_write_json(out_dir / "config.json", run_config)
+        val_labels = [y for _, y in val_items]
+        if cache is not None:
+            n_tr = len(train_items)
+            train_src = CachedImages(cache, range(n_tr), train_labels)
+            val_src = CachedImages(cache, range(n_tr, n_tr + len(val_items)), val_labels)
+            train_prep = TensorPipeline(data_config, cfg.augment, cfg.grayscale, train=True)
+            val_prep = TensorPipeline(data_config, "none", cfg.grayscale, train=False)
+            data_kw = cached_kw
+        else:
+            train_src = ImageListDataset(train_items, train_transform(data_config, cfg.augment, cfg.grayscale), draft)
+            val_src = ImageListDataset(val_items, ev_t, draft)
+            train_prep = val_prep = None
+            data_kw = loader_kw
         if use_features:
             head = model.get_classifier()
             dropout = nn.Dropout(cfg.drop_rate)
             set_trainable(model, False)
-            train_x = _features(
-                model, train_items, ev_t, draft, loader_kw, cfg.batch_size, device, autocast, state, emit
+            # Features come from the evaluation view of the training images (no augmentation in this mode).
+            feat_src = (
+                CachedImages(cache, range(len(train_items)), train_labels)
+                if cache is not None
+                else ImageListDataset(train_items, ev_t, draft)
             )
-            val_x = _features(model, val_items, ev_t, draft, loader_kw, cfg.batch_size, device, autocast, state, emit)
+            train_x = _features(model, feat_src, val_prep, data_kw, cfg.batch_size, device, autocast, state, emit)
+            val_x = _features(model, val_src, val_prep, data_kw, cfg.batch_size, device, autocast, state, emit)
             train_ds = TensorDataset(train_x, torch.tensor(train_labels))
-            val_ds = TensorDataset(val_x, torch.tensor([y for _, y in val_items]))
+            val_ds = TensorDataset(val_x, torch.tensor(val_labels))
+            train_prep = val_prep = None
 
             def make_loaders(bs: int) -> tuple[DataLoader, DataLoader]:
                 return (
@@ -390,17 +456,17 @@ def fit(
 
             params = list(head.parameters())
         else:
-            train_ds = ImageListDataset(train_items, train_transform(data_config, cfg.augment, cfg.grayscale), draft)
-            val_ds = ImageListDataset(val_items, ev_t, draft)
+            train_ds, val_ds = train_src, val_src
+            compiled = torch.compile(model) if cfg.compile else model  # weights stay those of `model`
 
             def make_loaders(bs: int) -> tuple[DataLoader, DataLoader]:
                 return (
-                    DataLoader(train_ds, batch_size=bs, sampler=sampler, generator=loader_gen, **loader_kw),
-                    DataLoader(val_ds, batch_size=bs * 2, **loader_kw),
+                    DataLoader(train_ds, batch_size=bs, sampler=sampler, generator=loader_gen, **data_kw),
+                    DataLoader(val_ds, batch_size=bs * 2, **data_kw),
                 )
 
             def forward(x: torch.Tensor) -> torch.Tensor:
-                return model(x)
+                return compiled(x)
 
             def set_mode(train: bool) -> None:
                 model.train(train)
@@ -432,6 +498,7 @@ def fit(
             emit("on_epoch_start")
             set_mode(True)
             ep_start = time.time()
+            data_t0 = time.time()  # when the loop last asked the loader for a batch
             while True:  # once per batch size: an out-of-memory error halves it and continues this epoch
                 sampler.set_epoch(epoch, start=pos["samples"])
                 loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
@@ -441,6 +508,9 @@ def fit(
                         n_batch = int(y.shape[0])
                         bt = time.time()
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        if train_prep is not None:
+                            x = train_prep(x)
+                        pos["data_seconds"] = pos.get("data_seconds", 0.0) + time.time() - data_t0
                         if channels_last and x.ndim == 4:
                             x = x.contiguous(memory_format=torch.channels_last)
                         lr = lr_at((epoch - 1) * steps_per_epoch + pos["samples"] // bs0, sched_total, cfg.lr,
@@ -492,6 +562,7 @@ def fit(
                         if due and pos["samples"] < n_train:  # (the epoch-end checkpoint follows anyway)
                             elapsed = pos["seconds"] + time.time() - ep_start
                             save_checkpoint(epoch, state.batch, {**pos, "seconds": elapsed})
+                        data_t0 = time.time()
                 except RuntimeError as e:
                     if not _is_oom(e):
                         raise
@@ -514,7 +585,7 @@ def fit(
             train_seconds = pos["seconds"] + time.time() - ep_start
             state.phase = "val"
             vt = time.time()
-            val = _evaluate(forward, set_mode, val_loader, device, channels_last, autocast)
+            val = _evaluate(forward, set_mode, val_loader, device, channels_last, autocast, val_prep)
             val_seconds += time.time() - vt
             epochs_validated += 1
             row = {
@@ -528,6 +599,7 @@ def fit(
                 "seconds": round(train_seconds + time.time() - vt, 3),
                 "images_per_sec": pos["seen"] / max(train_seconds, 1e-6),
                 "batch_size": state.batch_size,
+                "data_share": round(pos.get("data_seconds", 0.0) / max(train_seconds, 1e-6), 4),
             }
             state.history.append(row)
             score = (val["acc"], -val["loss"])
@@ -587,8 +659,9 @@ def fit(
 
 
 def _fresh_position() -> dict[str, Any]:
-    """Progress inside an epoch: samples drawn, images trained on, their summed loss and hits, seconds spent."""
-    return {"samples": 0, "seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}
+    """Progress inside an epoch: samples drawn, images trained on, their summed loss and hits, seconds spent
+    (and of those, seconds spent waiting for batches and augmenting them)."""
+    return {"samples": 0, "seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "data_seconds": 0.0}
 
 
 def _open_resume(config: TrainConfig | None, out_dir: Path) -> tuple[dict[str, Any] | None, ResumeState | None]:
@@ -616,7 +689,8 @@ def _open_resume(config: TrainConfig | None, out_dir: Path) -> tuple[dict[str, A
 def _check_same_config(cfg: TrainConfig, saved: dict[str, Any], out_dir: Path) -> None:
     theirs = TrainConfig.from_dict(saved["train"]).resolved().to_dict()
     ours = cfg.to_dict()
-    diff = [k for k in ours if k not in RUNTIME_FIELDS and ours[k] != theirs.get(k)]
+    skip = RUNTIME_FIELDS + (("batch_size",) if cfg.auto_batch_size else ())  # the finder's pick is saved
+    diff = [k for k in ours if k not in skip and ours[k] != theirs.get(k)]
     if diff:
         raise RunError(
             f"run {out_dir} was trained with other settings ({', '.join(diff)}); resume it with its own settings "
@@ -684,11 +758,13 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _evaluate(forward, set_mode, loader, device, channels_last, autocast) -> dict[str, Any]:
+def _evaluate(forward, set_mode, loader, device, channels_last, autocast, prep=None) -> dict[str, Any]:
     set_mode(False)
     probs, ys, loss_sum = [], [], 0.0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if prep is not None:
+            x = prep(x)
         if channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -703,14 +779,16 @@ def _evaluate(forward, set_mode, loader, device, channels_last, autocast) -> dic
 
 
 @torch.no_grad()
-def _features(model, items, transform, draft, loader_kw, batch_size, device, autocast, state, emit) -> torch.Tensor:
-    """Run the frozen backbone once over `items`; returns pre-logit features on the CPU."""
+def _features(model, dataset, prep, loader_kw, batch_size, device, autocast, state, emit) -> torch.Tensor:
+    """Run the frozen backbone once over `dataset` (then `prep` on each batch); pre-logit features on the CPU."""
     model.eval()
-    loader = DataLoader(ImageListDataset(items, transform, draft), batch_size=batch_size, **loader_kw)
-    state.phase, state.phase_done, state.phase_total = "features", 0, len(items)
+    loader = DataLoader(dataset, batch_size=batch_size, **loader_kw)
+    state.phase, state.phase_done, state.phase_total = "features", 0, len(dataset)
     out = []
     for x, _ in loader:
         x = x.to(device, non_blocking=True)
+        if prep is not None:
+            x = prep(x)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():

@@ -1,0 +1,265 @@
+"""Decode once: a cache of decoded, resized uint8 images per dataset and image size.
+
+    >>> cache = open_cache(paths, key="/data/flowers", side=256)  # doctest: +SKIP
+    >>> cache.mode, cache.tensor(0).shape  # doctest: +SKIP
+    ('memory', torch.Size([3, 256, 256]))
+
+Each image is decoded (JPEG in draft mode, at the smallest DCT scale still at least `side`), resized so its
+shorter side is `side` with the backbone's interpolation, exactly as the evaluation transform's resize does,
+and centre-cropped to a `side` x `side` square. `side` is the evaluation resize size (input size / crop_pct,
+e.g. 256 for a 224 px input), so the evaluation centre crop is a crop of the cached square and random-resized
+crops still have pixels beyond the input size to work with; the cost is that the edges of a non-square photo
+outside that central square are never seen in training.
+
+The cache lives in `workspace/cache/<key hash>-<side>.u8` (all images, `(n, 3, side, side)` uint8, C order)
+beside `<key hash>-<side>.json` (the cached files with their size and modification time, and their slot). A
+file whose size or mtime changed, or a new file, is decoded again; the rest is copied from the previous cache
+file, and the new pair replaces the old one (temp file + `os.replace`, so a concurrent reader keeps the
+complete file it opened). The images then stay in memory when they fit the budget
+(`CLASSIFIER_CACHE_MEMORY_MB`, default 2048 MB) or are read through a read-only memory map otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from classifier.data.images import load_image
+
+CACHE_MODES = ("auto", "memory", "disk", "off")
+BUDGET_ENV = "CLASSIFIER_CACHE_MEMORY_MB"
+DEFAULT_BUDGET_MB = 2048
+FORMAT = 1
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images `auto` keeps in memory (`CLASSIFIER_CACHE_MEMORY_MB`, default 2048 MB)."""
+    raw = os.environ.get(BUDGET_ENV)
+    if raw is None:
+        return DEFAULT_BUDGET_MB * 2**20
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV} must be a number of megabytes, not {raw!r}") from None
+    return int(max(0.0, mb) * 2**20)
+
+
+def cache_side(data_config: dict[str, Any]) -> int | None:
+    """The cached square's side for `data_config` (timm's eval resize size), or None when the eval transform
+    does not resize-then-centre-crop (crop modes `squash` and `border`), which the cache cannot reproduce."""
+    if data_config.get("crop_mode", "center") not in (None, "center"):
+        return None
+    size = int(data_config["input_size"][-1])
+    return int(math.floor(size / float(data_config.get("crop_pct") or 1.0)))
+
+
+def cache_dir() -> Path:
+    from classifier.workspace import workspace_dir
+
+    path = workspace_dir() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _Decode(Dataset):
+    """Decode, resize (shorter side = `side`) and centre-crop one image to a (3, side, side) uint8 tensor."""
+
+    def __init__(self, paths: Sequence[Path], side: int, interpolation: str):
+        from torchvision.transforms import InterpolationMode
+
+        self.paths = list(paths)
+        self.side = side
+        self.interp = {
+            "bicubic": InterpolationMode.BICUBIC,
+            "nearest": InterpolationMode.NEAREST,
+        }.get(interpolation, InterpolationMode.BILINEAR)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from torchvision.transforms import functional as F
+
+        img = load_image(self.paths[i], draft_size=(self.side + 1, self.side + 1))
+        img = F.center_crop(F.resize(img, self.side, interpolation=self.interp), [self.side, self.side])
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+class DecodedCache:
+    """Decoded images, `(n, 3, side, side)` uint8, in the order of the paths it was opened with."""
+
+    def __init__(self, array: np.ndarray, side: int, mode: str, file: Path, decoded: int, reused: int):
+        self.array = array
+        self.side = side
+        self.mode = mode  # memory | disk
+        self.file = file
+        self.decoded = decoded  # images decoded when it was opened (0: every image came from the cache)
+        self.reused = reused
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def tensor(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.array[i]))
+
+    def batch(self, idx: Sequence[int]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array[np.asarray(idx, dtype=np.int64)]))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "cache": self.mode,
+            "cache_file": str(self.file),
+            "cache_side": self.side,
+            "cache_mb": round(self.array.nbytes / 2**20, 1),
+            "decoded": self.decoded,
+            "reused": self.reused,
+        }
+
+
+class CachedImages(Dataset):
+    """`(uint8 tensor, label)` pairs from a `DecodedCache`; `slots[i]` is item i's position in the cache."""
+
+    def __init__(self, cache: DecodedCache, slots: Sequence[int], labels: Sequence[int]):
+        self.cache, self.slots, self.labels = cache, list(slots), list(labels)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.cache.tensor(self.slots[i]), self.labels[i]
+
+
+def _stat(p: Path) -> list[int]:
+    st = p.stat()
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def open_cache(
+    paths: Sequence[str | Path],
+    *,
+    key: str,
+    side: int,
+    interpolation: str = "bilinear",
+    mode: str = "auto",
+    num_workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> DecodedCache:
+    """The cache of `paths` (decoding only what is new or changed); `mode` is auto, memory or disk.
+
+    `key` names the dataset (its root folder): images of one dataset share one cache file per side and
+    interpolation. `progress(done, total)` is called while images are decoded. Raises `ImageError` for an
+    unreadable image, like the uncached loader.
+    """
+    if mode not in ("auto", "memory", "disk"):
+        raise ValueError(f"cache mode must be auto, memory or disk, not {mode!r}")
+    paths = [Path(p) for p in paths]
+    names = [os.path.abspath(p) for p in paths]
+    stamps = [_stat(p) for p in paths]
+    digest = hashlib.sha1(f"{FORMAT}\n{os.path.abspath(key)}\n{interpolation}".encode()).hexdigest()[:16]
+    base = cache_dir() / f"{digest}-{side}"
+    data_file, index_file = base.with_suffix(".u8"), base.with_suffix(".json")
+    shape = (3, side, side)
+    per_image = 3 * side * side
+    old_entries: dict[str, list[int]] = {}
+    old = None
+    try:
+        meta = json.loads(index_file.read_text(encoding="utf-8"))
+        if meta.get("format") == FORMAT and meta.get("side") == side:
+            old_entries = meta["entries"]
+            if data_file.stat().st_size == len(old_entries) * per_image and old_entries:
+                old = np.memmap(data_file, dtype=np.uint8, mode="r", shape=(len(old_entries), *shape))
+            else:
+                old_entries = {}
+    except (OSError, ValueError, KeyError, TypeError):
+        old_entries, old = {}, None
+
+    def valid(i: int) -> int | None:
+        e = old_entries.get(names[i])
+        return int(e[0]) if e is not None and list(e[1:]) == stamps[i] else None
+
+    slots = [valid(i) for i in range(len(paths))]
+    n_total = len(paths) * per_image
+    in_memory = mode == "memory" or (mode == "auto" and n_total <= memory_budget())
+    if old is not None and all(s is not None for s in slots):
+        # Everything is cached already: read it (a subset of the file's images, in the order asked for).
+        if in_memory:
+            array = np.ascontiguousarray(old[np.asarray(slots, dtype=np.int64)]) if paths else old[:0].copy()
+            return DecodedCache(array, side, "memory", data_file, 0, len(paths))
+        if slots == list(range(len(slots))):
+            return DecodedCache(old, side, "disk", data_file, 0, len(paths))
+        # A subset or another order on disk: keep the whole file mapped and index through the slots.
+        return DecodedCache(_Remapped(old, slots), side, "disk", data_file, 0, len(paths))
+
+    # Build the new file: every image of this call plus old images still valid that this call did not ask for.
+    keep = [(name, e) for name, e in old_entries.items() if name not in set(names)]
+    keep = [(n, e) for n, e in keep if Path(n).exists() and _stat(Path(n)) == list(e[1:])]
+    count = len(paths) + len(keep)
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir(), prefix=f".{base.name}-", suffix=".u8.tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(1, count), *shape))
+        todo = [i for i, s in enumerate(slots) if s is None]
+        for i, s in enumerate(slots):
+            if s is not None:
+                out[i] = old[s]
+        for j, (_, e) in enumerate(keep):
+            out[len(paths) + j] = old[int(e[0])]
+        if todo:
+            loader = DataLoader(
+                _Decode([paths[i] for i in todo], side, interpolation),
+                batch_size=8,
+                num_workers=num_workers,
+                generator=torch.Generator(),  # never draw from the global RNG: a run must not depend on the cache
+            )
+            done = 0
+            for batch in loader:
+                for k, img in enumerate(batch):
+                    out[todo[done + k]] = img.numpy()
+                done += len(batch)
+                if progress:
+                    progress(done, len(todo))
+        out.flush()
+        array_mem = np.array(out[: len(paths)]) if in_memory else None
+        del out
+        with open(tmp, "r+b") as f:  # count == 0 still allocated one slot; trim to the exact size
+            f.truncate(count * per_image)
+        entries = {name: [i, *stamps[i]] for i, name in enumerate(names)}
+        entries.update({name: [len(paths) + j, *e[1:]] for j, (name, e) in enumerate(keep)})
+        os.replace(tmp, data_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    from classifier.io import atomic_write_json
+
+    atomic_write_json(index_file, {"format": FORMAT, "side": side, "interpolation": interpolation,
+                                   "key": str(key), "entries": entries})  # fmt: skip
+    decoded, reused = len(todo), len(paths) - len(todo)
+    if in_memory:
+        return DecodedCache(array_mem, side, "memory", data_file, decoded, reused)
+    mapped = np.memmap(data_file, dtype=np.uint8, mode="r", shape=(count, *shape))
+    return DecodedCache(mapped[: len(paths)], side, "disk", data_file, decoded, reused)
+
+
+class _Remapped:
+    """A read-only view of a memory map through a slot list (`view[i]` is `mapped[slots[i]]`)."""
+
+    def __init__(self, mapped: np.ndarray, slots: Sequence[int]):
+        self.mapped, self.slots = mapped, np.asarray(slots, dtype=np.int64)
+        self.nbytes = len(self.slots) * int(np.prod(mapped.shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, i):
+        return self.mapped[self.slots[i]]

@@ -192,7 +192,8 @@ def lr_find(
 
             set_trainable(model, False)
             ev_t = eval_transform(data_config, cfg.grayscale)
-            feats = _features(model, train_items, ev_t, draft, loader_kw, cfg.batch_size, device, autocast, state, emit)
+            source = ImageListDataset(train_items, ev_t, draft)
+            feats = _features(model, source, None, loader_kw, cfg.batch_size, device, autocast, state, emit)
             head, dropout = model.get_classifier(), nn.Dropout(cfg.drop_rate)
             dataset = TensorDataset(feats, torch.tensor(labels))
             loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, generator=loader_gen)

@@ -310,7 +310,7 @@ def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, s
 
     # 4. Evaluate: pick the run; headline metrics and Plotly charts.
     switch_to(page, url, "evaluate", "Evaluate")
-    picker = page.get_by_role("combobox", name="Completed run", exact=True)
+    picker = page.get_by_role("combobox", name="Completed run or saved ensemble", exact=True)
     picker.click()
     page.get_by_role("option", name=re.compile(RUN_NAME)).click()
     expect(picker).to_have_value(re.compile(rf"^{RUN_NAME} · efficientnet_lite0 · acc \d+\.\d%"))
@@ -356,7 +356,8 @@ def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, s
 
     # 5. Predict: upload a generated PNG; a demo class comes back with its probability.
     switch_to(page, url, "predict", "Predict")
-    expect(page.get_by_role("combobox", name="Model (a completed run)", exact=True)).to_have_value(re.compile(RUN_NAME))
+    picker = page.get_by_role("combobox", name="Model (a completed run or a saved ensemble)", exact=True)
+    expect(picker).to_have_value(re.compile(RUN_NAME))
     expect(page.get_by_text(f"5 classes: {', '.join(sorted(DEMO_CLASSES))}.")).to_be_visible(timeout=STEP_MS)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
         files=[{"name": "my-star.png", "mimeType": "image/png", "buffer": star_png()}]

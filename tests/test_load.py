@@ -23,6 +23,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]  # fmt: skip
 
+
+
+def run_in_fresh_thread(coro):
+    """`asyncio.run(coro)` on a thread of its own: in a full test run the session-scoped sync Playwright of
+    tests/test_browser.py keeps an event loop running on the main thread, where asyncio.run refuses to start."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 def app_pages() -> list[tuple[str, str]]:
     """(URL slug, page title) of every page in app.py's navigation, in its order; the default page's slug is ""."""
@@ -265,7 +273,7 @@ def test_four_sessions_while_training_then_upload_cycles_keep_memory_bounded(ser
             time.sleep(0.2)
 
     start = time.monotonic()
-    times, before = asyncio.run(drive(server.url, server.pid, stop_training))
+    times, before = run_in_fresh_thread(drive(server.url, server.pid, stop_training))
     total_s = time.monotonic() - start
     after = rss_mb(server.pid)
     status = during[0]

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MB = 1
 XSRF_COOKIE = "_streamlit_xsrf"
 
+
+
+def run_in_fresh_thread(coro):
+    """`asyncio.run(coro)` on a thread of its own: in a full test run the session-scoped sync Playwright of
+    tests/test_browser.py keeps an event loop running on the main thread, where asyncio.run refuses to start."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 @dataclass
 class Server:
@@ -153,7 +161,7 @@ def with_session(server: Server, token: str, work: Callable[[str], object]) -> o
                     session = msg.new_session.initialize.session_id
             return await asyncio.to_thread(work, session)
 
-    return asyncio.run(main())
+    return run_in_fresh_thread(main())
 
 
 def test_config_keeps_xsrf_protection_and_a_stated_upload_limit() -> None:

@@ -27,7 +27,7 @@ from classifier import figures
 from classifier.errors import RunError
 
 # Not settings: they differ between any two runs and would drown the real differences.
-IGNORED_KEYS = ("created_at",)
+IGNORED_KEYS = ("created_at", "runtime")  # when it ran; how its data path ran (cache file, workers)
 TIE_TOLERANCE = 1e-9
 COLORS = qualitative.Plotly
 
@@ -81,7 +81,11 @@ def differing_settings(
     A key that some runs lack differs; the runs that lack it are absent from its inner dict.
     """
     flat = {run: flatten(cfg) for run, cfg in configs.items()}
-    keys = sorted({k for f in flat.values() for k in f if k not in ignore and k.split(".")[-1] not in ignore})
+    def ignored(key: str) -> bool:  # the key itself, its top-level section or its last part
+        parts = key.split(".")
+        return key in ignore or parts[0] in ignore or parts[-1] in ignore
+
+    keys = sorted({k for f in flat.values() for k in f if not ignored(k)})
     out: dict[str, dict[str, Any]] = {}
     for key in keys:
         present = {run: f[key] for run, f in flat.items() if key in f}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -202,6 +203,7 @@ def build_ensemble(
         {"run_dir": str(r.run_dir.resolve()), "run_id": r.run_dir.name, "backbone": r.config.get("backbone")}
         for r in runs
     ]
+    stored = [{**m, "run_dir": _relative_to(Path(m["run_dir"]), out_dir)} for m in members]
     metrics["members"] = [
         {**m, "accuracy": float((p.argmax(1) == y).mean())} for m, p in zip(members, member_probs)
     ]
@@ -210,7 +212,7 @@ def build_ensemble(
         "format_version": FORMAT_VERSION,
         "name": name or " + ".join(r.run_dir.name for r in runs),
         "combine": "mean of probabilities",
-        "members": members,
+        "members": stored,  # run dirs relative to the ensemble dir: the workspace can move
         "class_names": names,
         "dataset": {"root": str(root)},
         "n_val": len(items),
@@ -250,6 +252,7 @@ def read_ensemble(ensemble_dir: str | Path) -> dict[str, Any]:
         raise RunError(f"cannot read {path}: {e}") from e
     if not isinstance(info, dict) or info.get("format") != "ensemble" or len(info.get("members") or []) < 2:
         raise RunError(f"{path} is not an ensemble description (format 'ensemble' with two or more members)")
+    _resolve_members(Path(ensemble_dir), info)
     for m in info["members"]:
         if not (Path(m["run_dir"]) / "model.safetensors").is_file():
             raise RunError(f"{path}: member run {m['run_dir']} is missing or has no model (was it deleted?)")
@@ -272,5 +275,21 @@ def list_ensembles() -> list[tuple[Path, dict[str, Any]]]:
         except (OSError, ValueError):
             continue
         if isinstance(info, dict) and info.get("format") == "ensemble":
+            _resolve_members(d, info)
             out.append((d, info))
     return sorted(out, key=lambda e: e[1].get("created_at") or "", reverse=True)
+
+
+def _relative_to(run_dir: Path, ensemble_dir: Path) -> str:
+    """`run_dir` relative to `ensemble_dir` (absolute when there is no relative path, e.g. another drive)."""
+    try:
+        return os.path.relpath(run_dir.resolve(), ensemble_dir.resolve())
+    except ValueError:
+        return str(run_dir.resolve())
+
+
+def _resolve_members(ensemble_dir: Path, info: dict[str, Any]) -> None:
+    """Member run dirs as absolute paths (stored relative to the ensemble dir; older files hold absolute ones)."""
+    for m in info.get("members") or []:
+        if isinstance(m, dict) and isinstance(m.get("run_dir"), str):
+            m["run_dir"] = str((ensemble_dir / m["run_dir"]).resolve())

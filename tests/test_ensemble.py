@@ -119,7 +119,8 @@ def test_ensemble_cli(two_runs, tmp_path, capsys) -> None:
     assert main(["ensemble", "--runs", str(a), str(b), "--out", str(out), "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["ensemble_dir"] == str(out) and 0.0 <= printed["accuracy"] <= 1.0
-    assert json.loads((out / "ensemble.json").read_text())["members"][0]["run_dir"] == str(a.resolve())
+    stored = json.loads((out / "ensemble.json").read_text())["members"][0]["run_dir"]
+    assert not Path(stored).is_absolute() and (out / stored).resolve() == a.resolve()
     assert main(["ensemble", "--runs", str(a), str(b), "--out", str(out)]) == 2  # exists: refused
     assert "not empty" in capsys.readouterr().err
 
@@ -141,3 +142,15 @@ def test_predict_and_evaluate_cli_take_a_saved_ensemble(two_runs, tmp_path, caps
     assert "missing.png" in lines[1]["error"]
     want = (predict_images(load_run(a), [load_image(image)]) + predict_images(load_run(b), [load_image(image)]))[0] / 2
     assert dict(lines[0]["top_k"]) == pytest.approx(dict(zip(cfg["class_names"], want.round(6))), abs=1e-6)
+
+
+def test_saved_ensemble_still_loads_after_the_workspace_moves(two_runs, tmp_path) -> None:
+    a, b = two_runs
+    ws = tmp_path / "ws"
+    runs = [_copy(a, ws / "runs" / "a"), _copy(b, ws / "runs" / "b")]
+    build_ensemble(runs, ws / "ensembles" / "ab")
+    stored = json.loads((ws / "ensembles" / "ab" / "ensemble.json").read_text())["members"][0]["run_dir"]
+    assert not Path(stored).is_absolute()  # relative to the ensemble dir
+    shutil.move(ws, tmp_path / "moved")
+    ens = load_ensemble(tmp_path / "moved" / "ensembles" / "ab")
+    assert [r.run_dir.resolve() for r in ens.members] == [(tmp_path / "moved" / "runs" / n).resolve() for n in "ab"]

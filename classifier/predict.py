@@ -3,11 +3,20 @@
 >>> run = load_run("runs/r1")  # doctest: +SKIP
 >>> predict_paths(run, ["ant.jpg"], top_k=2)  # doctest: +SKIP
 [{'path': 'ant.jpg', 'label': 'ants', 'probability': 0.97, 'top_k': [['ants', 0.97], ['bees', 0.03]]}]
+
+`load_run(..., backend="onnx")` runs the forward pass in ONNX Runtime on the CPU (the model exported once per
+weights file into `workspace/cache/onnx/`, through `classifier.export.export_onnx`); `backend="auto"` times both
+on one batch and keeps the faster (on this project's 2-core CPU, ONNX Runtime measured 2-4x PyTorch's images/s,
+see docs/benchmarks.md). `run.model` stays the PyTorch model either way (explanations need it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +43,8 @@ class LoadedRun:
     model: nn.Module
     transform: Any
     device: torch.device
+    backend: str = "torch"  # torch | onnx: what predict_tensor runs
+    session: Any = None  # the ONNX Runtime session when backend == "onnx"
 
     @property
     def class_names(self) -> list[str]:
@@ -55,9 +66,18 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
-    """Rebuild a run's model (weights from model.safetensors, never a pickle) and its evaluation transform."""
+BACKENDS = ("torch", "onnx", "auto")
+log = logging.getLogger(__name__)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", backend: str = "torch") -> LoadedRun:
+    """Rebuild a run's model (weights from model.safetensors, never a pickle) and its evaluation transform.
+
+    `backend`: torch; onnx (ONNX Runtime on the CPU); auto (onnx when it measures faster on this machine)."""
     from classifier.training.loop import pick_device
+
+    if backend not in BACKENDS:
+        raise RunError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -67,12 +87,69 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     model = model_from_run_config(config, read_safetensors(weights), source=str(weights))
     dev = pick_device(device)
     model.to(dev)
-    return LoadedRun(run_dir, config, model, eval_transform(config["data_config"], config.get("grayscale", False)), dev)
+    run = LoadedRun(run_dir, config, model, eval_transform(config["data_config"], config.get("grayscale", False)), dev)
+    if backend == "onnx" and dev.type != "cpu":
+        raise RunError(f"backend onnx runs on the CPU; load the run with device cpu, not {dev.type}")
+    if backend != "torch" and dev.type == "cpu":
+        _use_onnx(run, weights, measure=backend == "auto")
+    return run
+
+
+def _use_onnx(run: LoadedRun, weights: Path, measure: bool) -> None:
+    """Switch `run` to ONNX Runtime (exported once per weights file); with `measure`, only if it is faster."""
+    from classifier.data.cache import cache_dir
+    from classifier.errors import ModelError
+    from classifier.export import export_onnx, onnx_session
+
+    st = weights.stat()
+    key = hashlib.sha1(f"{weights.resolve()}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = cache_dir() / "onnx"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{key}.onnx"
+    size = int(run.config["data_config"]["input_size"][-1])
+    example = torch.zeros(2, 3, size, size)
+    try:
+        if not path.is_file():
+            tmp = folder / f".{key}-{os.getpid()}.onnx"
+            export_onnx(run.model.cpu().eval(), example, tmp)
+            os.replace(tmp, path)
+        session = onnx_session(path)
+    except (ModelError, ImportError, OSError) as e:
+        if not measure:
+            raise RunError(f"cannot run {run.run_dir} with ONNX Runtime: {e}") from e
+        log.warning("ONNX Runtime unavailable for %s (%s); predicting with PyTorch", run.run_dir, e)
+        return
+    if measure:
+        x = torch.rand(8, 3, size, size)
+        t_torch = _best_time(lambda: predict_tensor(run, x))
+        run.backend, run.session = "onnx", session
+        t_onnx = _best_time(lambda: predict_tensor(run, x))
+        if t_onnx >= t_torch:
+            run.backend, run.session = "torch", None
+        log.info("predict backend for %s: %s (8 images: torch %.3f s, onnx %.3f s)", run.run_dir, run.backend,
+                 t_torch, t_onnx)  # fmt: skip
+        return
+    run.backend, run.session = "onnx", session
+
+
+def _best_time(fn, reps: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 @torch.no_grad()
 def predict_tensor(run: LoadedRun, x: torch.Tensor) -> np.ndarray:
-    logits = run.model(x.to(run.device))
+    if run.session is not None:
+        from classifier.export import INPUT_NAME, OUTPUT_NAME
+
+        logits = torch.from_numpy(run.session.run([OUTPUT_NAME], {INPUT_NAME: x.float().cpu().numpy()})[0])
+    else:
+        logits = run.model(x.to(run.device))
     return torch.softmax(logits.float(), 1).cpu().numpy().astype(np.float64)
 
 

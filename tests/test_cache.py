@@ -176,3 +176,16 @@ def test_bad_cache_settings_are_refused(monkeypatch):
     monkeypatch.setenv("CLASSIFIER_CACHE_MEMORY_MB", "lots")
     with pytest.raises(ValueError, match="CLASSIFIER_CACHE_MEMORY_MB"):
         memory_budget()
+
+
+def test_cli_cache_flag_reaches_the_run(data, tmp_path):
+    from classifier.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["train", "--data", str(data), "--backbone", "simple_cnn", "--weights", "none", "--img-size", "32",
+            "--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--cache", "disk",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    runtime = _runtime(out)
+    assert runtime["cache"] == "disk" and Path(runtime["cache_file"]).is_file()
+    assert json.loads((out / "config.json").read_text())["train"]["cache"] == "disk"

@@ -13,7 +13,8 @@ Rows of the table (each ratio from measurements taken in this process, one right
 - data share: seconds spent waiting for batches and augmenting them over the epoch's training seconds, ours
   (from the run's history) and the bare loop's.
 - predict latency: one image through `predict_paths` (decode, eval transform, forward, formatting) against a bare
-  PIL open + timm eval transform + forward of the same model, median of repeats; batched predict images/s.
+  PIL open + timm eval transform + forward of the same model, median of repeats; batched predict images/s, and
+  the ONNX Runtime backend (`load_run(..., backend="onnx")`) against the PyTorch one on the same batch.
 - linear probe on ../shared/data/hymenoptera (skipped with a message when absent): `python -m classifier train
   --mode linear` end to end in a fresh process and a fresh workspace (cold cache), then again (warm cache).
 The data are generated demo shapes, or hymenoptera's training images when that folder exists (--data).
@@ -176,7 +177,21 @@ def predict_rows(run_dir: Path, images: list[Path], repeats: int) -> list[tuple[
     for p in batch:
         predict_paths(run, [p])
     single = len(batch) / (time.perf_counter() - t)
-    return [
+    onnx_row = []
+    try:
+        onnx_run = load_run(run_dir, backend="onnx")
+        predict_paths(onnx_run, batch[:4], batch_size=32)  # warm-up
+        t = time.perf_counter()
+        predict_paths(onnx_run, batch, batch_size=32)
+        onnx_ips = len(batch) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        predict_paths(run, batch, batch_size=32)
+        torch_ips = len(batch) / (time.perf_counter() - t)
+        onnx_row = [("predict, 32 images batched: ONNX Runtime vs PyTorch backend", f"{onnx_ips:.1f} img/s",
+                     f"{torch_ips:.1f} img/s", f"{onnx_ips / torch_ips:.2f}x")]  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - a missing onnxruntime only drops the row
+        print(f"ONNX Runtime row skipped: {e}")
+    return onnx_row + [
         ("predict latency, one image", f"{mo * 1000:.1f} ms", f"{mb * 1000:.1f} ms", f"{mb / mo:.2f}x"),
         ("predict, 32 images batched vs one by one", f"{batched:.1f} img/s", f"{single:.1f} img/s",
          f"{batched / single:.2f}x"),

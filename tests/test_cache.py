@@ -189,3 +189,21 @@ def test_cli_cache_flag_reaches_the_run(data, tmp_path):
     runtime = _runtime(out)
     assert runtime["cache"] == "disk" and Path(runtime["cache_file"]).is_file()
     assert json.loads((out / "config.json").read_text())["train"]["cache"] == "disk"
+
+
+def test_building_the_cache_reports_progress(data, tmp_path):
+    from classifier.training import Callback
+    from ui.monitor import progress_text
+
+    class Phases(Callback):
+        seen: list = []
+
+        def on_phase(self, s):
+            self.seen.append((s.phase, s.phase_done, s.phase_total))
+
+    cb = Phases()
+    assert fit(TrainConfig(data=str(data), **{**SETTINGS, "epochs": 1}), tmp_path / "p", [cb]).status == "completed"
+    cache_events = [e for e in cb.seen if e[0] == "cache"]
+    assert cache_events and cache_events[-1][1] == cache_events[-1][2] == 40
+    text = progress_text({"phase": "cache", "phase_done": 8, "phase_total": 40})
+    assert text.startswith("Decoding images") and "8/40" in text

@@ -34,8 +34,9 @@ def duration(seconds: float | None) -> str:
 def progress_text(p: dict[str, Any]) -> str:
     """One line: phase, epoch, step, speed and time left."""
     parts = []
-    if p.get("phase") in ("setup", "features", "val"):
-        label = {"setup": "Preparing", "features": "Computing features", "val": "Validating"}[p["phase"]]
+    if p.get("phase") in ("setup", "cache", "features", "val"):
+        label = {"setup": "Preparing", "cache": "Decoding images (once; later epochs and runs read the cache)",
+                 "features": "Computing features", "val": "Validating"}[p["phase"]]  # fmt: skip
         done, total = p.get("phase_done"), p.get("phase_total")
         parts.append(f"{label} {done}/{total}" if total else label)
     if p.get("epochs"):
@@ -62,7 +63,7 @@ def _draw(job: Any) -> None:
     p = job.progress or {}
     if job.status in ACTIVE:
         fraction = float(p.get("fraction") or 0.0)
-        if p.get("phase") == "features" and p.get("phase_total"):
+        if p.get("phase") in ("cache", "features") and p.get("phase_total"):
             # A linear probe spends most of its time here, before the first optimizer step.
             fraction = float(p.get("phase_done") or 0) / float(p["phase_total"])
         st.progress(min(1.0, max(0.0, fraction)), text=progress_text(p))

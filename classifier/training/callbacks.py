@@ -64,7 +64,7 @@ class FitState:
     steps_per_epoch: int
     n_train: int
     n_val: int
-    phase: str = "setup"  # setup | features | train | val | done
+    phase: str = "setup"  # setup | cache (decoding images into the cache) | features | train | val | done
     phase_done: int = 0
     phase_total: int = 0
     epoch: int = 0  # 1-based, the epoch in progress or just finished

@@ -207,3 +207,12 @@ def test_building_the_cache_reports_progress(data, tmp_path):
     assert cache_events and cache_events[-1][1] == cache_events[-1][2] == 40
     text = progress_text({"phase": "cache", "phase_done": 8, "phase_total": 40})
     assert text.startswith("Decoding images") and "8/40" in text
+
+
+def test_a_file_gone_since_indexing_is_named(tmp_path):
+    from classifier.errors import ImageError
+
+    paths = _photos(tmp_path / "imgs", n=3)
+    paths[1].unlink()
+    with pytest.raises(ImageError, match=r"img1\.jpg: cannot be read"):
+        open_cache(paths, key=str(tmp_path), side=36)

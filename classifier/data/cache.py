@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from classifier.data.images import load_image
+from classifier.errors import ImageError
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 BUDGET_ENV = "CLASSIFIER_CACHE_MEMORY_MB"
@@ -140,7 +141,10 @@ class CachedImages(Dataset):
 
 
 def _stat(p: Path) -> list[int]:
-    st = p.stat()
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ImageError(str(p), f"cannot be read ({e.strerror or e}); was it moved or deleted after indexing?") from e
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
@@ -202,7 +206,7 @@ def open_cache(
 
     # Build the new file: every image of this call plus old images still valid that this call did not ask for.
     keep = [(name, e) for name, e in old_entries.items() if name not in set(names)]
-    keep = [(n, e) for n, e in keep if Path(n).exists() and _stat(Path(n)) == list(e[1:])]
+    keep = [(n, e) for n, e in keep if Path(n).is_file() and _stat(Path(n)) == list(e[1:])]
     count = len(paths) + len(keep)
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir(), prefix=f".{base.name}-", suffix=".u8.tmp")
     os.close(fd)

@@ -1,4 +1,5 @@
-"""The automatic batch-size finder (classifier.training.batch_size), with simulated out-of-memory errors."""
+"""Speed options for accelerators: the automatic batch-size finder (classifier.training.batch_size), with
+simulated out-of-memory errors, and `compile=True` (torch.compile) on the CPU."""
 
 from __future__ import annotations
 
@@ -71,3 +72,24 @@ class _null:  # the autocast context of a run without AMP
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.slow  # compiling takes ~45 s on 2 CPU cores: why compile is off by default for short runs
+def test_compiled_run_saves_plain_weights(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from classifier.data.demo import make_demo_dataset
+    from classifier.predict import load_run, predict_items
+    from classifier.training import TrainConfig, fit
+
+    data = make_demo_dataset(tmp_path / "data", n_per_class=4, size=32, seed=2, classes=("circle", "square"))
+    cfg = TrainConfig(data=str(data), backbone="simple_cnn", weights="none", img_size=32, epochs=1, batch_size=4,
+                      num_workers=0, device="cpu", compile=True)  # fmt: skip
+    result = fit(cfg, tmp_path / "run")
+    assert result.status == "completed"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["runtime"]["compile"] is True
+    assert not any(k.startswith("_orig_mod") for k in load_file(tmp_path / "run" / "model.safetensors"))
+    run = load_run(tmp_path / "run")
+    assert predict_items(run, sorted(str(p) for p in data.rglob("*.png"))[:3]).shape == (3, 2)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_workspace(tmp_path_factory):
+    """A workspace for session- and module-scoped fixtures that train (they run before the per-test one is set),
+    so no test writes into the checkout's ./workspace."""
+    old = os.environ.get("CLASSIFIER_WORKSPACE")
+    os.environ["CLASSIFIER_WORKSPACE"] = str(tmp_path_factory.mktemp("session-workspace"))
+    yield
+    if old is None:
+        os.environ.pop("CLASSIFIER_WORKSPACE", None)
+    else:
+        os.environ["CLASSIFIER_WORKSPACE"] = old
 
 
 @pytest.fixture(autouse=True)

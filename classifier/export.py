@@ -50,6 +50,7 @@ from torch import nn
 from classifier.data.images import load_image
 from classifier.data.loader import draft_size
 from classifier.errors import ClassifierError, ModelError
+from classifier.io import make_readable_like_new_file
 from classifier.predict import LoadedRun, load_run
 
 FORMATS = ("onnx", "torchscript")
@@ -531,6 +532,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        make_readable_like_new_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

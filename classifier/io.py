@@ -13,6 +13,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mkstemp's temp files are 0600)
+
+
+def make_readable_like_new_file(path: str | Path) -> None:
+    """Give a finished temp file the permissions a plainly created file would have (the umask's), so run files,
+    reports and exports can be shared on a server like any other file."""
+    os.chmod(path, FILE_MODE)
+
+
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +37,7 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        make_readable_like_new_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

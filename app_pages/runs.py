@@ -1,13 +1,17 @@
 """Runs: every run with its settings and metrics; download a run as a zip or an HTML report, export it (ONNX,
-TorchScript), delete it."""
+TorchScript), delete it; saved ensembles, deletable too."""
+
+from datetime import datetime
 
 import streamlit as st
 
+from classifier.ensemble import delete_ensemble
 from classifier.report import report_html
 from classifier.store import ACTIVE
 from ui import state
 from ui.artifacts import run_zip
 from ui.cache import executor
+from ui.ensemble import ensemble_entries
 from ui.export import export_section
 from ui.widgets import jobs, run_label, runs_table, sticky_select, user_errors
 
@@ -78,3 +82,37 @@ with right:
 
 st.divider()
 export_section(job)
+
+saved = {e.run_id: e for e in ensemble_entries()}
+if saved:
+    st.divider()
+    st.subheader("Saved ensembles")
+    st.dataframe(
+        [
+            {
+                "ensemble": e.name,
+                "members": ", ".join(m.get("run_id", "?") for m in e.members),
+                "accuracy": (e.metrics or {}).get("accuracy"),
+                "macro F1": (e.metrics or {}).get("macro_f1"),
+                "created": e.created_at and datetime.fromtimestamp(e.created_at),
+            }
+            for e in saved.values()
+        ],
+        hide_index=True,
+        column_config={
+            "accuracy": NUMBER(format="percent"),
+            "macro F1": NUMBER(format="%.3f"),
+            "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        },
+    )
+    ens = saved[st.selectbox("Ensemble", list(saved), format_func=lambda i: saved[i].name, key="w_runs_ens")]
+    e_left, e_right = st.columns(2)
+    with e_left:
+        st.caption("Evaluate and Predict pick saved ensembles like runs. Deleting one keeps its member runs.")
+    with e_right:
+        sure = st.checkbox(f"Yes, delete the ensemble “{ens.name}”", key=f"w_confirm_{ens.run_id}")
+        if st.button("Delete ensemble", type="primary", disabled=not sure, icon=":material/delete:"):
+            with user_errors("Could not delete the ensemble"):
+                delete_ensemble(ens.run_dir)
+                st.toast(f"Deleted {ens.name}")
+                st.rerun()

@@ -266,6 +266,17 @@ def load_ensemble(ensemble_dir: str | Path, device: str = "cpu") -> Ensemble:
     return Ensemble(runs, name=info.get("name") or Path(ensemble_dir).name, ensemble_dir=Path(ensemble_dir))
 
 
+def delete_ensemble(ensemble_dir: str | Path) -> None:
+    """Remove a saved ensemble's folder (its ensemble.json, metrics and predictions); member runs are untouched.
+    RunError when the folder is not a saved ensemble, so this never removes anything else."""
+    import shutil
+
+    d = Path(ensemble_dir)
+    if not (d / ENSEMBLE_FILE).is_file():
+        raise RunError(f"{d} is not a saved ensemble (no {ENSEMBLE_FILE}); nothing deleted")
+    shutil.rmtree(d)
+
+
 def list_ensembles() -> list[tuple[Path, dict[str, Any]]]:
     """Saved ensembles in the workspace, newest first, as (dir, ensemble.json); unreadable ones are skipped."""
     out = []

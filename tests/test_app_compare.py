@@ -159,3 +159,21 @@ def test_ensemble_of_runs_with_other_classes_is_refused(two_jobs: list[str]) -> 
 def test_runs_page_offers_the_report(two_jobs: list[str]) -> None:
     at = page("app_pages/runs.py")
     assert any(b.label == "Download report (.html)" for b in at.get("download_button"))
+
+
+def test_runs_page_lists_saved_ensembles_and_deletes_one_keeping_its_members(two_jobs: list[str]) -> None:
+    from classifier.ensemble import build_ensemble, ensembles_dir
+    from classifier.workspace import runs_dir
+
+    build_ensemble([runs_dir() / i for i in two_jobs], ensembles_dir() / "pair", name="pair")
+    at = page("app_pages/runs.py")
+    table = frame_with(at, "members")
+    assert list(table["ensemble"]) == ["pair (ensemble of 2)"] and list(table["members"]) == [", ".join(two_jobs)]
+    button = next(b for b in at.button if b.label == "Delete ensemble")
+    assert button.disabled  # not before the confirmation
+    next(c for c in at.checkbox if c.label.startswith("Yes, delete the ensemble")).check().run()
+    next(b for b in at.button if b.label == "Delete ensemble").click().run()
+    assert not at.exception, at.exception
+    assert not (ensembles_dir() / "pair").exists()
+    assert all((runs_dir() / i / "model.safetensors").is_file() for i in two_jobs)  # members kept
+    assert not any("members" in df.value.columns for df in at.dataframe)  # the section is gone

@@ -154,3 +154,15 @@ def test_saved_ensemble_still_loads_after_the_workspace_moves(two_runs, tmp_path
     shutil.move(ws, tmp_path / "moved")
     ens = load_ensemble(tmp_path / "moved" / "ensembles" / "ab")
     assert [r.run_dir.resolve() for r in ens.members] == [(tmp_path / "moved" / "runs" / n).resolve() for n in "ab"]
+
+
+def test_delete_ensemble_removes_only_a_saved_ensemble(two_runs, tmp_path) -> None:
+    from classifier.ensemble import delete_ensemble
+
+    a, b = two_runs
+    with pytest.raises(RunError, match="is not a saved ensemble"):
+        delete_ensemble(a)  # a run dir: refused, nothing removed
+    assert (a / "model.safetensors").is_file()
+    build_ensemble([a, b], tmp_path / "ens")
+    delete_ensemble(tmp_path / "ens")
+    assert not (tmp_path / "ens").exists() and (a / "model.safetensors").is_file()

@@ -13,34 +13,22 @@ import io
 import math
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, Server, require_chromium, streamlit_app
 from PIL import Image, ImageDraw
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.is_file():
-    if os.environ.get("CLASSIFIER_REQUIRE_BROWSER"):  # CI installs chromium: a missing one is a failure there
-        raise RuntimeError(f"CLASSIFIER_REQUIRE_BROWSER is set but {CHROMIUM} is missing")
-    pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt install chromium)", allow_module_level=True)
+require_chromium()
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser tests need Playwright for Python (pip install playwright)"
 )
 expect = sync_api.expect
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
 VIEWPORT = {"width": 1400, "height": 900}
 DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross")
 RUN_NAME = "browser-demo"
@@ -48,75 +36,12 @@ SLOW_MS = 120_000  # first render of a page imports torch/timm on a shared 2-cor
 STEP_MS = 30_000
 
 
-@dataclass
-class Server:
-    url: str
-    workspace: Path
-    log: Path
-    healthy_s: float
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
-def _kill_training_processes(workspace: Path) -> None:
-    """Training runs live in their own sessions (they outlive the server): end the ones of this workspace only."""
-    marks = {str(workspace).encode(), str(workspace.resolve()).encode()}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"classifier" in cmdline and any(m in cmdline for m in marks):
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-            except OSError:
-                pass
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`streamlit run app.py` on a free loopback port with a fresh workspace; killed (process group) at the end."""
-    base = tmp_path_factory.mktemp("browser")
-    workspace, log_path = base / "workspace", base / "streamlit.log"
-    url = f"http://127.0.0.1:{_free_port()}"
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-           "--server.port", url.rsplit(":", 1)[1], "--server.address", "127.0.0.1",
-           "--browser.gatherUsageStats", "false"]  # fmt: skip
-    env = {**os.environ, "CLASSIFIER_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
-    start = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() - start > 120:
-                pytest.fail(f"streamlit did not become healthy (exit code {proc.poll()}):\n{log_path.read_text()}")
-            time.sleep(0.25)
-        healthy_s = time.monotonic() - start
-        print(f"\nstreamlit healthy after {healthy_s:.1f} s at {url}")
-        yield Server(url, workspace, log_path, healthy_s)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-        _kill_training_processes(workspace)
+    with streamlit_app(tmp_path_factory.mktemp("browser")) as srv:
+        print(f"\nstreamlit healthy after {srv.healthy_s:.1f} s at {srv.url}")
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -16,43 +16,23 @@ import io
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, Server, require_chromium, run_in_fresh_thread, streamlit_app
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.is_file():
-    if os.environ.get("CLASSIFIER_REQUIRE_BROWSER"):  # CI installs chromium: a missing one is a failure there
-        raise RuntimeError(f"CLASSIFIER_REQUIRE_BROWSER is set but {CHROMIUM} is missing")
-    pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt install chromium)", allow_module_level=True)
+require_chromium()
 async_api = pytest.importorskip(
     "playwright.async_api", reason="browser tests need Playwright for Python (pip install playwright)"
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
-
-def run_in_fresh_thread(coro):
-    """`asyncio.run(coro)` on a thread of its own: in a full test run the session-scoped sync Playwright of
-    tests/test_browser.py keeps an event loop running on the main thread, where asyncio.run refuses to start."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 def app_pages() -> list[tuple[str, str]]:
     """(URL slug, page title) of every page in app.py's navigation, in its order; the default page's slug is ""."""
@@ -72,28 +52,6 @@ UPLOAD_CYCLES = 20
 MEMORY_BOUND_MB = 150.0
 
 
-@dataclass
-class Server:
-    url: str
-    pid: int
-    workspace: Path
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB (psutil when installed, else /proc/<pid>/status)."""
     try:
@@ -109,31 +67,8 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    workspace, log_path = tmp_path / "workspace", tmp_path / "streamlit.log"
-    url = f"http://127.0.0.1:{_free_port()}"
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-           "--server.port", url.rsplit(":", 1)[1], "--server.address", "127.0.0.1",
-           "--browser.gatherUsageStats", "false"]  # fmt: skip
-    env = {**os.environ, "CLASSIFIER_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        start = time.monotonic()
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() - start > 120:
-                pytest.fail(f"streamlit did not become healthy (exit code {proc.poll()}):\n{log_path.read_text()}")
-            time.sleep(0.25)
-        yield Server(url, proc.pid, workspace, log_path)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+    with streamlit_app(tmp_path) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -12,48 +12,20 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import websockets  # a Streamlit dependency: its server speaks websockets
+from live_app import ROOT, Server, run_in_fresh_thread, streamlit_app
 
 pytestmark = pytest.mark.slow
 
 
-ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MB = 1
 XSRF_COOKIE = "_streamlit_xsrf"
-
-
-
-def run_in_fresh_thread(coro):
-    """`asyncio.run(coro)` on a thread of its own: in a full test run the session-scoped sync Playwright of
-    tests/test_browser.py keeps an event loop running on the main thread, where asyncio.run refuses to start."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -66,37 +38,8 @@ def _get(url: str) -> tuple[int, dict[str, str], bytes]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("server")
-    port, log_path = _free_port(), base / "streamlit.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.maxUploadSize", str(LIMIT_MB),
-           "--browser.gatherUsageStats", "false"]  # fmt: skip
-    env = {**os.environ, "CLASSIFIER_WORKSPACE": str(base / "workspace"), "PYTHONUNBUFFERED": "1"}
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        start = time.monotonic()
-        while True:
-            try:
-                if _get(f"{url}/_stcore/health")[2].strip() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() - start > 120:
-                pytest.fail(f"streamlit did not become healthy (exit code {proc.poll()}):\n{log_path.read_text()}")
-            time.sleep(0.25)
-        yield Server(url, port, log_path)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+    with streamlit_app(tmp_path_factory.mktemp("server"), ["--server.maxUploadSize", str(LIMIT_MB)]) as srv:
+        yield srv
 
 
 def xsrf_token(server: Server) -> str:

@@ -314,6 +314,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_results(results: list[dict]) -> int:
+    """One JSON line per input; exit 2 when any of them carries an error."""
+    for r in results:
+        print(json.dumps(r))
+    return EXIT_USER_ERROR if any("error" in r for r in results) else 0
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     from classifier.ensemble import is_ensemble_dir, load_ensemble
     from classifier.predict import load_run, predict_paths
@@ -323,11 +330,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     else:
         device = "cpu" if a.backend == "onnx" and a.device == "auto" else a.device
         results = predict_paths(load_run(a.run, device=device, backend=a.backend), a.inputs, top_k=a.top_k)
-    failed = 0
-    for r in results:
-        failed += "error" in r
-        print(json.dumps(r))
-    return EXIT_USER_ERROR if failed else 0
+    return _print_results(results)
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
@@ -363,11 +366,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
         raise ClassifierError(str(e)) from None
     finally:
         bar.close()
-    failed = 0
-    for r in results:
-        failed += "error" in r
-        print(json.dumps(r))
-    return EXIT_USER_ERROR if failed else 0
+    return _print_results(results)
 
 
 def cmd_summary(a: argparse.Namespace) -> int:

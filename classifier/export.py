@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -50,7 +49,7 @@ from torch import nn
 from classifier.data.images import load_image
 from classifier.data.loader import draft_size
 from classifier.errors import ClassifierError, ModelError
-from classifier.io import make_readable_like_new_file
+from classifier.io import atomic_write_bytes
 from classifier.predict import LoadedRun, load_run
 
 FORMATS = ("onnx", "torchscript")
@@ -471,9 +470,9 @@ def export_run(
         if out_path is not None:
             model_path = Path(tmp) / checks[-1].file
             if kind == "bundle":
-                _write_atomic(out_path, build_bundle(run, model_path, report, folder=out_path.stem))
+                atomic_write_bytes(out_path, build_bundle(run, model_path, report, folder=out_path.stem))
             else:
-                _write_atomic(out_path, model_path.read_bytes())
+                atomic_write_bytes(out_path, model_path.read_bytes())
     return report
 
 
@@ -522,21 +521,6 @@ def _mb(path: Path) -> float:
 
 def _round(v: float | None, digits: int = 4) -> float | None:
     return None if v is None else round(float(v), digits)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        make_readable_like_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ bundle

@@ -19,13 +19,7 @@ def _current_umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mkstemp's temp files are 0600)
-
-
-def make_readable_like_new_file(path: str | Path) -> None:
-    """Give a finished temp file the permissions a plainly created file would have (the umask's), so run files,
-    reports and exports can be shared on a server like any other file."""
-    os.chmod(path, FILE_MODE)
+FILE_MODE = 0o666 & ~_current_umask()  # what open() gives a new file: run files, reports, exports
 
 
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -37,12 +31,16 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        make_readable_like_new_file(tmp)
+        os.chmod(tmp, FILE_MODE)  # shareable like any new file, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,21 @@ def _session_workspace(tmp_path_factory):
         os.environ.pop("CLASSIFIER_WORKSPACE", None)
     else:
         os.environ["CLASSIFIER_WORKSPACE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    """After each test, kill any training or search process it started and left behind (a failing test must not
+    leave one running into the next)."""
+    yield
+    jobs, search = sys.modules.get("classifier.jobs"), sys.modules.get("classifier.search")
+    children = [*(jobs._CHILDREN.values() if jobs else ()), *(search._CHILDREN if search else ())]
+    for proc in children:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if jobs:
+        jobs._CHILDREN.clear()
 
 
 @pytest.fixture(autouse=True)

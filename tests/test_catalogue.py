@@ -466,19 +466,6 @@ def test_row22_prediction_on_other_sizes_modes_formats_same_preprocessing_correc
 # --- rows 14 and 20: browser sessions (two AppTest instances are two Streamlit sessions) ---------------------------
 
 
-@pytest.fixture
-def _no_orphans():
-    """Kill any training process a test started and left behind."""
-    from classifier import jobs
-
-    yield
-    for proc in list(jobs._CHILDREN.values()):
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    jobs._CHILDREN.clear()
-
-
 def _session(page: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
@@ -513,7 +500,7 @@ def _shapes_zip(seed: int, classes: tuple[str, ...]) -> bytes:
 
 
 @pytest.mark.slow
-def test_row14_run_keeps_training_after_its_session_is_gone_and_a_new_session_sees_it(_no_orphans) -> None:
+def test_row14_run_keeps_training_after_its_session_is_gone_and_a_new_session_sees_it() -> None:
     from classifier.data.demo import make_demo_dataset
     from classifier.jobs import default_executor
     from classifier.workspace import datasets_dir
@@ -543,7 +530,7 @@ def test_row14_run_keeps_training_after_its_session_is_gone_and_a_new_session_se
 
 
 @pytest.mark.slow
-def test_row20_two_sessions_see_their_own_uploads_and_their_runs_queue(_no_orphans) -> None:
+def test_row20_two_sessions_see_their_own_uploads_and_their_runs_queue() -> None:
     from classifier.jobs import default_executor
 
     sessions, paths = [], []

@@ -26,17 +26,6 @@ from classifier.workspace import runs_dir, workspace_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans():
-    """Kill any training process a test started and left behind (a failing test must not leave one running)."""
-    yield
-    for proc in list(jobs._CHILDREN.values()):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    jobs._CHILDREN.clear()
-
-
 @pytest.fixture
 def data(tmp_path) -> Path:
     from classifier.data.demo import make_demo_dataset

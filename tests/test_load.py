@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
-import signal
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -99,11 +97,6 @@ def training(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]
         end = time.monotonic() + 30
         while ex.status(run_id).status in ("queued", "running") and time.monotonic() < end:
             time.sleep(0.2)
-        for proc in list(jobs._CHILDREN.values()):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        jobs._CHILDREN.clear()
 
 
 def small_zip(i: int) -> bytes:

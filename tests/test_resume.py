@@ -44,16 +44,6 @@ SETTINGS = dict(backbone="simple_cnn", weights="none", img_size=32, epochs=3, ba
 STEPS = 21
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans():
-    yield
-    for proc in list(jobs._CHILDREN.values()):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    jobs._CHILDREN.clear()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     from classifier.data.demo import make_demo_dataset

@@ -4,13 +4,11 @@ persistence and restart, cancel, the figure; and a real 3-trial search through t
 from __future__ import annotations
 
 import json
-import os
-import signal
 from types import SimpleNamespace
 
 import pytest
 
-from classifier import jobs, search
+from classifier import search
 from classifier.cli import main
 from classifier.errors import ClassifierError, RunError
 from classifier.search import (
@@ -204,18 +202,8 @@ def test_unknown_search_and_figure():
     assert list(dims[-1].values) == [0.1, 0.2, 0.3]
 
 
-@pytest.fixture
-def _no_orphans():
-    yield
-    for proc in [*jobs._CHILDREN.values(), *search._CHILDREN]:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    jobs._CHILDREN.clear()
-
-
 @pytest.mark.slow
-def test_three_trial_search_through_the_job_system_and_cli(tmp_path, capsys, _no_orphans):
+def test_three_trial_search_through_the_job_system_and_cli(tmp_path, capsys):
     """Three real runs (resnet18 linear probe, 32 px, 1 epoch) queued through LocalProcessExecutor."""
     from classifier.data.demo import make_demo_dataset
     from classifier.store import RunStore
@@ -253,7 +241,7 @@ def test_cli_search_needs_a_space_and_data(capsys):
 
 
 @pytest.mark.slow
-def test_background_driver_is_cancelled_with_its_running_trial(tmp_path, _no_orphans):
+def test_background_driver_is_cancelled_with_its_running_trial(tmp_path):
     """launch_search starts `python -m classifier search --id`; cancel_search stops it and cancels the run."""
     import time
 

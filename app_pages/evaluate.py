@@ -8,11 +8,10 @@ import streamlit as st
 from classifier import figures
 from classifier.errors import ClassifierError
 from classifier.metrics import compute_metrics, most_confused, pr_curves, reliability_bins, roc_curves, top_losses
-from classifier.report import report_html
 from ui import state
 from ui.cache import thumbnail, val_predictions
 from ui.ensemble import apply_pending_pick, ensemble_builder, is_ensemble
-from ui.widgets import metric_cards, run_picker, user_errors
+from ui.widgets import metric_cards, report_button, run_picker, user_errors
 
 state.init_state()
 st.title("Evaluate")
@@ -30,13 +29,9 @@ if m is None:
 members = f" · ensemble of {len(job.members)} runs (mean probability)" if is_ensemble(job) else ""
 st.caption(f"{len(y_true)} validation images · {len(names)} classes · computed from val_predictions.csv{members}")
 metric_cards(m)
-st.download_button(
-    "Download report (.html)",
-    data=lambda: report_html(job.run_dir).encode(),
-    file_name=f"{job.run_id}-report.html",
-    mime="text/html",
-    on_click="ignore",
-    icon=":material/description:",
+report_button(
+    job.run_dir,
+    job.run_id,
     help="One self-contained page: settings, dataset, metrics, per-class table and these figures (works offline).",
 )
 

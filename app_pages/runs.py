@@ -6,14 +6,13 @@ from datetime import datetime
 import streamlit as st
 
 from classifier.ensemble import delete_ensemble
-from classifier.report import report_html
 from classifier.store import ACTIVE
 from ui import state
 from ui.artifacts import run_zip
 from ui.cache import executor
 from ui.ensemble import ensemble_entries
 from ui.export import export_section
-from ui.widgets import jobs, run_label, runs_table, sticky_select, user_errors
+from ui.widgets import jobs, report_button, run_label, runs_table, sticky_select, user_errors
 
 state.init_state()
 st.title("Runs")
@@ -58,13 +57,9 @@ with left:
     else:
         st.caption("This run has no saved model to download.")
     if (job.run_dir / "val_predictions.csv").is_file():
-        st.download_button(
-            "Download report (.html)",
-            data=lambda: report_html(job.run_dir).encode(),
-            file_name=f"{job.run_id}-report.html",
-            mime="text/html",
-            on_click="ignore",
-            icon=":material/description:",
+        report_button(
+            job.run_dir,
+            job.run_id,
             help="One self-contained page to share: settings, dataset, metrics, per-class table, training curves, "
             "confusion matrix, ROC/PR and reliability figures. Opens offline.",
         )

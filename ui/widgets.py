@@ -148,3 +148,18 @@ def run_picker(
     labels = {i: run_label(j, with_accuracy=completed_only) for i, j in choices.items()}
     picked = sticky_select(label, list(choices), state.RUN_ID, key, format_func=labels.get)
     return choices[picked]
+
+
+def report_button(run_dir, run_id: str, help: str) -> None:
+    """Download button for the run's (or saved ensemble's) one-page HTML report, built only when clicked."""
+    from classifier.report import report_html
+
+    st.download_button(
+        "Download report (.html)",
+        data=lambda: report_html(run_dir).encode(),
+        file_name=f"{run_id}-report.html",
+        mime="text/html",
+        on_click="ignore",
+        icon=":material/description:",
+        help=help,
+    )

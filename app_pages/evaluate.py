@@ -95,8 +95,11 @@ shown = [
 ]
 if not shown:
     st.success("No misclassified validation images for this selection." if only_wrong else "No images here.")
-st.caption(f"{len(shown)} images" + ("" if is_ensemble(job) else "; open any of them in **Explain** to see why the "
-                                      "model decided as it did") + ".")
+st.caption(
+    f"{len(shown)} images"
+    + ("" if is_ensemble(job) else "; open any of them in **Explain** to see why the model decided as it did")
+    + "."
+)
 cols = st.columns(4)
 for n, r in enumerate(shown[: int(limit)]):
     rel = table["path"].iloc[r["index"]]

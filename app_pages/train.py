@@ -75,7 +75,12 @@ with st.expander("Hyperparameters", expanded=True):
     scheduler = h[0].selectbox("Schedule", SCHEDULERS, key="w_sched", help="Learning-rate schedule after warm-up.")
     wd = h[1].number_input("Weight decay", 0.0, 1.0, default.weight_decay, format="%.3f", key="w_wd")
     smoothing = h[2].number_input(
-        "Label smoothing", 0.0, 0.5, default.label_smoothing, format="%.2f", key=f"w_ls_{mode}",
+        "Label smoothing",
+        0.0,
+        0.5,
+        default.label_smoothing,
+        format="%.2f",
+        key=f"w_ls_{mode}",
         help="0 = hard targets.",
     )
     presets = list(AUGMENT_PRESETS)

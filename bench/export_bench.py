@@ -53,8 +53,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, same "
           f"thread count); timed batch {SPEED_BATCH} images")  # fmt: skip
-    header = (f"{'backbone':22s} {'export':13s} {'n':>3s} {'top-1 agree':>11s} {'max |dp|':>9s} {'acc torch':>9s} "
-              f"{'acc export':>10s} {'torch img/s':>11s} {'export img/s':>12s} {'ratio':>6s} {'MB':>6s}  check")
+    header = (
+        f"{'backbone':22s} {'export':13s} {'n':>3s} {'top-1 agree':>11s} {'max |dp|':>9s} {'acc torch':>9s} "
+        f"{'acc export':>10s} {'torch img/s':>11s} {'export img/s':>12s} {'ratio':>6s} {'MB':>6s}  check"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CLASSIFIER_WORKSPACE"] = str(Path(tmp) / "workspace")

@@ -232,8 +232,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--cache", default="auto", choices=["auto", "memory", "disk", "off"])
-    ap.add_argument("--data", default=None,
-                    help="an image folder (default: ../shared/data/hymenoptera when present, else demo shapes)")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="an image folder (default: ../shared/data/hymenoptera when present, else demo shapes)",
+    )
     ap.add_argument("--repeats", type=int, default=20, help="single-image predictions timed")
     ap.add_argument("--skip-probe", action="store_true")
     args = ap.parse_args()

@@ -40,9 +40,16 @@ def run(name: str, args: list[str], workdir: Path) -> dict:
         return {"recipe": name, "error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}
     final = json.loads(p.stdout.strip().splitlines()[-1])
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"recipe": name, "accuracy": final["accuracy"], "macro_f1": final["macro_f1"], "ece": final["ece"],
-            "epochs": metrics["epochs_run"], "best_epoch": metrics["best_epoch"], "fit_s": final["seconds"],
-            "command_s": round(seconds, 1)}
+    return {
+        "recipe": name,
+        "accuracy": final["accuracy"],
+        "macro_f1": final["macro_f1"],
+        "ece": final["ece"],
+        "epochs": metrics["epochs_run"],
+        "best_epoch": metrics["best_epoch"],
+        "fit_s": final["seconds"],
+        "command_s": round(seconds, 1),
+    }
 
 
 def main() -> None:
@@ -51,8 +58,10 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.only or list(RECIPES):
             if RECIPES[name][1] == str(HYMENOPTERA) and not HYMENOPTERA.is_dir():

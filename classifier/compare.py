@@ -81,6 +81,7 @@ def differing_settings(
     A key that some runs lack differs; the runs that lack it are absent from its inner dict.
     """
     flat = {run: flatten(cfg) for run, cfg in configs.items()}
+
     def ignored(key: str) -> bool:  # the key itself, its top-level section or its last part
         parts = key.split(".")
         return key in ignore or parts[0] in ignore or parts[-1] in ignore

@@ -204,9 +204,7 @@ def build_ensemble(
         for r in runs
     ]
     stored = [{**m, "run_dir": _relative_to(Path(m["run_dir"]), out_dir)} for m in members]
-    metrics["members"] = [
-        {**m, "accuracy": float((p.argmax(1) == y).mean())} for m, p in zip(members, member_probs)
-    ]
+    metrics["members"] = [{**m, "accuracy": float((p.argmax(1) == y).mean())} for m, p in zip(members, member_probs)]
     info = {
         "format": "ensemble",
         "format_version": FORMAT_VERSION,

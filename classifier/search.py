@@ -152,7 +152,7 @@ def parse_space(raw: dict[str, Any] | str | Path, sampler: str = "tpe") -> dict[
             space[name] = {"low": low, "high": high, "log": log}
         else:
             raise ClassifierError(
-                f"{where}: {name} must be a list of choices or {{\"low\": ..., \"high\": ..., \"log\": true|false}}"
+                f'{where}: {name} must be a list of choices or {{"low": ..., "high": ..., "log": true|false}}'
             )
     return space
 
@@ -243,8 +243,11 @@ def create_search(
         "metric": metric,
         "direction": METRICS[metric][0],
         "seed": int(seed),
-        "pruner": {"kind": "median" if prune else "none", "n_startup_trials": n_startup_trials,
-                   "n_warmup_steps": n_warmup_steps},  # fmt: skip
+        "pruner": {
+            "kind": "median" if prune else "none",
+            "n_startup_trials": n_startup_trials,
+            "n_warmup_steps": n_warmup_steps,
+        },  # fmt: skip
         "space": space,
         "base_config": asdict(base),
         "trials": [],

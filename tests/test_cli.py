@@ -12,8 +12,9 @@ from classifier.cli import main
 
 
 def _run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "classifier", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "classifier", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -26,8 +27,23 @@ def test_cli_end_to_end(tmp_path):
     r = _run("summary", "--data", str(data))
     assert r.returncode == 0 and "5 classes" in r.stdout
 
-    r = _run("train", "--data", str(data), "--backbone", "efficientnet_lite0", "--mode", "linear", "--augment", "none",
-             "--img-size", "96", "--epochs", "20", "--out", str(run))
+    r = _run(
+        "train",
+        "--data",
+        str(data),
+        "--backbone",
+        "efficientnet_lite0",
+        "--mode",
+        "linear",
+        "--augment",
+        "none",
+        "--img-size",
+        "96",
+        "--epochs",
+        "20",
+        "--out",
+        str(run),
+    )
     assert r.returncode == 0, r.stderr
     final = json.loads(r.stdout.strip().splitlines()[-1])
     assert final["status"] == "completed" and final["accuracy"] > 0.3
@@ -61,8 +77,20 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
             Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(tmp_path / "ds" / c / f"{i}.png")
     assert main(["train", "--data", str(tmp_path / "ds"), "--backbone", "resnet19", "--out", str(tmp_path / "r")]) == 2
     assert "unknown backbone 'resnet19'" in capsys.readouterr().err
-    assert main(["train", "--data", str(tmp_path / "ds"), "--weights", str(tmp_path / "w.pt"),
-                 "--out", str(tmp_path / "r2")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "ds"),
+                "--weights",
+                str(tmp_path / "w.pt"),
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 2
+    )
     assert "safetensors" in capsys.readouterr().err
     assert main(["predict", "--run", str(tmp_path / "nope"), "x.png"]) == 2
     assert "not a run dir" in capsys.readouterr().err

@@ -114,8 +114,14 @@ def test_stratified_seeded_split(tmp_path):
 
 
 def test_transforms_follow_data_config():
-    cfg = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-           "crop_pct": 1.0, "crop_mode": "center"}
+    cfg = {
+        "input_size": (3, 32, 32),
+        "interpolation": "bicubic",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
     white = Image.new("RGB", (50, 40), (255, 255, 255))
     x = eval_transform(cfg)(white)
     assert x.shape == (3, 32, 32) and np.allclose(x.numpy(), 1.0, atol=1e-4)  # (1 - 0.5) / 0.5

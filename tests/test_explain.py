@@ -142,9 +142,7 @@ def test_integrated_gradients_exact_and_complete():
     assert a.extra["evaluations"] == 1 + 3 + 2  # predict, ceil(8 / 3) IG batches, delta at input and baseline
 
 
-@pytest.mark.parametrize(
-    ("method", "expected"), [("ig", "noise"), ("occlusion", "black"), ("gradient_shap", "black")]
-)
+@pytest.mark.parametrize(("method", "expected"), [("ig", "noise"), ("occlusion", "black"), ("gradient_shap", "black")])
 def test_default_baseline_per_method(method, expected):
     a = attribute(Quadrant(), grey(), method, data_config=IDENTITY_DC, n_steps=4, nt_samples=2)
     assert a.extra["baseline"] == expected

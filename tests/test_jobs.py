@@ -34,8 +34,17 @@ def data(tmp_path) -> Path:
 
 
 def _cfg(data, **kw) -> TrainConfig:
-    base = dict(data=str(data), backbone="simple_cnn", weights="none", img_size=32, epochs=2, batch_size=8,
-                num_workers=0, device="cpu", seed=0)
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        img_size=32,
+        epochs=2,
+        batch_size=8,
+        num_workers=0,
+        device="cpu",
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 

@@ -226,9 +226,10 @@ def test_three_trial_search_through_the_job_system_and_cli(tmp_path, capsys):
         assert row["status"] == "completed" and row["name"].startswith("tiny #")
         assert row["config"]["lr"] == pytest.approx(t["params"]["lr"]) and row["metrics"]["accuracy"] == t["value"]
     assert "rank" in out.err and "trial 3/3" in out.err
-    assert load_search(result["id"])["trials"] == json.loads(
-        (search.search_dir(result["id"]) / "search.json").read_text()
-    )["trials"]
+    assert (
+        load_search(result["id"])["trials"]
+        == json.loads((search.search_dir(result["id"]) / "search.json").read_text())["trials"]
+    )
 
 
 def test_cli_search_needs_a_space_and_data(capsys):

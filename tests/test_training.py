@@ -16,8 +16,16 @@ from classifier.training.callbacks import NonFiniteLoss
 
 
 def _cfg(data, **kw) -> TrainConfig:
-    base = dict(data=str(data), backbone="simple_cnn", weights="none", img_size=48, epochs=2, batch_size=16,
-                num_workers=0, seed=0)
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        weights="none",
+        img_size=48,
+        epochs=2,
+        batch_size=16,
+        num_workers=0,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -45,8 +53,12 @@ class Recorder(Callback):
 
 @pytest.mark.slow
 def test_linear_probe_on_bundled_features_beats_chance(demo_dir, tmp_path):
-    result = fit(_cfg(demo_dir, backbone="efficientnet_lite0", weights=None, mode="linear", augment="none",
-                      img_size=96, epochs=30), tmp_path / "run")
+    result = fit(
+        _cfg(
+            demo_dir, backbone="efficientnet_lite0", weights=None, mode="linear", augment="none", img_size=96, epochs=30
+        ),
+        tmp_path / "run",
+    )
     assert result.status == "completed"
     # 5 classes: chance is 0.2. Frozen ImageNet features separate these shapes far better than that.
     assert result.metrics["accuracy"] >= 0.5, result.metrics["accuracy"]
@@ -67,8 +79,19 @@ def test_full_loop_outputs_and_hooks(demo_dir, tmp_path):
         assert (out / name).is_file(), name
     assert not list(out.glob(".*.tmp"))  # no temp files left behind by atomic writes
     m = json.loads((out / "metrics.json").read_text())
-    for key in ["accuracy", "top_k_accuracy", "macro_f1", "weighted_f1", "roc_auc_macro", "average_precision_macro",
-                "ece", "n_val", "class_names", "per_class", "confusion_matrix"]:
+    for key in [
+        "accuracy",
+        "top_k_accuracy",
+        "macro_f1",
+        "weighted_f1",
+        "roc_auc_macro",
+        "average_precision_macro",
+        "ece",
+        "n_val",
+        "class_names",
+        "per_class",
+        "confusion_matrix",
+    ]:
         assert key in m, key
     assert m["n_val"] == sum(map(sum, m["confusion_matrix"])) and "test" in m
     rows = list(csv.DictReader(open(out / "split.csv")))
@@ -102,8 +125,9 @@ def test_cancel_stops_within_one_batch_and_keeps_best(demo_dir, tmp_path):
     def should_cancel():
         return seen["batches"] >= 5 + 1
 
-    result = fit(_cfg(demo_dir, batch_size=16, epochs=5, val_split=0.2), tmp_path / "run", [Count()],
-                 should_cancel=should_cancel)
+    result = fit(
+        _cfg(demo_dir, batch_size=16, epochs=5, val_split=0.2), tmp_path / "run", [Count()], should_cancel=should_cancel
+    )
     assert result.status == "cancelled"
     assert seen["batches"] == 6  # 64 training images / 16 = 4 per epoch... stopped right after the flagged batch
     assert result.best_epoch == 1 and (tmp_path / "run" / "model.safetensors").is_file()
@@ -117,8 +141,10 @@ def test_early_stopping_ends_run_completed(demo_dir, tmp_path):
 
 
 def test_non_finite_loss_fails_with_epoch_and_step(demo_dir, tmp_path):
-    result = fit(_cfg(demo_dir, epochs=3, lr=1e30, warmup_epochs=0, grad_clip=0, optimizer="sgd",
-                      label_smoothing=0.0), tmp_path / "run")
+    result = fit(
+        _cfg(demo_dir, epochs=3, lr=1e30, warmup_epochs=0, grad_clip=0, optimizer="sgd", label_smoothing=0.0),
+        tmp_path / "run",
+    )
     assert result.status == "failed" and "non-finite loss at epoch" in result.error
     assert NonFiniteLoss(2, 7, float("nan")).step == 7
 
@@ -134,7 +160,12 @@ def test_lr_schedules(kind):
 
 
 def test_imbalance_options_and_augmentation_run(demo_dir, tmp_path):
-    for i, kw in enumerate([dict(imbalance="weights", augment="strong"), dict(imbalance="sampler", mixup=0.2),
-                            dict(mode="finetune", head_warmup_epochs=1, grayscale=True, scheduler="onecycle")]):
+    for i, kw in enumerate(
+        [
+            dict(imbalance="weights", augment="strong"),
+            dict(imbalance="sampler", mixup=0.2),
+            dict(mode="finetune", head_warmup_epochs=1, grayscale=True, scheduler="onecycle"),
+        ]
+    ):
         r = fit(_cfg(demo_dir, epochs=2, **kw), tmp_path / f"run{i}")
         assert r.status == "completed" and r.metrics is not None, kw

@@ -51,9 +51,7 @@ def export_section(job: Any) -> None:
     if st.button("Build export", key=f"w_export_build_{job.run_id}", icon=":material/package_2:"):
         # user_errors outside the status box: a failure shows as an error box, not inside a collapsed status
         with user_errors("Export failed"), st.status("Exporting…", expanded=False) as box:
-            report = export_run(
-                job.run_dir, fmt, bundle, quantize=quantize, progress=lambda msg: box.update(label=msg)
-            )
+            report = export_run(job.run_dir, fmt, bundle, quantize=quantize, progress=lambda msg: box.update(label=msg))
             atomic_write_json(report_path, report.to_dict())
             box.update(label=f"Exported in {report.seconds:.0f} s", state="complete")
     saved = _saved_report(report_path, bundle, weights)

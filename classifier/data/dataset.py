@@ -131,8 +131,10 @@ def _unwrap(root: Path) -> Path:
         dirs = _subdirs(root)
         files = [f for f in root.iterdir() if f.is_file() and _visible(f)]
         # A lone folder holding images directly is a (single) class, not a wrapper: stay.
-        if len(dirs) == 1 and not any(is_image_path(f) or f.suffix.lower() == ".csv" for f in files) and (
-            _subdirs(dirs[0]) or any(f.suffix.lower() == ".csv" for f in dirs[0].iterdir())
+        if (
+            len(dirs) == 1
+            and not any(is_image_path(f) or f.suffix.lower() == ".csv" for f in files)
+            and (_subdirs(dirs[0]) or any(f.suffix.lower() == ".csv" for f in dirs[0].iterdir()))
         ):
             root = dirs[0]
         else:

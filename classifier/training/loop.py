@@ -370,8 +370,13 @@ def fit(
             "position": position,
             "batch_size": state.batch_size,
             "planned_steps": state.planned_steps,
-            "scheduler": {"kind": cfg.scheduler, "base_lr": cfg.lr, "warmup_steps": warmup,
-                          "total_steps": sched_total, "step_batch_size": bs0},  # fmt: skip
+            "scheduler": {
+                "kind": cfg.scheduler,
+                "base_lr": cfg.lr,
+                "warmup_steps": warmup,
+                "total_steps": sched_total,
+                "step_batch_size": bs0,
+            },  # fmt: skip
             "lr": state.lr,
             "history": _json_safe(state.history),
             "best_epoch": state.best_epoch,
@@ -549,10 +554,9 @@ def fit(
                         state.images_per_sec = 0.8 * state.images_per_sec + 0.2 * ips if state.images_per_sec else ips
                         train_elapsed = time.time() - t0 - val_seconds
                         remaining = state.total_steps - state.step
-                        state.eta_seconds = (
-                            train_elapsed / (state.step - step0) * remaining
-                            + val_seconds / max(1, epochs_validated) * (cfg.epochs - epoch + 1)
-                        )
+                        state.eta_seconds = train_elapsed / (state.step - step0) * remaining + val_seconds / max(
+                            1, epochs_validated
+                        ) * (cfg.epochs - epoch + 1)
                         emit("on_batch_end")
                         every = cfg.checkpoint_every_steps
                         if every is None:

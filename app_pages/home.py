@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from classifier.training import ensure_demo_dataset
+from classifier.data.demo import ensure_demo_dataset
 from ui import state
 from ui.widgets import jobs, runs_table, user_errors
 

@@ -6,9 +6,9 @@ from datetime import datetime
 import streamlit as st
 
 from classifier.ensemble import delete_ensemble
+from classifier.rundir import run_zip
 from classifier.store import ACTIVE
 from ui import state
-from ui.artifacts import run_zip
 from ui.cache import executor
 from ui.ensemble import ensemble_entries
 from ui.export import export_section

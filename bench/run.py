@@ -251,7 +251,7 @@ def main() -> None:
         workdir = Path(tmp)
         os.environ["CLASSIFIER_WORKSPACE"] = str(workdir / "ws")  # a cold cache for the first fit
         from classifier.data.demo import make_demo_dataset
-        from classifier.training.loop import default_workers, pick_device
+        from classifier.device import default_workers, pick_device
 
         if args.data or (HYMENOPTERA.is_dir() and not args.quick):
             data = Path(args.data or HYMENOPTERA)

@@ -306,8 +306,9 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from classifier.ensemble import evaluate_ensemble, is_ensemble_dir
+    from classifier.ensemble import evaluate_ensemble
     from classifier.evaluate import evaluate_run
+    from classifier.rundir import is_ensemble_dir
 
     evaluate = evaluate_ensemble if is_ensemble_dir(a.run) else evaluate_run
     print(json.dumps(evaluate(a.run, a.data, a.split, a.device), indent=2))
@@ -322,8 +323,9 @@ def _print_results(results: list[dict]) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from classifier.ensemble import is_ensemble_dir, load_ensemble
+    from classifier.ensemble import load_ensemble
     from classifier.predict import load_run, predict_paths
+    from classifier.rundir import is_ensemble_dir
 
     if is_ensemble_dir(a.run):  # a saved ensemble: the members' averaged probabilities
         results = load_ensemble(a.run, device=a.device).predict_paths(a.inputs, top_k=a.top_k)
@@ -371,8 +373,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
 
 def cmd_summary(a: argparse.Namespace) -> int:
     from classifier.data.dataset import check_trainable, index_dataset
+    from classifier.data.demo import ensure_demo_dataset
     from classifier.data.splits import assign_splits
-    from classifier.training.loop import ensure_demo_dataset
 
     data = str(ensure_demo_dataset(a.seed)) if a.data == "demo" else a.data
     index = index_dataset(data)
@@ -419,7 +421,7 @@ def cmd_demo_data(a: argparse.Namespace) -> int:
     from classifier.data.demo import make_demo_dataset
 
     if a.out is None:
-        from classifier.training.loop import ensure_demo_dataset
+        from classifier.data.demo import ensure_demo_dataset
 
         print(f"demo dataset ready in {ensure_demo_dataset(a.seed)}")
         return 0
@@ -501,7 +503,8 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
 def cmd_lr_find(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from classifier.lr_find import lr_find, lr_find_figure
+    from classifier.figures import lr_find_figure
+    from classifier.training.lr_find import lr_find
 
     cfg = _settings_config(a)
     bars: dict[str, tqdm] = {}

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from classifier import figures
+from classifier import figures, rundir
 from classifier.errors import RunError
 
 # Not settings: they differ between any two runs and would drown the real differences.
@@ -139,34 +139,23 @@ def winner_sentence(w: Mapping[str, Any]) -> str:
     return f"{w['class']}: {who} (F1 {w['best_f1']:.2f})"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot read {path}: {e}") from e
-
-
-def load_run(run_dir: str | Path, row: Mapping[str, Any] | None = None, key: str | None = None) -> ComparedRun:
+def read_compared_run(run_dir: str | Path, row: Mapping[str, Any] | None = None, key: str | None = None) -> ComparedRun:
     """Read one run as stored so far. `row` is its run-store row (`RunStore.get`), when there is one."""
     run_dir = Path(run_dir)
     row = dict(row or {})
     if not run_dir.is_dir() and not row:
         raise RunError(f"{run_dir} is not a run dir (it does not exist)")
-    config = _read_json(run_dir / "config.json") or _read_json(run_dir / "ensemble.json")
+    config = rundir.read_info_if_any(run_dir)
     notes = []
     if config is None:
         if not row:
-            raise RunError(f"{run_dir} is not a run dir: it has no config.json")
+            raise RunError(f"{run_dir} is not a run dir: it has no {rundir.CONFIG}")
         config = {"train": row.get("config") or {}}  # queued: only the requested settings exist so far
         notes.append("not started yet")
-    history = pd.DataFrame()
-    if (run_dir / "history.csv").is_file():
-        history = pd.read_csv(run_dir / "history.csv")
-    elif row.get("history"):
-        history = pd.DataFrame(row["history"])
-    metrics = _read_json(run_dir / "metrics.json")
+    history = rundir.read_history(run_dir)
+    if history is None:
+        history = pd.DataFrame(row.get("history") or [])
+    metrics = rundir.read_metrics(run_dir)
     status = row.get("status") or ("completed" if metrics else "no metrics yet")
     if metrics is None:
         notes.append("no metrics yet" if status in ("queued", "running") else f"no metrics ({status})")
@@ -207,7 +196,7 @@ def load_runs(run_dirs: Sequence[str | Path], store: Any = None) -> list[Compare
             row = None  # same id, another workspace
         key = d.name if d.name not in keys else f"{d.parent.name}/{d.name}"
         keys.add(key)
-        runs.append(load_run(d, row, key=key))
+        runs.append(read_compared_run(d, row, key=key))
     return runs
 
 

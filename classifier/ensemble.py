@@ -3,7 +3,7 @@
 Each member predicts through its own evaluation transform (input size, mean/std, crop), so runs with different
 backbones and image sizes combine. A saved ensemble is a folder with `ensemble.json` (members, class names,
 dataset root), `metrics.json` and `val_predictions.csv` in the same format as a run's, so the Evaluate page
-and `classifier.evaluate.read_val_predictions` treat it like a run; nothing in it is a model of its own.
+and `classifier.rundir.read_val_predictions` treat it like a run; nothing in it is a model of its own.
 
     >>> metrics = build_ensemble(["runs/a", "runs/b"], "ensembles/ab")  # doctest: +SKIP
     >>> ens = load_ensemble("ensembles/ab")  # doctest: +SKIP
@@ -12,9 +12,6 @@ and `classifier.evaluate.read_val_predictions` treat it like a run; nothing in i
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,13 +23,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from classifier import rundir
 from classifier.data.images import load_image
 from classifier.errors import ClassifierError, ImageError, RunError
-from classifier.io import atomic_write_json, atomic_write_text
 from classifier.metrics import compute_metrics
 from classifier.predict import LoadedRun, expand_inputs, format_prediction, load_run, predict_images, predict_items
 
-ENSEMBLE_FILE = "ensemble.json"
 FORMAT_VERSION = 1
 
 
@@ -43,10 +39,6 @@ def ensembles_dir() -> Path:
     path = workspace_dir() / "ensembles"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def is_ensemble_dir(path: str | Path) -> bool:
-    return (Path(path) / ENSEMBLE_FILE).is_file()
 
 
 def check_same_classes(runs: Sequence[LoadedRun]) -> list[str]:
@@ -156,22 +148,6 @@ def evaluate_members(
     return items, out
 
 
-def _csv_line(fields: Sequence[str]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(fields)
-    return buf.getvalue()
-
-
-def _val_predictions_text(items: Sequence[tuple[Path, int]], root: Path, probs: np.ndarray, names: list[str]) -> str:
-    """The same columns as a run's val_predictions.csv: path,label,pred,prob,p_<class>..."""
-    lines = [_csv_line(["path", "label", "pred", "prob", *(f"p_{c}" for c in names)])]
-    for (path, y), row in zip(items, probs):
-        k = int(row.argmax())
-        rel = Path(path).resolve().relative_to(root.resolve()).as_posix()
-        lines.append(_csv_line([rel, names[y], names[k], f"{row[k]:.6f}", *(f"{v:.6f}" for v in row)]))
-    return "\n".join(lines) + "\n"
-
-
 def build_ensemble(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path,
@@ -217,9 +193,10 @@ def build_ensemble(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "val_predictions.csv", _val_predictions_text(items, root, probs, names))
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    atomic_write_json(out_dir / ENSEMBLE_FILE, info)  # last: a folder with ensemble.json is complete
+    paths = [Path(p).resolve().relative_to(root.resolve()).as_posix() for p, _ in items]
+    rundir.write_val_predictions(out_dir, paths, [label for _, label in items], probs, names)
+    rundir.write_metrics(out_dir, metrics)
+    rundir.write_ensemble_info(out_dir, info)  # last: a folder with ensemble.json is complete
     return metrics
 
 
@@ -241,18 +218,15 @@ def evaluate_ensemble(
 
 def read_ensemble(ensemble_dir: str | Path) -> dict[str, Any]:
     """`ensemble.json` checked: RunError naming the file when it is unreadable or a member dir is gone."""
-    path = Path(ensemble_dir) / ENSEMBLE_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{ensemble_dir} is not an ensemble: it has no {ENSEMBLE_FILE}") from None
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot read {path}: {e}") from e
+    path = rundir.path(ensemble_dir, rundir.ENSEMBLE)
+    if not path.is_file():
+        raise RunError(f"{ensemble_dir} is not an ensemble: it has no {rundir.ENSEMBLE}")
+    info = rundir.read_ensemble_info(ensemble_dir)
     if not isinstance(info, dict) or info.get("format") != "ensemble" or len(info.get("members") or []) < 2:
         raise RunError(f"{path} is not an ensemble description (format 'ensemble' with two or more members)")
     _resolve_members(Path(ensemble_dir), info)
     for m in info["members"]:
-        if not (Path(m["run_dir"]) / "model.safetensors").is_file():
+        if not rundir.has_weights(m["run_dir"]):
             raise RunError(f"{path}: member run {m['run_dir']} is missing or has no model (was it deleted?)")
     return info
 
@@ -270,8 +244,8 @@ def delete_ensemble(ensemble_dir: str | Path) -> None:
     import shutil
 
     d = Path(ensemble_dir)
-    if not (d / ENSEMBLE_FILE).is_file():
-        raise RunError(f"{d} is not a saved ensemble (no {ENSEMBLE_FILE}); nothing deleted")
+    if not rundir.is_ensemble_dir(d):
+        raise RunError(f"{d} is not a saved ensemble (no {rundir.ENSEMBLE}); nothing deleted")
     shutil.rmtree(d)
 
 
@@ -280,8 +254,8 @@ def list_ensembles() -> list[tuple[Path, dict[str, Any]]]:
     out = []
     for d in ensembles_dir().iterdir():
         try:
-            info = json.loads((d / ENSEMBLE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            info = rundir.read_ensemble_info(d)
+        except RunError:
             continue
         if isinstance(info, dict) and info.get("format") == "ensemble":
             _resolve_members(d, info)

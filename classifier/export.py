@@ -27,13 +27,11 @@ How the files are made (torch 2.15, onnx 1.23, onnxruntime 1.32, onnxscript 0.7)
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import statistics
 import tempfile
 import time
-import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,17 +44,27 @@ import torch
 from PIL import Image
 from torch import nn
 
+from classifier import rundir
 from classifier.data.images import load_image
 from classifier.data.loader import draft_size
-from classifier.errors import ClassifierError, ModelError
+from classifier.errors import ClassifierError
 from classifier.io import atomic_write_bytes
+from classifier.model_io import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    export_torchscript,
+    load_torchscript,
+    onnx_forward,
+    onnx_session,
+    quantize_onnx_int8,
+)
 from classifier.predict import LoadedRun, load_run
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZE = ("int8",)
 MODEL_FILES = {("onnx", None): "model.onnx", ("onnx", "int8"): "model.int8.onnx", ("torchscript", None): "model.pt"}
 SNIPPET_FILES = {"onnx": "predict_onnx.py", "torchscript": "predict_torchscript.py"}
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 FLOAT_MIN_AGREEMENT = 1.0  # float exports must give the same top-1 class on every image
 FLOAT_MAX_PROB_DIFF = 1e-3  # ... and no probability may move by more than this
@@ -142,7 +150,7 @@ def parity_inputs(run: LoadedRun, max_images: int = MAX_PARITY_IMAGES) -> Parity
     when none is readable, generated images go through the same transform instead and the note says so."""
     root = Path(run.config.get("dataset", {}).get("root", ""))
     names = {c: i for i, c in enumerate(run.class_names)}
-    rows = _val_rows(run.run_dir)
+    rows = rundir.read_split(run.run_dir, "val")
     by_class: dict[str, list[str]] = {}
     for r in rows:
         if r.get("label") in names:
@@ -175,14 +183,6 @@ def parity_inputs(run: LoadedRun, max_images: int = MAX_PARITY_IMAGES) -> Parity
     )
 
 
-def _val_rows(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "split.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if r.get("split") == "val"]
-
-
 def _interleave(groups: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
     """Round-robin over classes, so a capped sample still covers every class."""
     out = []
@@ -200,110 +200,6 @@ def _generated(run: LoadedRun, n: int) -> torch.Tensor:
         for _ in range(n)
     ]
     return torch.stack([run.transform(im) for im in images])
-
-
-# ---------------------------------------------------------------------------------------------- exporters
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    """Write `model` as ONNX with a dynamic batch axis (torch.export-based exporter, `dynamo=True`)."""
-    path = Path(path)
-    # The example batch must not have size 1: torch.export would specialise the batch axis to a constant.
-    example = example[:2] if len(example) >= 2 else example.repeat(2, 1, 1, 1)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    try:
-        torch.onnx.export(
-            model.eval(),
-            (example,),
-            str(path),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            verbose=False,
-        )
-    except ImportError as e:  # onnxscript / onnx missing
-        raise ModelError(
-            f"ONNX export needs the onnx and onnxscript packages ({e}); pip install -r requirements.txt"
-        ) from e
-    except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs the one line
-        raise ModelError(f"could not export the model to ONNX: {type(e).__name__}: {_first_line(e)}") from e
-    import onnx
-
-    onnx.checker.check_model(str(path))
-    return path
-
-
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    """Write `model` traced to TorchScript (`torch.jit.trace` + `torch.jit.save`; deprecated in torch 2.15)."""
-    path = Path(path)
-    try:
-        with torch.no_grad(), _no_jit_deprecation():
-            traced = torch.jit.trace(model.eval(), example[:2], check_trace=False)
-            torch.jit.save(traced, str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"could not trace the model to TorchScript: {type(e).__name__}: {_first_line(e)}") from e
-    return path
-
-
-def quantize_onnx_int8(src: str | Path, dst: str | Path) -> Path:
-    """Dynamic int8 quantization (weights int8, activations at run time) of the ONNX model at `src`."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    dst = Path(dst)
-    plain, pre = dst.with_name(dst.stem + ".plain.onnx"), dst.with_name(dst.stem + ".pre.onnx")
-    try:
-        # The exporter annotates weights with shapes too; onnxruntime < 1.32 quantizes a Gemm by transposing its
-        # weight under the same name and then fails shape inference on that stale annotation. Drop those.
-        model = onnx.load(str(src))
-        weights = {t.name for t in model.graph.initializer}
-        keep = [v for v in model.graph.value_info if v.name not in weights]
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep)
-        onnx.save(model, str(plain))
-        quant_pre_process(str(plain), str(pre), skip_symbolic_shape=True)  # ONNX Runtime's recommended step
-        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"could not quantize the ONNX model: {type(e).__name__}: {_first_line(e)}") from e
-    finally:
-        plain.unlink(missing_ok=True)
-        pre.unlink(missing_ok=True)
-    return dst
-
-
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session using `threads` intra-op threads (default: as many as torch uses).
-
-    Its threads do not spin-wait after a run: spinning ones would take the cores from the PyTorch calls timed
-    right after (measured: PyTorch ~20% slower on 2 cores), which would flatter ONNX Runtime in the comparison.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    with _no_jit_deprecation():
-        return torch.jit.load(str(path), map_location="cpu").eval()
-
-
-class _no_jit_deprecation(warnings.catch_warnings):
-    def __enter__(self) -> Any:
-        out = super().__enter__()
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-        return out
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 # ------------------------------------------------------------------------------------------- parity, speed
@@ -419,11 +315,11 @@ def export_run(
             for name, path, quantized in paths:
                 say(f"Checking {name} against PyTorch…")
                 sess = onnx_session(path, threads)
-                probs = _softmax(_onnx_forward(sess, x.numpy()))
+                probs = _softmax(onnx_forward(sess, x.numpy()))
                 check = compare(ref, probs, inputs.labels, name=name, file=path.name, size_mb=_mb(path))
-                _check_batch_one(check, probs, _softmax(_onnx_forward(sess, x[:1].numpy())))
+                _check_batch_one(check, probs, _softmax(onnx_forward(sess, x[:1].numpy())))
                 checks.append(judge(check, pytorch_acc, quantized, len(x)))
-                timed[name] = lambda s=sess: _onnx_forward(s, xs_np)
+                timed[name] = lambda s=sess: onnx_forward(s, xs_np)
         else:
             say("Tracing to TorchScript…")
             path = export_torchscript(run.model, x, Path(tmp) / MODEL_FILES[("torchscript", None)])
@@ -501,10 +397,6 @@ def _check_args(fmt: str, quantize: str | None, out: str | Path | None) -> tuple
 def _torch_forward(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return model(x).numpy()
-
-
-def _onnx_forward(session: Any, x: np.ndarray) -> np.ndarray:
-    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
 def _check_batch_one(check: Check, probs: np.ndarray, single: np.ndarray) -> None:
@@ -609,8 +501,8 @@ def predict_snippet() -> str:
 def model_card(run: LoadedRun, report: ExportReport) -> str:
     """MODEL_CARD.md: data, training settings, validation metrics, intended use, limitations (parity included)."""
     cfg, train = run.config, run.config.get("train", {})
-    metrics = _read_json(run.run_dir / "metrics.json")
-    counts = _split_counts(run.run_dir)
+    metrics = rundir.read_metrics(run.run_dir) or {}
+    counts = rundir.split_counts(run.run_dir)
     root = cfg.get("dataset", {}).get("root", "")
     dc = cfg["data_config"]
     check = report.check
@@ -700,25 +592,6 @@ def model_card(run: LoadedRun, report: ExportReport) -> str:
     if report.quantize == "int8":
         lines.append("- int8 weights: probabilities differ slightly from the float model (see the export check).")
     return "\n".join(lines) + "\n"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _split_counts(run_dir: Path) -> dict[str, dict[str, int]]:
-    path = run_dir / "split.csv"
-    if not path.is_file():
-        return {}
-    counts: dict[str, dict[str, int]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            per = counts.setdefault(r.get("label", "?"), {})
-            per[r.get("split", "?")] = per.get(r.get("split", "?"), 0) + 1
-    return counts
 
 
 def default_export_path(run_dir: str | Path, fmt: str, quantize: str | None = None) -> Path:

@@ -7,12 +7,15 @@ Streamlit, so the same figures render in the app, in notebooks, and in exported 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:
+    from classifier.training.lr_find import LRFindResult
 
 TEMPLATE = "plotly_white"
 # Fixed colours so train/val keep the same look across the loss and accuracy panels.
@@ -237,3 +240,20 @@ def topk_bar(labels: Sequence[str], probs: Sequence[float]) -> go.Figure:
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     fig.update_yaxes(type="category", autorange="reversed")
     return _style(fig, "Top predictions", "probability", "class")
+
+
+def lr_find_figure(result: LRFindResult) -> go.Figure:
+    """Smoothed loss against learning rate (log x) with the suggestion marked."""
+    fig = go.Figure(go.Scatter(x=result.lrs, y=result.losses, mode="lines+markers", name="smoothed loss"))
+    if result.lrs:
+        y_at = float(np.interp(np.log10(result.suggestion), np.log10(result.lrs), result.losses))
+        fig.add_trace(
+            go.Scatter(
+                x=[result.suggestion], y=[y_at], mode="markers", name=f"suggested {result.suggestion:.2g}",
+                marker={"size": 14, "symbol": "star", "color": "#d62728"},
+            )
+        )  # fmt: skip
+    fig.add_vline(x=result.suggestion, line_dash="dash", line_color="#d62728")
+    fig.update_xaxes(type="log")
+    title = "Learning-rate finder" + (f" (stopped early: {result.reason})" if result.stopped_early else "")
+    return _style(fig, title, "learning rate (log scale)", "smoothed training loss")

@@ -1,14 +1,17 @@
 """Atomic file writes: write a temp file in the same directory, fsync, then `os.replace`.
 
-A reader (or a process killed mid-write) sees either the old file or the new one, never half of one.
+A reader (or a process killed mid-write) sees either the old file or the new one, never half of one. `csv_text` is
+the one CSV writer.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,16 @@ def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict[str,
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text with a header row, "\n" line ends, and quotes only where a field needs them. The one CSV writer for
+    files the package writes (run files, exports), so quoting is the same everywhere."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def _jsonable(o: Any) -> Any:

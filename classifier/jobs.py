@@ -32,16 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from classifier import rundir
+from classifier.device import lock_name, pick_device
 from classifier.errors import ClassifierError, RunError
 from classifier.io import atomic_write_json
 from classifier.store import ACTIVE, RESUMABLE, RunStore
-from classifier.training.callbacks import Callback, FitState
 from classifier.training.config import TrainConfig
+from classifier.training.events import Callback, FitState
 from classifier.training.resume import can_resume, resume_point
 from classifier.workspace import ENV_VAR, runs_dir, workspace_dir
 
 if TYPE_CHECKING:
-    from classifier.training.loop import FitResult
+    from classifier.training.run import FitResult
 
 INTERRUPTED_ERROR = "the training process stopped unexpectedly (server restart or killed)"
 LOCK_POLL_S = 0.5  # how often a queued run retries the device lock and looks for its cancel flag
@@ -108,8 +110,6 @@ class LocalProcessExecutor(Executor):
 
     def submit(self, config: TrainConfig, name: str | None = None) -> str:
         """Queue `config` and start its process; returns the run id immediately."""
-        from classifier.training.loop import pick_device
-
         cfg = _resolve(config)
         device = pick_device(cfg.device)  # an unavailable --device cuda fails here, not later in the log
         run_id = new_run_id()
@@ -381,7 +381,7 @@ def run_job(
         store.create(run_id, run_id, config.to_dict(), str(out_dir))
     store.update(run_id, pid=os.getpid())
     try:
-        from classifier.training.loop import fit, pick_device
+        from classifier.training.run import fit
 
         if isinstance(config, TrainConfig):
             cfg = _resolve(config)
@@ -396,7 +396,7 @@ def run_job(
             row = store.get(run_id)
             return flag.exists() or row is None or row["status"] != "queued"
 
-        with _device_lock("cuda" if device.type == "cuda" else "cpu", give_up) as locked:
+        with _device_lock(lock_name(device), give_up) as locked:
             now = time.time()
             if not locked or flag.exists():
                 store.transition(run_id, ("queued",), status="cancelled", ended_at=now)
@@ -416,9 +416,7 @@ def run_job(
 
 
 def _saved_train_config(run_dir: str | Path) -> dict:
-    from classifier.predict import read_run_config
-
-    return read_run_config(run_dir)["train"]
+    return rundir.read_config(run_dir)["train"]
 
 
 class StoreCallback(Callback):
@@ -469,7 +467,7 @@ class StoreCallback(Callback):
             status=state.status,
             ended_at=time.time(),
             error=state.error,
-            metrics=_metrics_summary(state.out_dir / "metrics.json"),
+            metrics=_metrics_summary(state.out_dir),
             progress=progress,
         )
 
@@ -495,10 +493,10 @@ def progress_dict(state: FitState) -> dict[str, Any]:
     }
 
 
-def _metrics_summary(path: Path) -> dict[str, Any] | None:
+def _metrics_summary(run_dir: Path) -> dict[str, Any] | None:
     # fit writes metrics.json just before on_fit_end; a run stopped before its first epoch has none.
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        m = rundir.read_metrics(run_dir)
+    except RunError:
         return None
-    return {k: m.get(k) for k in SUMMARY_KEYS}
+    return None if m is None else {k: m.get(k) for k in SUMMARY_KEYS}

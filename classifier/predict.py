@@ -5,17 +5,14 @@
 [{'path': 'ant.jpg', 'label': 'ants', 'probability': 0.97, 'top_k': [['ants', 0.97], ['bees', 0.03]]}]
 
 `load_run(..., backend="onnx")` runs the forward pass in ONNX Runtime on the CPU (the model exported once per
-weights file into `workspace/cache/onnx/`, through `classifier.export.export_onnx`); `backend="auto"` times both
+weights file into `workspace/cache/onnx/`, through `classifier.model_io`); `backend="auto"` times both
 on one batch and keeps the faster (on this project's 2-core CPU, ONNX Runtime measured 2-4x PyTorch's images/s,
 see docs/benchmarks.md). `run.model` stays the PyTorch model either way (explanations need it).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,12 +25,15 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from classifier import rundir
 from classifier.data.images import is_image_path, load_image
 from classifier.data.loader import ImageListDataset, draft_size
 from classifier.data.transforms import eval_transform
-from classifier.errors import ClassifierError, ImageError, RunError
+from classifier.device import pick_device
+from classifier.errors import ClassifierError, ImageError, ModelError, RunError
+from classifier.model_io import cached_onnx_session, onnx_forward
 from classifier.models.factory import model_from_run_config
-from classifier.models.weights import read_safetensors
+from classifier.workspace import cache_dir
 
 
 @dataclass
@@ -51,21 +51,6 @@ class LoadedRun:
         return list(self.config["class_names"])
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run dir: config.json is missing")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise RunError(f"{path} is not valid JSON: {e}") from e
-    for key in ("timm_name", "num_classes", "class_names", "data_config", "train"):
-        if key not in config:
-            raise RunError(f"{path} lacks {key!r}; it was not written by this tool or is from an incompatible version")
-    return config
-
-
 BACKENDS = ("torch", "onnx", "auto")
 log = logging.getLogger(__name__)
 
@@ -74,17 +59,12 @@ def load_run(run_dir: str | Path, device: str = "cpu", backend: str = "torch") -
     """Rebuild a run's model (weights from model.safetensors, never a pickle) and its evaluation transform.
 
     `backend`: torch; onnx (ONNX Runtime on the CPU); auto (onnx when it measures faster on this machine)."""
-    from classifier.training.loop import pick_device
-
     if backend not in BACKENDS:
         raise RunError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise RunError(f"{run_dir} has no model.safetensors yet (the run may still be in its first epoch or failed)")
-    model = model_from_run_config(config, read_safetensors(weights), source=str(weights))
+    config = rundir.read_config(run_dir)
+    weights = rundir.weights_path(run_dir)
+    model = model_from_run_config(config, rundir.load_weights(run_dir), source=str(weights))
     dev = pick_device(device)
     model.to(dev)
     run = LoadedRun(run_dir, config, model, eval_transform(config["data_config"], config.get("grayscale", False)), dev)
@@ -97,23 +77,9 @@ def load_run(run_dir: str | Path, device: str = "cpu", backend: str = "torch") -
 
 def _use_onnx(run: LoadedRun, weights: Path, measure: bool) -> None:
     """Switch `run` to ONNX Runtime (exported once per weights file); with `measure`, only if it is faster."""
-    from classifier.data.cache import cache_dir
-    from classifier.errors import ModelError
-    from classifier.export import export_onnx, onnx_session
-
-    st = weights.stat()
-    key = hashlib.sha1(f"{weights.resolve()}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache_dir() / "onnx"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{key}.onnx"
     size = int(run.config["data_config"]["input_size"][-1])
-    example = torch.zeros(2, 3, size, size)
     try:
-        if not path.is_file():
-            tmp = folder / f".{key}-{os.getpid()}.onnx"
-            export_onnx(run.model.cpu().eval(), example, tmp)
-            os.replace(tmp, path)
-        session = onnx_session(path)
+        session = cached_onnx_session(run.model, weights, size, cache_dir() / "onnx")
     except (ModelError, ImportError, OSError) as e:
         if not measure:
             raise RunError(f"cannot run {run.run_dir} with ONNX Runtime: {e}") from e
@@ -145,9 +111,7 @@ def _best_time(fn, reps: int = 3) -> float:
 @torch.no_grad()
 def predict_tensor(run: LoadedRun, x: torch.Tensor) -> np.ndarray:
     if run.session is not None:
-        from classifier.export import INPUT_NAME, OUTPUT_NAME
-
-        logits = torch.from_numpy(run.session.run([OUTPUT_NAME], {INPUT_NAME: x.float().cpu().numpy()})[0])
+        logits = torch.from_numpy(onnx_forward(run.session, x.float().cpu().numpy()))
     else:
         logits = run.model(x.to(run.device))
     return torch.softmax(logits.float(), 1).cpu().numpy().astype(np.float64)

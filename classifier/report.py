@@ -10,7 +10,6 @@ opens offline; nothing is fetched from the network.
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import math
@@ -23,9 +22,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from classifier import figures
+from classifier import figures, rundir
 from classifier.compare import flatten
-from classifier.evaluate import read_val_predictions, run_info
 from classifier.io import atomic_write_text
 from classifier.metrics import compute_metrics, pr_curves, reliability_bins, roc_curves
 
@@ -80,10 +78,9 @@ def _table(df: pd.DataFrame) -> str:
 def _dataset_section(run_dir: Path, info: dict[str, Any], vp: Any, fig_html: Callable[[go.Figure], str]) -> str:
     names = [str(c) for c in info["class_names"]]
     root = html.escape(str(info.get("dataset", {}).get("root", "?")))
-    split_csv = run_dir / "split.csv"
-    if split_csv.is_file():
-        with open(split_csv, newline="", encoding="utf-8") as f:
-            counts = Counter((r["label"], r["split"]) for r in csv.DictReader(f))
+    rows = rundir.read_split(run_dir)
+    if rows:
+        counts = Counter((r["label"], r["split"]) for r in rows)
         splits = sorted({s for _, s in counts}, key=lambda s: ("train", "val", "test").index(s) if s in
                         ("train", "val", "test") else 9)  # fmt: skip
         df = pd.DataFrame(
@@ -105,8 +102,8 @@ def _dataset_section(run_dir: Path, info: dict[str, Any], vp: Any, fig_html: Cal
 def report_html(run_dir: str | Path, title: str | None = None) -> str:
     """The report as one HTML string (about 4 MB, most of it plotly.js)."""
     run_dir = Path(run_dir)
-    info = run_info(run_dir)
-    vp = read_val_predictions(run_dir)
+    info = rundir.read_info(run_dir)
+    vp = rundir.read_val_predictions(run_dir)
     m = compute_metrics(vp.y_true, vp.probs, vp.class_names)
     first = [True]
 
@@ -130,10 +127,9 @@ def report_html(run_dir: str | Path, title: str | None = None) -> str:
         columns={"name": "class", "f1": "F1", "roc_auc": "ROC AUC", "average_precision": "AP"}
     )
     figs = []
-    if (run_dir / "history.csv").is_file():
-        history = pd.read_csv(run_dir / "history.csv")
-        if not history.empty:
-            figs.append(figures.history_curves(history))
+    history = rundir.read_history(run_dir)
+    if history is not None and not history.empty:
+        figs.append(figures.history_curves(history))
     bins = reliability_bins(vp.y_true, vp.probs)
     figs += [
         figures.confusion_matrix_figure(m["confusion_matrix"], vp.class_names, normalize=True),

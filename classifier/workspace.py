@@ -27,3 +27,10 @@ def runs_dir() -> Path:
     path = workspace_dir() / "runs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_dir() -> Path:
+    """Derived files that can be rebuilt at any time: decoded images, frozen features, ONNX exports."""
+    path = workspace_dir() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

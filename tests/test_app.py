@@ -198,9 +198,9 @@ def test_server_folder_needs_allowed_root(monkeypatch, tmp_path, shapes: Path) -
 
 
 def test_demo_button_prepares_data_and_opens_train(monkeypatch, shapes: Path) -> None:
-    import classifier.training
+    import classifier.data.demo
 
-    monkeypatch.setattr(classifier.training, "ensure_demo_dataset", lambda seed=0: shapes)  # the real one takes ~10 s
+    monkeypatch.setattr(classifier.data.demo, "ensure_demo_dataset", lambda seed=0: shapes)  # the real one takes ~10 s
     at = open_page("app_pages/home.py")
     at.button[0].click().run()
     assert not at.exception, at.exception
@@ -297,8 +297,8 @@ def test_runs_page_deletes_after_confirmation(completed_run: str) -> None:
 
 
 def test_run_zip_holds_the_run_files(completed_run: str) -> None:
+    from classifier.rundir import run_zip
     from classifier.workspace import runs_dir
-    from ui.artifacts import run_zip
 
     with zipfile.ZipFile(io.BytesIO(run_zip(runs_dir() / completed_run, "r"))) as zf:
         names = set(zf.namelist())

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from classifier.device import Precision, is_oom
 from classifier.errors import RunError
-from classifier.training.batch_size import find_batch_size, is_oom, probe_step
+from classifier.training.batch_size import find_batch_size, probe_step
 
 
 def fits_up_to(limit: int, tried: list[int]):
@@ -58,20 +59,12 @@ def test_probe_step_runs_a_training_step_and_leaves_the_model_as_it_was():
     calls = []
     real_forward = model.forward
     model.forward = lambda x: calls.append(tuple(x.shape)) or real_forward(x)
-    step = probe_step(model, (3, 16, 16), 3, torch.device("cpu"), _null, False)
+    step = probe_step(model, (3, 16, 16), 3, torch.device("cpu"), Precision(torch.device("cpu")))
     assert find_batch_size(step, 4, 16) == 16
     assert calls == [(4, 3, 16, 16), (8, 3, 16, 16), (16, 3, 16, 16)]
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats and weights untouched
     assert all(p.grad is None for p in model.parameters()) and not model.training
-
-
-class _null:  # the autocast context of a run without AMP
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @pytest.mark.slow  # compiling takes ~45 s on 2 CPU cores: why compile is off by default for short runs

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from classifier import device as device_settings
 from classifier.data import cache as cache_mod
 from classifier.data.cache import CachedImages, cache_side, memory_budget, open_cache
 from classifier.data.transforms import AUGMENT_PRESETS, TensorPipeline, eval_transform
 from classifier.training import TrainConfig, fit
-from classifier.training import loop as training_loop
 
 SETTINGS = dict(backbone="simple_cnn", weights="none", img_size=32, batch_size=8, lr=3e-3, num_workers=0,
                 device="cpu", seed=0, epochs=2)  # fmt: skip
@@ -164,7 +164,7 @@ def test_cache_off_decodes_every_epoch_and_workers_follow_the_machine(data, tmp_
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for cores, on_cpu, on_cuda in [(2, 0, 1), (8, 4, 7), (32, 4, 8)]:
         monkeypatch.setattr(os, "cpu_count", lambda c=cores: c)
-        assert (training_loop.default_workers(cpu), training_loop.default_workers(cuda)) == (on_cpu, on_cuda)
+        assert (device_settings.default_workers(cpu), device_settings.default_workers(cuda)) == (on_cpu, on_cuda)
     # Explicit workers decode into the cache; training batches then come from the main process.
     r = fit(TrainConfig(data=str(data), **{**SETTINGS, "num_workers": 1, "epochs": 1}), tmp_path / "w")
     assert r.status == "completed" and _runtime(tmp_path / "w")["num_workers"] == 0

@@ -317,7 +317,7 @@ class _Payload:
 
 def test_row12_pickle_checkpoint_refused_payload_never_runs(colour_run, tmp_path, capsys) -> None:
     from classifier.predict import load_run
-    from classifier.training.resume import RESUME_FILE
+    from classifier.rundir import RESUME as RESUME_FILE
 
     marker = tmp_path / "payload-ran"
     image = tmp_path / "red.png"

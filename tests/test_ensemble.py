@@ -16,9 +16,9 @@ from classifier.cli import main
 from classifier.data.images import load_image
 from classifier.ensemble import Ensemble, build_ensemble, list_ensembles, load_ensemble
 from classifier.errors import RunError
-from classifier.evaluate import read_val_predictions
 from classifier.metrics import compute_metrics
 from classifier.predict import load_run, predict_images
+from classifier.rundir import read_val_predictions
 
 
 def _val_rows(run_dir: Path) -> list[dict[str, str]]:

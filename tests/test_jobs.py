@@ -20,7 +20,7 @@ from classifier.errors import ClassifierError
 from classifier.jobs import INTERRUPTED_ERROR, LocalProcessExecutor, StoreCallback, default_executor
 from classifier.store import RunStore
 from classifier.training import TrainConfig
-from classifier.training.callbacks import FitState
+from classifier.training.events import FitState
 from classifier.workspace import runs_dir, workspace_dir
 
 REPO = Path(__file__).resolve().parent.parent

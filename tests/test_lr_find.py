@@ -12,8 +12,9 @@ import torch
 
 from classifier.cli import main
 from classifier.errors import ClassifierError
-from classifier.lr_find import lr_find, lr_find_figure, lr_schedule, suggest_lr
+from classifier.figures import lr_find_figure
 from classifier.training import TrainConfig
+from classifier.training.lr_find import lr_find, lr_schedule, suggest_lr
 
 
 @pytest.fixture(scope="module")

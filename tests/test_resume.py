@@ -31,9 +31,10 @@ from classifier.cli import main
 from classifier.errors import ClassifierError
 from classifier.jobs import default_executor, resumable
 from classifier.predict import load_run, predict_items
+from classifier.rundir import RESUME as RESUME_FILE
 from classifier.training import Callback, TrainConfig, fit
-from classifier.training import loop as training_loop
-from classifier.training.resume import HOOK_ENV, RESUME_FILE, load_resume, resume_point
+from classifier.training import run as training_run
+from classifier.training.resume import HOOK_ENV, load_resume, resume_point
 
 REPO = Path(__file__).resolve().parent.parent
 # 60 images, 50 train: 7 steps per epoch (the last of 2 images), 21 in all. Checkpoint generations, every 5 steps
@@ -211,7 +212,7 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_the_dir(data, tmp
 
 def _patch_forward(monkeypatch, patch):
     """Wrap the forward of every model `fit` builds: `patch(model, x, forward)` runs instead in training mode."""
-    real = training_loop.build_model
+    real = training_run.build_model
 
     def build(*args, **kw):
         built = real(*args, **kw)
@@ -219,7 +220,7 @@ def _patch_forward(monkeypatch, patch):
         model.forward = lambda x: patch(model, x, forward) if model.training else forward(x)
         return built
 
-    monkeypatch.setattr(training_loop, "build_model", build)
+    monkeypatch.setattr(training_run, "build_model", build)
 
 
 def test_non_finite_loss_fails_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
@@ -232,7 +233,7 @@ def test_non_finite_loss_fails_with_epoch_and_step_and_keeps_the_last_good_check
         out = forward(x)
         return out * float("nan") if calls["n"] == 9 else out
 
-    real_build = training_loop.build_model
+    real_build = training_run.build_model
     _patch_forward(monkeypatch, nan_at_step_9)
     run = tmp_path / "run"
     result = fit(_cfg(data), run)
@@ -246,7 +247,7 @@ def test_non_finite_loss_fails_with_epoch_and_step_and_keeps_the_last_good_check
     probs = predict_items(load_run(run), [next(Path(data).rglob("*.png"))])
     assert probs.shape == (1, 5) and abs(probs.sum() - 1) < 1e-5
 
-    monkeypatch.setattr(training_loop, "build_model", real_build)  # without the fault, resuming from that
+    monkeypatch.setattr(training_run, "build_model", real_build)  # without the fault, resuming from that
     assert fit(None, run, resume=True).status == "completed"  # checkpoint gives the uninterrupted run
     _assert_same_run(run, reference["run"])
 

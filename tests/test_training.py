@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from classifier.errors import RunError
 from classifier.training import Callback, TrainConfig, fit, lr_at
-from classifier.training.callbacks import NonFiniteLoss
+from classifier.training.events import NonFiniteLoss
 
 
 def _cfg(data, **kw) -> TrainConfig:

@@ -65,7 +65,7 @@ def dataset_index(path: str | Path) -> DatasetIndex:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _val_predictions(run_dir: str, mtime: float) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str], str]:
-    from classifier.evaluate import read_val_predictions
+    from classifier.rundir import read_val_predictions
 
     vp = read_val_predictions(run_dir)
     return vp.table, vp.y_true, vp.probs, vp.class_names, vp.root

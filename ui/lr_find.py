@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from classifier.lr_find import LRFindResult, lr_find, lr_find_figure
+from classifier.figures import lr_find_figure
 from classifier.training import TrainConfig
+from classifier.training.lr_find import LRFindResult, lr_find
 from ui import state
 from ui.monitor import duration
 from ui.widgets import user_errors

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from classifier.data.images import load_image
 from classifier.errors import ImageError
+from classifier.workspace import cache_dir
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 BUDGET_ENV = "CLASSIFIER_CACHE_MEMORY_MB"
@@ -62,14 +63,6 @@ def cache_side(data_config: dict[str, Any]) -> int | None:
         return None
     size = int(data_config["input_size"][-1])
     return int(math.floor(size / float(data_config.get("crop_pct") or 1.0)))
-
-
-def cache_dir() -> Path:
-    from classifier.workspace import workspace_dir
-
-    path = workspace_dir() / "cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class _Decode(Dataset):

@@ -329,3 +329,12 @@ def check_trainable(index: DatasetIndex) -> None:
             f"{where}: class {', '.join(repr(c) for c in single)} has only one image; every class needs at least two "
             "(one to train on and one to validate). Add images or remove the class."
         )
+
+
+def load_dataset(data: str) -> DatasetIndex:
+    """Index `data`; the word "demo" means the built-in demo dataset (seed 0, generated once into the workspace)."""
+    if data == "demo":
+        from classifier.data.demo import ensure_demo_dataset
+
+        data = str(ensure_demo_dataset())
+    return index_dataset(data)

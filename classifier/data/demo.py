@@ -171,3 +171,32 @@ def make_demo_dataset(
             if progress is not None:
                 progress(done, total)
     return out
+
+
+def ensure_demo_dataset(seed: int = 0) -> Path:
+    """The built-in demo dataset in the workspace (generated on first use), masks in `workspace/masks/`."""
+    import os
+    import shutil
+    import tempfile
+
+    from classifier.workspace import datasets_dir, workspace_dir
+
+    out = datasets_dir() / f"demo-seed{seed}"
+    if out.is_dir():
+        return out
+    # Build beside the final place and rename: two sessions asking at once never see a half-written set.
+    tmp = Path(tempfile.mkdtemp(dir=workspace_dir(), prefix=".demo-"))
+    try:
+        make_demo_dataset(tmp / "data", seed=seed, masks_out=tmp / "masks")
+        (workspace_dir() / "masks").mkdir(exist_ok=True)
+        masks = workspace_dir() / "masks" / out.name
+        if not masks.exists():
+            os.replace(tmp / "masks", masks)
+        try:
+            os.replace(tmp / "data", out)
+        except OSError:
+            if not out.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -11,29 +11,16 @@ shape, under the run's autocast, with gradients cleared afterwards (the optimize
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from classifier.device import Precision, free_memory, is_oom
 from classifier.errors import RunError
 
 log = logging.getLogger(__name__)
-
-
-def is_oom(e: BaseException) -> bool:
-    """An out-of-memory error (MPS, and CUDA before torch 2.5, report it as a plain RuntimeError)."""
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 def find_batch_size(
@@ -76,21 +63,18 @@ def probe_step(
     input_shape: tuple[int, ...],
     num_classes: int,
     device: torch.device,
-    autocast,
-    channels_last: bool,
+    precision: Precision,
 ) -> Callable[[int], None]:
     """A trial training step at a given batch size (forward + backward on random data, gradients dropped)."""
 
     def step(bs: int) -> None:
-        x = torch.randn(bs, *input_shape, device=device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = precision.layout(torch.randn(bs, *input_shape, device=device))
         y = torch.randint(0, num_classes, (bs,), device=device)
         was_training = model.training
         buffers = {k: v.detach().clone() for k, v in model.named_buffers()}  # BN statistics stay untouched
         model.train(True)
         try:
-            with autocast():
+            with precision.autocast():
                 loss = nn.functional.cross_entropy(model(x).float(), y)
             loss.backward()
         finally:

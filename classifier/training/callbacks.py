@@ -1,112 +1,175 @@
-"""Callbacks: everything around the fit loop (progress, early stopping, checkpoints, cancel) hooks in here.
+"""Callbacks of a training run: everything around the learner's fit / epoch / batch core, in run order.
 
-Hook points, in order: `on_fit_start`, `on_phase` (feature extraction progress), `on_epoch_start`,
-`on_batch_end` (after every optimizer step), `on_epoch_end` (after validation), `on_fit_end` (always, also
-after cancel or failure). Callbacks run sorted by `order`; raising `CancelFit` stops the run after the
-current batch and keeps the best checkpoint, raising `StopFit` ends it early as completed.
+- `HeadWarmup` (-40): fine-tune with only the head training for the first `head_warmup_epochs` epochs.
+- `Schedule` (-30): each step's learning rate: warm-up, then cosine / one-cycle / constant.
+- `RunFiles` (-30): config.json's `runtime` (the data path used); when the run ends, metrics.json (with the test
+  split's metrics), val_predictions.csv and history.csv, before the store hears that the run ended.
+- `MixupCutmix` (-25): mixes the batch and its labels (timm's `Mixup`).
+- `Throughput` (-20): images/s over each batch's wall time (data included) and the ETA.
+- `CancelCallback` (-10): raises `CancelFit` when `should_cancel()` turns true (per batch and setup phase).
+- `SaveBest` (-5): keeps the best epoch's weights (model.safetensors) and validation probabilities.
+- `OutOfMemoryBackoff` (0): halves the batch size after an out-of-memory step; the epoch continues.
+- `HistoryWriter` (10): rewrites history.csv after every epoch.
+- `EarlyStopping` (20): raises `StopFit` after `patience` epochs without improvement.
+- `ProgressPrinter` (30): a terminal progress bar.
+
+The resume checkpoint is `classifier.training.checkpoint.Checkpointer` (50, last); the LR finder is
+`classifier.training.lr_find.LRFinder`; reporting to the run store is `classifier.jobs.StoreCallback` (15).
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from classifier.io import atomic_write_text
+import numpy as np
 
-if TYPE_CHECKING:
-    from torch import nn
+from classifier import rundir
+from classifier.device import free_memory
+from classifier.metrics import compute_metrics
+from classifier.training.events import Callback, CancelFit, FitState, OutOfMemoryFailure, StopFit
 
-    from classifier.training.config import TrainConfig
-
-
-class CancelFit(Exception):
-    """Raised (by CancelCallback) to stop training after the current batch; the run ends as cancelled."""
+OOM_MIN_BATCH_SIZE = 1  # below this an out-of-memory error fails the run instead of halving the batch again
+log = logging.getLogger(__name__)
 
 
-class StopFit(Exception):
-    """Raised (by EarlyStopping) to end training early; the run ends as completed."""
+def lr_at(step: int, total: int, base: float, warmup: int, kind: str) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total`: warm-up, then the schedule."""
+    if kind == "onecycle":
+        up = max(1, int(0.3 * total))
+        if step < up:
+            return base / 25 + (base - base / 25) * step / up
+        t = (step - up) / max(1, total - up)
+        return base * 1e-4 + (base - base * 1e-4) * 0.5 * (1 + math.cos(math.pi * t))
+    if step < warmup:
+        return base / 10 + (base - base / 10) * step / warmup
+    if kind == "constant":
+        return base
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.01 + (base - base * 0.01) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-class NonFiniteLoss(RuntimeError):
-    def __init__(self, epoch: int, step: int, value: float):
-        super().__init__(
-            f"non-finite loss at epoch {epoch} step {step} (value {value}); "
-            "try a lower learning rate or gradient clipping. The last good checkpoint is kept."
-        )
-        self.epoch, self.step = epoch, step
+def schedule_spec(kind: str, base_lr: float, epochs: int, n_train: int, batch_size: int, warmup_epochs: float):
+    """The schedule's constants. It counts steps of the configured batch size, also after an out-of-memory halving,
+    so the learning rates per epoch do not change when the batch size does."""
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    return {"kind": kind, "base_lr": base_lr, "warmup_steps": int(round(warmup_epochs * steps_per_epoch)),
+            "total_steps": epochs * steps_per_epoch, "step_batch_size": batch_size,
+            "steps_per_epoch": steps_per_epoch}  # fmt: skip
 
 
-class OutOfMemoryFailure(RuntimeError):
-    """Out of memory even at the smallest batch size: the run fails with this message."""
+class Schedule(Callback):
+    """Sets every parameter group's learning rate before each step from `state.schedule`."""
 
-    def __init__(self, batch_size: int, device: str, epoch: int, step: int):
-        super().__init__(
-            f"out of memory at batch size {batch_size} on {device} (epoch {epoch} step {step}); "
-            "try a smaller image size or backbone"
-        )
-        self.batch_size, self.device = batch_size, device
+    order = -30
 
-
-@dataclass
-class FitState:
-    """What callbacks can read: the loop updates it in place."""
-
-    config: TrainConfig
-    out_dir: Path
-    model: nn.Module
-    epochs: int
-    steps_per_epoch: int
-    n_train: int
-    n_val: int
-    phase: str = "setup"  # setup | cache (decoding images into the cache) | features | train | val | done
-    phase_done: int = 0
-    phase_total: int = 0
-    epoch: int = 0  # 1-based, the epoch in progress or just finished
-    batch: int = 0  # batches done in this epoch
-    step: int = 0  # optimizer steps done in total
-    loss: float = math.nan  # last batch loss
-    lr: float = 0.0
-    images_per_sec: float = 0.0
-    eta_seconds: float | None = None
-    started_at: float = field(default_factory=time.time)
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
-    best_epoch: int = 0
-    best_score: tuple[float, float] = (-math.inf, -math.inf)  # (val accuracy, -val loss)
-    status: str = "running"  # running | completed | cancelled | failed
-    error: str | None = None
-    batch_size: int = 0  # the batch size in use (halved after an out-of-memory error)
-    planned_steps: int | None = None  # total optimizer steps once the batch size changed; None = epochs x steps
-    oom_events: list[dict[str, Any]] = field(default_factory=list)  # {"epoch", "step", "from", "to"}
-    resumed_from: dict[str, Any] | None = None  # {"epoch", "batch", "step"} when this fit resumed a checkpoint
-
-    @property
-    def total_steps(self) -> int:
-        return self.planned_steps if self.planned_steps is not None else self.epochs * self.steps_per_epoch
-
-    @property
-    def fraction_done(self) -> float:
-        return min(1.0, self.step / max(1, self.total_steps))
+    def on_batch_start(self, state: FitState) -> None:
+        sch = state.schedule
+        step = (state.epoch - 1) * sch["steps_per_epoch"] + state.position["samples"] // sch["step_batch_size"]
+        state.lr = lr_at(step, sch["total_steps"], sch["base_lr"], sch["warmup_steps"], sch["kind"])
+        for g in state.optimizer.param_groups:
+            g["lr"] = state.lr
 
 
-class Callback:
-    order = 0
+class MixupCutmix(Callback):
+    """Mixup / CutMix of the batch and its (label-smoothed) targets; the loss then compares probabilities."""
 
-    def on_fit_start(self, state: FitState) -> None: ...
-    def on_phase(self, state: FitState) -> None: ...
-    def on_epoch_start(self, state: FitState) -> None: ...
-    def on_batch_end(self, state: FitState) -> None: ...
-    def on_epoch_end(self, state: FitState) -> None: ...
-    def on_fit_end(self, state: FitState) -> None: ...
+    order = -25
+
+    def __init__(self, mixup: float, cutmix: float, label_smoothing: float, num_classes: int):
+        from timm.data import Mixup
+
+        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                         num_classes=num_classes)  # fmt: skip
+
+    def on_batch_start(self, state: FitState) -> None:
+        if state.x.shape[0] % 2:  # timm's Mixup pairs samples, so it needs an even batch
+            state.x, state.y = state.x[:-1], state.y[:-1]
+        if state.x.shape[0]:
+            state.x, state.target = self.mix(state.x, state.y)
+
+
+class HeadWarmup(Callback):
+    """Fine-tune with `epochs` head-only epochs first: the backbone trains from epoch `epochs + 1`."""
+
+    order = -40
+
+    def __init__(self, epochs: int, set_trainable: Callable[[bool], Any]):
+        self.epochs, self.set_trainable = epochs, set_trainable
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self.set_trainable(state.epoch > self.epochs)
+
+
+class OutOfMemoryBackoff(Callback):
+    """After an out-of-memory step: free what it held, halve the batch size and let the epoch continue at the same
+    sample; below `OOM_MIN_BATCH_SIZE` the run fails with `OutOfMemoryFailure`."""
+
+    def on_out_of_memory(self, state: FitState) -> None:
+        state.optimizer.zero_grad(set_to_none=True)
+        device = next(state.model.parameters()).device
+        free_memory(device)
+        old, new = state.batch_size, state.batch_size // 2
+        if new < OOM_MIN_BATCH_SIZE:
+            raise OutOfMemoryFailure(old, str(device), state.epoch, state.step + 1)
+        state.oom_events.append({"epoch": state.epoch, "step": state.step + 1, "from": old, "to": new})
+        log.warning("out of memory at batch size %d on %s (epoch %d step %d); continuing with batch size %d",
+                    old, device, state.epoch, state.step + 1, new)  # fmt: skip
+        state.batch_size = new
+        state.steps_per_epoch = math.ceil(state.n_train / new)
+        left = math.ceil((state.n_train - state.position["samples"]) / new)
+        state.planned_steps = state.step + left + (state.epochs - state.epoch) * state.steps_per_epoch
+
+
+class Throughput(Callback):
+    """Images per second (smoothed over each batch's wall time, loading and augmentation included) and the ETA:
+    measured seconds per step times the steps left, plus measured validation time per epoch left."""
+
+    order = -20
+
+    def on_train_start(self, state: FitState) -> None:
+        self.t0, self.step0 = time.time(), state.step
+        self.val_seconds, self.validated = 0.0, 0
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self.last = time.time()
+
+    def on_batch_end(self, state: FitState) -> None:
+        now = time.time()
+        ips = int(state.y.shape[0]) / max(now - self.last, 1e-6)
+        self.last = now
+        state.images_per_sec = 0.8 * state.images_per_sec + 0.2 * ips if state.images_per_sec else ips
+        train_elapsed = now - self.t0 - self.val_seconds
+        per_val = self.val_seconds / max(1, self.validated)
+        steps_left = state.total_steps - state.step
+        state.eta_seconds = (train_elapsed / max(1, state.step - self.step0) * steps_left
+                             + per_val * (state.epochs - state.epoch + 1))  # fmt: skip
+
+    def on_epoch_end(self, state: FitState) -> None:
+        self.val_seconds += time.time() - self.last
+        self.validated += 1
+        state.eta_seconds = (time.time() - self.t0) / self.validated * (state.epochs - state.epoch)
+
+
+class SaveBest(Callback):
+    """The best epoch by validation accuracy (ties: lower loss) goes to model.safetensors; its validation
+    probabilities are kept for metrics.json and val_predictions.csv."""
+
+    order = -5
+
+    def on_epoch_end(self, state: FitState) -> None:
+        val = state.val
+        score = (val["acc"], -val["loss"])
+        if math.isfinite(val["loss"]) and score > state.best_score:
+            state.best_score, state.best_epoch, state.best_val = score, state.epoch, val
+            rundir.save_weights(state.out_dir, state.model.state_dict(), state.epoch)
 
 
 class CancelCallback(Callback):
-    """Checks `should_cancel()` after every batch (and during feature extraction)."""
+    """Checks `should_cancel()` after every batch (and during the setup phases)."""
 
     order = -10
 
@@ -137,21 +200,55 @@ class HistoryWriter(Callback):
     """Rewrites `history.csv` after every epoch, so a reader polling the run dir sees curves grow."""
 
     order = 10
-    columns = [
-        "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec",
-        "batch_size",
-    ]  # fmt: skip
 
     def on_epoch_end(self, state: FitState) -> None:
-        write_history(state.out_dir / "history.csv", state.history)
+        rundir.write_history(state.out_dir, state.history)
 
 
-def write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HistoryWriter.columns, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
+class RunFiles(Callback):
+    """When the run ends: metrics.json (with the test split's metrics when there is one) and val_predictions.csv
+    from the best epoch, and history.csv. Runs before the store hears the run ended, so it can read them."""
+
+    order = -30
+
+    def __init__(self, data, run_config: dict[str, Any], runtime: dict[str, Any] | None = None):
+        self.data, self.run_config, self.runtime = data, run_config, runtime
+        self.metrics: dict[str, Any] | None = None
+
+    def on_train_start(self, state: FitState) -> None:
+        if self.runtime is not None:  # a new run: record which data path and settings it uses
+            self.run_config["runtime"] = self.runtime
+            rundir.write_config(state.out_dir, self.run_config)
+
+    def on_fit_end(self, state: FitState) -> None:
+        if state.crashed:
+            return
+        if state.best_val:
+            self._write_metrics(state)
+        rundir.write_history(state.out_dir, state.history)
+
+    def _write_metrics(self, state: FitState) -> None:
+        probs = state.best_val["probs"]
+        classes = self.data.classes
+        metrics = compute_metrics(np.array([y for _, y in self.data.val]), probs, classes)
+        metrics.update({"best_epoch": state.best_epoch, "epochs_run": len(state.history), "status": state.status,
+                        "train_seconds": round(state.seconds(), 2), "backbone": self.run_config["backbone"],
+                        "mode": state.config.mode})  # fmt: skip
+        root = self.data.index.root
+        paths = [p.relative_to(root).as_posix() for p, _ in self.data.val]
+        rundir.write_val_predictions(state.out_dir, paths, [y for _, y in self.data.val], probs, classes)
+        if self.data.test:
+            metrics["test"] = self._test_metrics(state)
+        rundir.write_metrics(state.out_dir, metrics)
+        self.metrics = metrics
+
+    def _test_metrics(self, state: FitState) -> dict[str, Any]:
+        from classifier.predict import load_run, predict_items
+
+        device = next(state.model.parameters()).device
+        run = load_run(state.out_dir, device=str(device))
+        probs = predict_items(run, [p for p, _ in self.data.test])
+        return compute_metrics(np.array([y for _, y in self.data.test]), probs, self.data.classes)
 
 
 class ProgressPrinter(Callback):
@@ -184,7 +281,7 @@ class ProgressPrinter(Callback):
         if self.bar is None:
             return
         self.bar.update(1)
-        eta = _fmt_eta(state.eta_seconds)
+        eta = fmt_eta(state.eta_seconds)
         self.bar.set_postfix_str(f"loss {state.loss:.3f} | {state.images_per_sec:.0f} img/s | ETA {eta}", refresh=False)
 
     def on_epoch_end(self, state: FitState) -> None:
@@ -197,7 +294,7 @@ class ProgressPrinter(Callback):
         tqdm.write(
             f"epoch {r['epoch']}/{state.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.3f}  "
             f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f}  {r['images_per_sec']:.0f} img/s  "
-            f"ETA {_fmt_eta(state.eta_seconds)}",
+            f"ETA {fmt_eta(state.eta_seconds)}",
             file=self.stream,
         )
 
@@ -206,7 +303,7 @@ class ProgressPrinter(Callback):
             self.bar.close()
 
 
-def _fmt_eta(seconds: float | None) -> str:
+def fmt_eta(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from classifier import rundir
 from classifier.errors import RunError
 
-RESUME_FILE = "last.safetensors"
 FORMAT = "classifier-resume"
 VERSION = 1
 HOOK_ENV = "CLASSIFIER_TEST_CHECKPOINT_HOOK"
@@ -155,17 +155,16 @@ def load_resume(path: str | Path) -> ResumeState:
 def can_resume(run_dir: str | Path) -> bool:
     """True if `fit(..., resume=True)` can continue the run: it has a checkpoint, or it stopped before its first
     one and has no results yet (then it starts over in place). A completed run has neither."""
-    run_dir = Path(run_dir)
-    if (run_dir / RESUME_FILE).is_file():
+    if rundir.resume_path(run_dir).is_file():
         return True
-    return not any((run_dir / name).exists() for name in ("model.safetensors", "metrics.json"))
+    return not rundir.has_results(run_dir)
 
 
 def resume_point(run_dir: str | Path) -> dict[str, Any] | None:
     """Where a run would resume: {"epoch", "batch", "step", "generation"} from its checkpoint, or None."""
     from safetensors import safe_open
 
-    path = Path(run_dir) / RESUME_FILE
+    path = rundir.resume_path(run_dir)
     if not path.is_file():
         return None
     try:

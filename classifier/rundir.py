@@ -1,0 +1,300 @@
+"""The run folder: every file name in it, and every reader and writer of those files. No other module spells a
+run file's name.
+
+    run dir/                      (also a saved ensemble's folder, which has ensemble.json instead of config.json)
+      config.json                 everything needed to rebuild the model and its evaluation transform
+      model.safetensors           weights of the best epoch
+      metrics.json                validation metrics of the best epoch (written when the run ends)
+      history.csv                 one row per finished epoch (rewritten after each)
+      split.csv                   path,label,split of every image used, relative to the dataset root
+      val_predictions.csv         path,label,pred,prob,p_<class>... of the validation images
+      last.safetensors            the resume checkpoint (classifier.training.resume), deleted when the run completes
+
+Every write is atomic (`classifier.io`); readers raise `RunError` naming the file when it is missing or unreadable.
+`read_*` functions that return None mean "not written yet", which is normal for a run still training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from classifier.errors import RunError
+from classifier.io import atomic_save_safetensors, atomic_write_json, atomic_write_text, csv_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+SPLIT = "split.csv"
+VAL_PREDICTIONS = "val_predictions.csv"
+RESUME = "last.safetensors"
+ENSEMBLE = "ensemble.json"
+DOWNLOAD_FILES = (CONFIG, WEIGHTS, METRICS, HISTORY, SPLIT, VAL_PREDICTIONS)  # what a run's zip holds
+HISTORY_COLUMNS = (
+    "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec",
+    "batch_size",
+)  # fmt: skip
+REQUIRED_CONFIG_KEYS = ("timm_name", "num_classes", "class_names", "data_config", "train")
+
+
+def path(run_dir: str | Path, name: str) -> Path:
+    """The path of run file `name` (one of the constants above) in `run_dir`."""
+    return Path(run_dir) / name
+
+
+def weights_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / WEIGHTS
+
+
+def resume_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RESUME
+
+
+# --- JSON files ------------------------------------------------------------------------------------------------------
+
+
+def _read_json(file: Path, missing_ok: bool) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise RunError(f"{file.parent} has no {file.name}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"cannot read {file}: {e}") from e
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run's config.json, checked for the keys inference needs."""
+    file = Path(run_dir) / CONFIG
+    if not file.is_file():
+        raise RunError(f"{run_dir} is not a run dir: {CONFIG} is missing")
+    config = _read_json(file, missing_ok=False)
+    if not isinstance(config, dict):
+        raise RunError(f"{file} is not a JSON object")
+    for key in REQUIRED_CONFIG_KEYS:
+        if key not in config:
+            raise RunError(f"{file} lacks {key!r}; it was not written by this tool or is from an incompatible version")
+    return config
+
+
+def write_config(run_dir: str | Path, config: dict[str, Any]) -> Path:
+    return atomic_write_json(Path(run_dir) / CONFIG, config)
+
+
+def read_info(run_dir: str | Path) -> dict[str, Any]:
+    """A run's config.json or a saved ensemble's ensemble.json (both hold `class_names` and `dataset.root`)."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG, ENSEMBLE):
+        info = _read_json(run_dir / name, missing_ok=True)
+        if info is not None:
+            return info
+    raise RunError(f"{run_dir} is not a run or ensemble dir: it has no {CONFIG} or {ENSEMBLE}")
+
+
+def read_info_if_any(run_dir: str | Path) -> dict[str, Any] | None:
+    """Like `read_info`, but None when the folder has neither file yet (a queued run)."""
+    run_dir = Path(run_dir)
+    return _read_json(run_dir / CONFIG, missing_ok=True) or _read_json(run_dir / ENSEMBLE, missing_ok=True)
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """metrics.json, or None before the run has finished its evaluation."""
+    return _read_json(Path(run_dir) / METRICS, missing_ok=True)
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    return atomic_write_json(Path(run_dir) / METRICS, metrics)
+
+
+def read_ensemble_info(ensemble_dir: str | Path) -> dict[str, Any]:
+    return _read_json(Path(ensemble_dir) / ENSEMBLE, missing_ok=False)
+
+
+def write_ensemble_info(ensemble_dir: str | Path, info: dict[str, Any]) -> Path:
+    return atomic_write_json(Path(ensemble_dir) / ENSEMBLE, info)
+
+
+def is_ensemble_dir(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / ENSEMBLE).is_file()
+
+
+def has_weights(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / WEIGHTS).is_file()
+
+
+def has_results(run_dir: str | Path) -> bool:
+    """Whether the run wrote weights or metrics (a run that has neither never finished an epoch)."""
+    return any((Path(run_dir) / name).exists() for name in (WEIGHTS, METRICS))
+
+
+# --- weights -------------------------------------------------------------------------------------------------------
+
+
+def save_weights(run_dir: str | Path, state_dict: dict[str, torch.Tensor], epoch: int) -> Path:
+    """model.safetensors: the best epoch's weights (plain safetensors, loadable without this package)."""
+    meta = {"epoch": str(epoch), "format": "classifier-run"}
+    return atomic_save_safetensors(Path(run_dir) / WEIGHTS, state_dict, metadata=meta)
+
+
+def load_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The run's weights, checked as safetensors (never unpickled)."""
+    from classifier.models.weights import read_safetensors
+
+    file = Path(run_dir) / WEIGHTS
+    if not file.is_file():
+        raise RunError(f"{run_dir} has no {WEIGHTS} yet (the run may still be in its first epoch or failed)")
+    return read_safetensors(file)
+
+
+# --- CSV files -----------------------------------------------------------------------------------------------------
+
+
+def _read_csv(file: Path) -> list[dict[str, str]]:
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RunError(f"cannot read {file}: {e}") from e
+
+
+def split_text(rows: Iterable[tuple[str, str, str]]) -> str:
+    """split.csv's text for (path relative to the dataset root, label, split) rows."""
+    return csv_text(("path", "label", "split"), rows)
+
+
+def write_split(run_dir: str | Path, rows: Iterable[tuple[str, str, str]]) -> Path:
+    return atomic_write_text(Path(run_dir) / SPLIT, split_text(rows))
+
+
+def same_split(run_dir: str | Path, rows: Iterable[tuple[str, str, str]]) -> bool:
+    """Whether the run's split.csv lists exactly these rows (a resumed run must see the same data)."""
+    file = Path(run_dir) / SPLIT
+    return file.is_file() and file.read_text(encoding="utf-8") == split_text(rows)
+
+
+def read_split(run_dir: str | Path, split: str | None = None) -> list[dict[str, str]]:
+    """split.csv rows ({"path", "label", "split"}), all or those of one split; [] when the run has none."""
+    file = Path(run_dir) / SPLIT
+    if not file.is_file():
+        return []
+    rows = _read_csv(file)
+    return rows if split is None else [r for r in rows if r.get("split") == split]
+
+
+def split_counts(run_dir: str | Path) -> dict[str, dict[str, int]]:
+    """{label: {split: images}} from split.csv ({} when the run has none)."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in read_split(run_dir):
+        per = counts.setdefault(r.get("label", "?"), {})
+        per[r.get("split", "?")] = per.get(r.get("split", "?"), 0) + 1
+    return counts
+
+
+def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> Path:
+    """history.csv: the known columns in a fixed order (extra keys such as `data_share` stay in the store)."""
+    rows = [[_cell(r.get(c)) for c in HISTORY_COLUMNS] for r in history]
+    return atomic_write_text(Path(run_dir) / HISTORY, csv_text(HISTORY_COLUMNS, rows))
+
+
+def read_history(run_dir: str | Path) -> pd.DataFrame | None:
+    """history.csv as a table, or None before the first epoch has finished."""
+    import pandas as pd
+
+    file = Path(run_dir) / HISTORY
+    if not file.is_file():
+        return None
+    try:
+        return pd.read_csv(file)
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read {file}: {e}") from e
+
+
+def _cell(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+def write_val_predictions(
+    run_dir: str | Path, paths: Sequence[str], labels: Sequence[int], probs: np.ndarray, class_names: Sequence[str]
+) -> Path:
+    """val_predictions.csv: path (relative to the dataset root), label, pred, prob, then p_<class> per class."""
+    names = list(class_names)
+    rows = []
+    for p, y, row in zip(paths, labels, probs):
+        k = int(row.argmax())
+        rows.append([p, names[y], names[k], f"{row[k]:.6f}", *(f"{v:.6f}" for v in row)])
+    header = ["path", "label", "pred", "prob", *(f"p_{c}" for c in names)]
+    return atomic_write_text(Path(run_dir) / VAL_PREDICTIONS, csv_text(header, rows))
+
+
+@dataclass
+class ValPredictions:
+    """A run's stored validation predictions (`val_predictions.csv`), what the Evaluate page computes from."""
+
+    table: pd.DataFrame
+    y_true: np.ndarray  # class indices; -1 for a label that is not among the class names
+    probs: np.ndarray  # (n, C) float64
+    class_names: list[str]
+    root: str  # the dataset root the table's paths are relative to
+
+
+def read_val_predictions(run_dir: str | Path) -> ValPredictions:
+    """Read val_predictions.csv of a run (or ensemble) dir; RunError when the run has none yet."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    info = read_info(run_dir)
+    file = run_dir / VAL_PREDICTIONS
+    if not file.is_file():
+        raise RunError(f"{run_dir} has no {VAL_PREDICTIONS} yet: the run has not finished its evaluation")
+    names = [str(c) for c in info["class_names"]]
+    df = pd.read_csv(file, keep_default_na=False, dtype={"label": str, "pred": str, "path": str})
+    missing = [f"p_{c}" for c in names if f"p_{c}" not in df.columns]
+    if missing:
+        raise RunError(f"{file} lacks the probability columns {', '.join(missing)}")
+    probs = df[[f"p_{c}" for c in names]].to_numpy(dtype=np.float64)
+    y_true = df["label"].map({c: i for i, c in enumerate(names)}).fillna(-1).to_numpy(dtype=np.int64)
+    return ValPredictions(df, y_true, probs, names, str(info["dataset"]["root"]))
+
+
+# --- the folder as a whole -----------------------------------------------------------------------------------------
+
+
+def prepare_new(run_dir: str | Path) -> Path:
+    """Create a new run dir; a RunError (and nothing touched) when it exists and holds files."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
+        raise RunError(f"run dir {run_dir} already exists and is not empty; choose a new --out (nothing was changed)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def remove_partial_writes(run_dir: str | Path) -> None:
+    """Delete temp files of atomic writes that a kill interrupted (`.<name>.<random>.tmp`)."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def run_zip(run_dir: str | Path, folder: str | None = None) -> bytes:
+    """The run's files (model, config, metrics, history, split, predictions) as one zip under `folder/`."""
+    run_dir = Path(run_dir)
+    folder = folder or run_dir.name
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in DOWNLOAD_FILES:
+            if (run_dir / name).is_file():
+                zf.write(run_dir / name, f"{folder}/{name}")
+    return buf.getvalue()

@@ -1,0 +1,245 @@
+"""A training run: fit a `TrainConfig` into a new run dir (or continue one), with the standard callbacks.
+
+    >>> from classifier.training import TrainConfig, fit
+    >>> cfg = TrainConfig(data="demo", backbone="resnet18", weights="none", epochs=2)
+    >>> result = fit(cfg, "runs/r1")  # doctest: +SKIP
+
+Every `checkpoint_every_steps` steps and at every epoch end the whole training state goes to `last.safetensors`
+(`classifier.training.checkpoint`); `fit(..., resume=True)` continues from it and ends with the same steps,
+learning rates and weights as an uninterrupted run (bit for bit on a CPU with `num_workers=0`; with loader workers
+the batches are the same but augmentation draws may differ). An out-of-memory error in a training step frees what
+the step held, halves the batch size and retries the same samples (`OutOfMemoryBackoff`).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from classifier import rundir
+from classifier.data.dataset import DatasetIndex, check_trainable, load_dataset
+from classifier.device import seed_everything
+from classifier.errors import RunError
+from classifier.models import build_model
+from classifier.models.factory import model_from_run_config, set_trainable
+from classifier.training.callbacks import (
+    CancelCallback,
+    EarlyStopping,
+    HeadWarmup,
+    HistoryWriter,
+    MixupCutmix,
+    OutOfMemoryBackoff,
+    RunFiles,
+    SaveBest,
+    Schedule,
+    Throughput,
+    schedule_spec,
+)
+from classifier.training.checkpoint import Checkpointer, Resume
+from classifier.training.config import TrainConfig
+from classifier.training.events import Callback, FitState
+from classifier.training.learner import Learner
+from classifier.training.resume import ResumeState, can_resume, load_resume
+from classifier.training.setup import SplitData, TrainingSetup, split_data
+
+CONFIG_FORMAT = 1
+RUNTIME_FIELDS = ("device", "num_workers", "compile")  # settings a resumed run may change
+AUTO_BATCH_MAX = 512  # the batch-size finder's ceiling (also at most a quarter of the training images)
+
+
+@dataclass
+class FitResult:
+    status: str  # completed | cancelled | failed
+    run_dir: Path
+    metrics: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    best_epoch: int
+    seconds: float
+    error: str | None = None
+
+
+def fit(
+    config: TrainConfig | None,
+    out_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+    *,
+    index: DatasetIndex | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Train `config` into the new run dir `out_dir`; returns how it ended and the validation metrics.
+
+    `resume=True` continues the run in `out_dir` from its checkpoint (`last.safetensors`) with the same epoch,
+    position in the epoch, step, optimizer, learning-rate schedule, RNG states, history and best score, and
+    finishes exactly as an uninterrupted run would. `config` may then be None (it is read from the run's
+    config.json); if given it must match (device and workers may differ). A run that stopped before its first
+    checkpoint starts over in place.
+    """
+    out_dir = Path(out_dir)
+    saved, ckpt = open_resume(config, out_dir) if resume else (None, None)
+    cfg = _run_config(config, saved, out_dir)
+    index = index if index is not None else load_dataset(cfg.data)
+    check_trainable(index)
+    if resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        rundir.prepare_new(out_dir)
+    seed_everything(cfg.seed)
+    data = split_data(index, cfg)
+    run_config, setup = _start(cfg, data, out_dir, saved, ckpt)
+    state = FitState(
+        cfg, out_dir, setup.model, cfg.epochs, 0, len(data.train), len(data.val), batch_size=cfg.batch_size
+    )
+    state.schedule = schedule_spec(cfg.scheduler, cfg.lr, cfg.epochs, len(data.train), cfg.batch_size,
+                                   cfg.warmup_epochs)  # fmt: skip
+    state.steps_per_epoch = state.schedule["steps_per_epoch"]
+    files = RunFiles(data, run_config, setup.runtime if ckpt is None else None)
+    cbs = [
+        *callbacks,
+        *shared_callbacks(cfg, setup),
+        Schedule(),
+        Throughput(),
+        SaveBest(),
+        HistoryWriter(),
+        OutOfMemoryBackoff(),
+        Checkpointer(ckpt),
+        *([Resume(ckpt)] if ckpt is not None else []),
+        files,
+        *([EarlyStopping(cfg.early_stopping)] if cfg.early_stopping else []),
+        *([CancelCallback(should_cancel)] if should_cancel else []),
+    ]
+    Learner(setup, state, cbs).fit()
+    return FitResult(
+        state.status, out_dir, files.metrics, state.history, state.best_epoch, state.seconds(), state.error
+    )
+
+
+def shared_callbacks(cfg: TrainConfig, setup: TrainingSetup) -> list[Callback]:
+    """Callbacks that are part of the recipe, so the LR finder uses them too: mixup/cutmix, head warm-up."""
+    out: list[Callback] = []
+    if cfg.mixup or cfg.cutmix:
+        out.append(MixupCutmix(cfg.mixup, cfg.cutmix, cfg.label_smoothing, len(setup.data.classes)))
+    if cfg.mode == "finetune" and cfg.head_warmup_epochs and not setup.use_features:
+        out.append(HeadWarmup(cfg.head_warmup_epochs, lambda on: set_trainable(setup.model, on)))
+    return out
+
+
+def _run_config(config: TrainConfig | None, saved: dict[str, Any] | None, out_dir: Path) -> TrainConfig:
+    if config is None:
+        if saved is None:
+            raise RunError("fit needs a TrainConfig (or resume=True with an existing run dir)")
+        config = TrainConfig.from_dict(saved["train"])
+    cfg = config.resolved()
+    if saved is not None:
+        _check_same_config(cfg, saved, out_dir)
+    return cfg
+
+
+def _start(
+    cfg: TrainConfig, data: SplitData, out_dir: Path, saved: dict[str, Any] | None, ckpt: ResumeState | None
+) -> tuple[dict[str, Any], TrainingSetup]:
+    """The model and the run's config.json and split.csv: new, or (resuming) rebuilt from the checkpoint and
+    checked against the data."""
+    if ckpt is None:
+        built = build_model(
+            cfg.backbone, len(data.classes), cfg.weights, drop_rate=cfg.drop_rate, img_size=cfg.img_size
+        )
+        model, data_config = built.model, built.data_config
+        run_config = {
+            "format_version": CONFIG_FORMAT,
+            "backbone": built.info.name,
+            "timm_name": built.timm_name,
+            "weights": built.weights,
+            "num_classes": len(data.classes),
+            "class_names": data.classes,
+            "data_config": data_config,
+            "grayscale": cfg.grayscale,
+            "dataset": {"root": str(data.index.root), "source": data.index.source, "layout": data.index.layout},
+            "train": cfg.to_dict(),
+            "device": None,
+            "versions": _versions(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    else:
+        # The weights come from the checkpoint: rebuild the architecture without downloading anything.
+        if not rundir.same_split(out_dir, data.split_rows()):
+            raise RunError(
+                f"the dataset {cfg.data} changed since run {out_dir} started (its train/val split differs from "
+                "split.csv); cannot resume. Start a new run."
+            )
+        run_config = saved
+        model = model_from_run_config(run_config, ckpt.model, source=str(rundir.resume_path(out_dir)))
+        data_config = run_config["data_config"]
+    setup = TrainingSetup(cfg, data, model, data_config)
+    if ckpt is None:
+        run_config["device"] = str(setup.device)
+        rundir.write_config(out_dir, run_config)
+        rundir.write_split(out_dir, data.split_rows())
+    if cfg.auto_batch_size and setup.device.type == "cuda" and not setup.use_features:
+        _auto_batch_size(cfg, setup, run_config, out_dir, saved)
+    return run_config, setup
+
+
+def _auto_batch_size(cfg: TrainConfig, setup: TrainingSetup, run_config: dict, out_dir: Path, saved) -> None:
+    """CUDA: the largest batch size (<= the configured one x 2^k) whose training step fits in memory."""
+    if saved is not None:
+        cfg.batch_size = int(saved["train"]["batch_size"])  # the size found when the run started
+    else:
+        from classifier.training.batch_size import find_batch_size, probe_step
+
+        shape = tuple(int(v) for v in setup.data_config["input_size"])
+        top = max(1, min(AUTO_BATCH_MAX, len(setup.data.train) // 4))
+        step = probe_step(setup.model, shape, len(setup.data.classes), setup.device, setup.precision)
+        cfg.batch_size = find_batch_size(step, cfg.batch_size, top, device=setup.device)
+        run_config["train"] = cfg.to_dict()
+        rundir.write_config(out_dir, run_config)
+    setup.runtime["batch_size_found"] = cfg.batch_size
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+    }
+
+
+def open_resume(config: TrainConfig | None, out_dir: Path) -> tuple[dict[str, Any] | None, ResumeState | None]:
+    """The run's saved config.json and checkpoint, either None when the run never got that far."""
+    if not rundir.path(out_dir, rundir.CONFIG).is_file():
+        if config is None:
+            raise RunError(f"nothing to resume in {out_dir}: it has no {rundir.CONFIG} (is it a run dir?)")
+        return None, None  # stopped before writing anything: start over in place
+    saved = rundir.read_config(out_dir)
+    rundir.remove_partial_writes(out_dir)
+    path = rundir.resume_path(out_dir)
+    if path.is_file():
+        return saved, load_resume(path)
+    if not can_resume(out_dir):
+        raise RunError(
+            f"run {out_dir} has no resume checkpoint ({rundir.RESUME}): it completed, or it ended before this "
+            "version wrote checkpoints. Nothing was changed; start a new run."
+        )
+    return saved, None  # stopped before its first checkpoint: start over in place
+
+
+def _check_same_config(cfg: TrainConfig, saved: dict[str, Any], out_dir: Path) -> None:
+    theirs = TrainConfig.from_dict(saved["train"]).resolved().to_dict()
+    ours = cfg.to_dict()
+    skip = RUNTIME_FIELDS + (("batch_size",) if cfg.auto_batch_size else ())  # the finder's pick is saved
+    diff = [k for k in ours if k not in skip and ours[k] != theirs.get(k)]
+    if diff:
+        raise RunError(
+            f"run {out_dir} was trained with other settings ({', '.join(diff)}); resume it with its own settings "
+            "(python -m classifier train --resume RUN_DIR) or start a new run"
+        )

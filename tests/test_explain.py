@@ -16,7 +16,6 @@ from torch import nn
 from classifier.data.transforms import eval_transform
 from classifier.errors import ClassifierError
 from classifier.explain import (
-    METHOD_INFO,
     METHODS,
     Attribution,
     attribute,
@@ -117,8 +116,8 @@ def no_hooks(model: nn.Module) -> bool:
 
 
 def test_methods_listed_with_descriptions():
-    assert METHODS == ("gradcam", "guided_gradcam", "ig", "saliency", "smoothgrad", "occlusion", "gradient_shap")
-    assert all(len(METHOD_INFO[m]) > 20 for m in METHODS)
+    assert tuple(METHODS) == ("gradcam", "guided_gradcam", "ig", "saliency", "smoothgrad", "occlusion", "gradient_shap")
+    assert all(len(METHODS[m].help) > 20 for m in METHODS)
 
 
 def test_saliency_is_exactly_the_quadrant():

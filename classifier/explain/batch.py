@@ -11,17 +11,21 @@ import numpy as np
 
 from classifier.data.images import load_image
 from classifier.errors import ImageError
-from classifier.explain.core import METHOD_INFO, METHODS, attribute, resolve_target
+from classifier.explain.core import attribute, resolve_target
+from classifier.explain.methods import get_method
 from classifier.explain.render import overlay
 
 
 def _atomic_save(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file and rename, so an interrupted run never leaves half a map or overlay behind."""
     from classifier.io import _atomic
 
     _atomic(path, write)
 
 
 def _safe_stem(path: str, used: set[str]) -> str:
+    """A file-system-safe output stem for `path`, made unique among `used` (images from different folders
+    often share a name)."""
     stem = re.sub(r"[^\w.-]+", "_", Path(path).stem) or "image"
     out, i = stem, 1
     while out in used:
@@ -52,8 +56,7 @@ def explain_paths(
     """
     from classifier.predict import expand_inputs
 
-    if method not in METHOD_INFO:
-        raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+    get_method(method)  # an unknown method fails before any file is read
     names = run.class_names if hasattr(run, "class_names") else options.get("class_names")
     if target is not None:
         n = len(names) if names is not None else int(run.config["num_classes"])

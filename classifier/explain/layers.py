@@ -4,6 +4,7 @@ reshaped to a 2-D grid (ViTs have no convolutional feature map)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +54,8 @@ def guess_family(model: nn.Module) -> str:
 
 
 def is_vit_like(model: nn.Module) -> bool:
+    """Whether `model` looks like a timm ViT (patch embedding, a stack of blocks, prefix tokens): its tokens can be
+    reshaped to a patch grid for Grad-CAM even when its class is not one `guess_family` knows."""
     blocks = getattr(model, "blocks", None)
     return (
         hasattr(model, "patch_embed")
@@ -82,6 +85,7 @@ def _last_conv(module: nn.Module) -> nn.Module | None:
 
 
 def module_name(model: nn.Module, layer: nn.Module) -> str:
+    """The qualified name of `layer` inside `model`, as reported in `Attribution.extra["layer"]`."""
     for name, m in model.named_modules():
         if m is layer:
             return name or "<model>"
@@ -132,6 +136,7 @@ def gradcam_layer(model: nn.Module, family: str | None = None) -> tuple[str, nn.
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """A caller's layer choice (qualified name or module) as `(name, module)`; an unknown name is a user error."""
     if isinstance(layer, nn.Module):
         return module_name(model, layer), layer
     try:
@@ -178,3 +183,29 @@ def vit_token_grid(model: nn.Module) -> tuple[str, _TokenGrid, Any]:
 
     handle = target.register_forward_hook(hook)
     return module_name(model, target) + " (tokens as grid)", grid, handle
+
+
+@dataclass
+class CamLayer:
+    """The layer Grad-CAM hooks, the family it was chosen for, and the token-grid hook to remove afterwards."""
+
+    family: str
+    name: str
+    module: nn.Module
+    hook: Any = None  # a RemovableHandle for ViT-style models (the caller removes it), else None
+
+
+def cam_layer(model: nn.Module, backbone: str | None, layer: str | nn.Module | None) -> CamLayer:
+    """Grad-CAM's layer for `model`: `layer` when the caller names one; for ViT-style models their patch tokens as
+    a grid (`vit_token_grid`); otherwise `gradcam_layer` for the run's backbone family (or the guessed one)."""
+    family = family_of(model, backbone)
+    if layer is not None:
+        name, module = resolve_layer(model, layer)
+        return CamLayer(family, name, module)
+    if family == "vit" or is_vit_like(model):
+        if not is_vit_like(model):
+            raise ClassifierError(f"Grad-CAM is not supported for this ViT backbone yet; {VIT_GRADCAM_HELP}")
+        name, grid, hook = vit_token_grid(model)
+        return CamLayer(family, name, grid, hook)
+    name, module = gradcam_layer(model, family)
+    return CamLayer(family, name, module)

@@ -22,7 +22,7 @@ from classifier.data.transforms import eval_transform
 from classifier.errors import ClassifierError
 from classifier.explain.baselines import BASELINES
 from classifier.explain.geometry import crop_box, place_map
-from classifier.explain.methods import AttributionMethod, Inputs, Options, get_method
+from classifier.explain.methods import AttributionMethod, Inputs, MethodOutput, Options, get_method
 
 
 @dataclass
@@ -97,28 +97,8 @@ def attribute(
     img = _as_image(image)
     box = crop_box(img.size, parts.data_config)
     x = _input_tensor(parts.model, parts.transform(img))
-    counted = _Counted(parts.model, progress)
-    counted.total = 1 + chosen.forward_passes(options, (int(x.shape[-2]), int(x.shape[-1])))  # 1: the prediction
     extra: dict[str, Any] = {"crop_box": box, "input_size": tuple(x.shape[-2:])}
-    with _attribution_mode(parts.model) as handles:
-        t = _predict(counted, x, target, parts.names, extra)
-        inputs = Inputs(
-            model=counted,
-            module=parts.model,
-            x=x.detach().clone().requires_grad_(chosen.input_grad),
-            target=t,
-            options=options,
-            baseline=baseline,
-            data_config=parts.data_config,
-            backbone=parts.backbone,
-            generator=torch.Generator().manual_seed(seed),
-            extra=extra,
-            handles=handles,
-        )
-        out = chosen.compute(inputs)
-    extra["evaluations"] = counted.calls
-    if progress is not None:
-        progress(counted.total, counted.total)
+    out, t = _run(chosen, parts, x, target, options, baseline, extra, progress)
     names = parts.names
     return Attribution(
         map=place_map(out.map, box, img.size),
@@ -129,6 +109,42 @@ def attribute(
         delta=out.delta,
         extra=extra,
     )
+
+
+def _run(
+    method: AttributionMethod,
+    parts: _ModelParts,
+    x: torch.Tensor,
+    target: int | str | None,
+    options: Options,
+    baseline: str | None,
+    extra: dict[str, Any],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[MethodOutput, int]:
+    """Predict, resolve the target and run `method` on the prepared input `x` in attribution mode, counting the
+    forward passes for `progress`. Returns the method's output and the target index; fills `extra`."""
+    counted = _Counted(parts.model, progress)
+    counted.total = 1 + method.forward_passes(options, (int(x.shape[-2]), int(x.shape[-1])))  # 1: the prediction
+    with _attribution_mode(parts.model) as handles:
+        t = _predict(counted, x, target, parts.names, extra)
+        inputs = Inputs(
+            model=counted,
+            module=parts.model,
+            x=x.detach().clone().requires_grad_(method.input_grad),
+            target=t,
+            options=options,
+            baseline=baseline,
+            data_config=parts.data_config,
+            backbone=parts.backbone,
+            generator=torch.Generator().manual_seed(options.seed),
+            extra=extra,
+            handles=handles,
+        )
+        out = method.compute(inputs)
+    extra["evaluations"] = counted.calls
+    if progress is not None:
+        progress(counted.total, counted.total)
+    return out, t
 
 
 def resolve_target(target: int | str | None, class_names: Sequence[str] | None, n_out: int, pred: int) -> int:

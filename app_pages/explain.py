@@ -13,8 +13,7 @@ from classifier.metrics import top_losses
 from ui import state
 from ui.cache import file_mtime, loaded_run, val_predictions
 from ui.explain import (
-    METHOD_LABELS,
-    OPTIONS_USED,
+    baseline_help,
     cached_attribution,
     caption,
     clip_box,
@@ -22,6 +21,7 @@ from ui.explain import (
     method_help,
     overlay_for_display,
     png_bytes,
+    used_by,
 )
 from ui.widgets import run_picker, user_errors
 
@@ -117,7 +117,7 @@ methods = t2.multiselect(
     "Methods",
     list(METHODS),
     default=["gradcam", "ig", "saliency"],
-    format_func=METHOD_LABELS.get,
+    format_func=lambda m: METHODS[m].label,
     key="x_methods",
     help=method_help(),
 )
@@ -127,12 +127,10 @@ with st.expander("Settings"):
         "Baseline",
         ["auto", *BASELINES],
         key="x_baseline",
-        help="Reference image for integrated gradients, occlusion and GradientSHAP: black, a blurred copy, or "
-        "uniform noise. Auto: noise for integrated gradients (on the demo shapes it points at the object far more "
-        "often than black), black for occlusion and GradientSHAP.",
+        help=baseline_help(),
     )
     n_steps = s2.slider("IG steps", 8, 128, 32, step=8, key="x_steps", help="Path steps of integrated gradients.")
-    nt_samples = s3.slider("Noise samples", 4, 32, 8, step=4, key="x_samples", help="SmoothGrad / GradientSHAP.")
+    nt_samples = s3.slider("Noise samples", 4, 32, 8, step=4, key="x_samples", help=used_by("nt_samples"))
     window = s4.slider(
         "Occlusion window (% of input)", 5, 40, 14, key="x_window", help="Side of the occluding square; stride is half."
     )
@@ -161,9 +159,9 @@ if not methods:
 weights_key = (job.run_dir, file_mtime(Path(job.run_dir) / "model.safetensors"))
 tiles = [("Original", None)]
 for method in methods:
-    used = {k: options[k] for k in OPTIONS_USED[method]}
+    used = METHODS[method].used_options(options)  # the cache key holds only what this method's map depends on
     key = (weights_key, image_key, method, target, tuple(sorted(used.items())))
-    with user_errors(METHOD_LABELS[method]):
+    with user_errors(METHODS[method].label):
         tiles.append((method, cached_attribution(key, run, image, method, target, used)))
 per_row = 4
 box = crop_box(image.size, run.config["data_config"]) if crop else None
@@ -178,7 +176,7 @@ for start in range(0, len(tiles), per_row):
             try:
                 shown = overlay_for_display(image, result, cmap, alpha, crop)
             except (ValueError, ClassifierError) as e:
-                st.error(f"{METHOD_LABELS[name]}: {e}")
+                st.error(f"{METHODS[name].label}: {e}")
                 continue
             st.image(shown, width="stretch")
             st.caption(caption(result))

@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "faster here (auto)",
     )
 
+    from classifier.explain.methods import BASELINES, METHODS, methods_using  # the registry; imports no torch
+
     p = sub.add_parser(
         "explain",
         help="attribution maps (Grad-CAM, integrated gradients, ...) for images; writes .npy maps and .png overlays",
@@ -155,16 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         required=True,
-        choices=["gradcam", "guided_gradcam", "ig", "saliency", "smoothgrad", "occlusion", "gradient_shap"],
+        choices=list(METHODS),
     )
     p.add_argument("--target", default=None, help="class name or index to explain (default: the predicted class)")
     p.add_argument("--out-dir", required=True, help="folder for <stem>.npy (raw map) and <stem>.png (overlay)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    takers = methods_using("baseline")
     p.add_argument(
         "--baseline",
         default=None,
-        choices=["black", "blur", "noise"],
-        help="reference image for ig, occlusion and gradient_shap (default: noise for ig, black for the others)",
+        choices=list(BASELINES),
+        help=f"reference image for {', '.join(m.name for m in takers)} "
+        f"(default: {', '.join(f'{m.default_baseline} for {m.name}' for m in takers)})",
     )
     p.add_argument("--n-steps", type=int, default=32, help="integrated gradients: path steps")
     p.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlay")

@@ -1,10 +1,14 @@
-"""Attribution maps: exact answers on hand-built models, geometry back onto the original image, layer choice per
-backbone, display and evaluation helpers, and a pointing-game check on a model trained on the demo dataset."""
+"""Attribution maps: exact answers on hand-built models, the method registry driving attribute(), the app and the
+CLI, geometry back onto the original image, layer choice per backbone, display and evaluation helpers, and a
+pointing-game check on a model trained on the demo dataset."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +20,26 @@ from torch import nn
 from classifier.data.transforms import eval_transform
 from classifier.errors import ClassifierError
 from classifier.explain import (
-    METHOD_INFO,
+    BASELINES,
     METHODS,
     Attribution,
+    AttributionMethod,
+    Inputs,
+    MethodOutput,
+    Options,
     attribute,
     crop_box,
     explain_paths,
     gradcam_layer,
     guess_family,
     mask_energy_ratio,
+    methods_using,
     overlay,
     peak,
     pointing_game,
+    register,
 )
+from classifier.explain.methods import OPTION_NAMES
 from classifier.predict import LoadedRun
 
 SIZE = 32
@@ -117,8 +128,8 @@ def no_hooks(model: nn.Module) -> bool:
 
 
 def test_methods_listed_with_descriptions():
-    assert METHODS == ("gradcam", "guided_gradcam", "ig", "saliency", "smoothgrad", "occlusion", "gradient_shap")
-    assert all(len(METHOD_INFO[m]) > 20 for m in METHODS)
+    assert tuple(METHODS) == ("gradcam", "guided_gradcam", "ig", "saliency", "smoothgrad", "occlusion", "gradient_shap")
+    assert all(len(METHODS[m].help) > 20 for m in METHODS)
 
 
 def test_saliency_is_exactly_the_quadrant():
@@ -247,6 +258,160 @@ def test_progress_counts_forward_passes():
     total = 1 + 1 + int(np.ceil(a.extra["windows"] / 16))
     assert calls[-1] == (total, total) and a.extra["evaluations"] == total
     assert all(t == total and d <= t for d, t in calls) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+# What the Explain page's cache key held per method before the registry (ui/explain.py's OPTIONS_USED), from the
+# page's options: the registry must give the same, so switching a setting recomputes exactly the maps it changes.
+PAGE_OPTIONS = {"baseline": None, "n_steps": 32, "nt_samples": 8, "occlusion_window": 5}
+PAGE_CACHE_KEYS = {
+    "gradcam": set(),
+    "guided_gradcam": set(),
+    "saliency": set(),
+    "ig": {"baseline", "n_steps"},
+    "smoothgrad": {"nt_samples"},
+    "occlusion": {"baseline", "occlusion_window"},
+    "gradient_shap": {"baseline", "nt_samples"},
+}
+
+
+def explain_choices() -> dict[str, argparse.Action]:
+    """The `explain` subcommand's options, by flag, from the CLI's real parser."""
+    from classifier.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.option_strings[0]: a for a in sub.choices["explain"]._actions if a.option_strings}
+
+
+def test_every_method_declares_what_the_app_and_cli_show():
+    options = Options(
+        n_steps=8,
+        internal_batch_size=4,
+        nt_samples=4,
+        smoothgrad_base="saliency",
+        occlusion_window=None,
+        perturbations_per_eval=16,
+        reduce="abs",
+        layer=None,
+        seed=0,
+    )
+    for name, m in METHODS.items():
+        assert isinstance(m, AttributionMethod) and m.name == name
+        assert m.label and not m.help.startswith(m.label)  # shown as "**label**: help"
+        assert set(m.options) <= OPTION_NAMES
+        assert m.default_baseline is None or m.default_baseline in BASELINES
+        assert ("baseline" in m.options) <= (m.default_baseline is not None)
+        assert m.forward_passes(options, (SIZE, SIZE)) >= 1
+    assert {m: set(METHODS[m].used_options(PAGE_OPTIONS)) for m in PAGE_CACHE_KEYS} == PAGE_CACHE_KEYS
+    over_ig = METHODS["smoothgrad"].used_options({**PAGE_OPTIONS, "smoothgrad_base": "ig"})
+    assert set(over_ig) == {"nt_samples", "smoothgrad_base", "baseline", "n_steps"}  # IG's settings matter then
+    assert [m.name for m in methods_using("baseline")] == ["ig", "occlusion", "gradient_shap"]
+
+
+def test_cli_choices_come_from_the_registry():
+    flags = explain_choices()
+    assert flags["--method"].choices == list(METHODS)
+    assert flags["--baseline"].choices == list(BASELINES)
+    assert "noise for ig" in flags["--baseline"].help and "black for occlusion" in flags["--baseline"].help
+
+
+def test_registry_and_cli_parser_import_without_torch():
+    """The CLI builds its parser from the registry on every call: that must not cost seconds of torch imports."""
+    code = (
+        "import sys; from classifier.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'captum', 'numpy') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+class GradientTimesDelta(AttributionMethod):
+    """A method defined outside the package: the input gradient times (input - baseline), i.e. one step of
+    integrated gradients. On the linear Quadrant model it equals integrated gradients exactly."""
+
+    name = "grad_x_delta"
+    label = "Gradient x delta"
+    help = "the input gradient times (input - baseline): one step of integrated gradients"
+    options = ("baseline",)
+    default_baseline = "black"
+
+    def forward_passes(self, options: Options, input_hw: tuple[int, int]) -> int:
+        return 1
+
+    def compute(self, inputs: Inputs) -> MethodOutput:
+        from captum.attr import Saliency
+
+        grad = Saliency(inputs.model).attribute(inputs.x, target=inputs.target, abs=False)
+        inputs.extra["baseline"] = inputs.baseline
+        return MethodOutput((grad * (inputs.x.detach() - inputs.baseline_tensor())).detach()[0].abs().sum(0))
+
+
+@pytest.fixture
+def extra_method():
+    assert GradientTimesDelta.name not in METHODS
+    register(GradientTimesDelta)
+    try:
+        yield GradientTimesDelta.name
+    finally:
+        METHODS.pop(GradientTimesDelta.name, None)
+
+
+def test_one_class_adds_a_method_everywhere(extra_method, tmp_path):
+    from ui.explain import baseline_help, method_help
+
+    assert list(METHODS)[-1] == extra_method
+    assert explain_choices()["--method"].choices[-1] == extra_method
+    assert "black for grad_x_delta" in explain_choices()["--baseline"].help
+    assert "**Gradient x delta**: the input gradient" in method_help() and "Gradient x delta" in baseline_help()
+    calls: list[tuple[int, int]] = []
+    a = attribute(Quadrant(), grey(), extra_method, data_config=IDENTITY_DC, progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_allclose(a.map, np.where(quadrant_mask(), 3 * (X - BLACK), 0.0), rtol=1e-5, atol=1e-6)
+    assert a.method == extra_method and a.extra["baseline"] == "black" and a.delta is None
+    assert a.extra["evaluations"] == 2 and calls[-1] == (2, 2)  # the prediction + the declared pass
+    noisy = attribute(Quadrant(), grey(), extra_method, data_config=IDENTITY_DC, baseline="noise")
+    assert noisy.extra["baseline"] == "noise" and not np.array_equal(noisy.map, a.map)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        attribute(Quadrant(), grey(), extra_method, data_config=IDENTITY_DC, baseline="white")
+    config = {"data_config": IDENTITY_DC, "class_names": ["a", "b"]}
+    run = LoadedRun(tmp_path, config, Quadrant(), eval_transform(IDENTITY_DC), torch.device("cpu"))
+    grey().save(tmp_path / "g.png")
+    [row] = explain_paths(run, [tmp_path / "g.png"], extra_method, out_dir=tmp_path / "out")
+    assert row["method"] == extra_method and np.load(row["npy"]).shape == (SIZE, SIZE)
+
+
+def test_register_refuses_half_declared_methods():
+    class NoHelp(GradientTimesDelta):
+        name = "no_help"
+        help = ""
+
+    class Taken(GradientTimesDelta):
+        name = "ig"
+
+    class BadOption(GradientTimesDelta):
+        name = "bad_option"
+        options = ("n_step",)
+
+    class NoDefault(GradientTimesDelta):
+        name = "no_default"
+        default_baseline = None
+
+    class Abstract(AttributionMethod):
+        name, label, help = "abstract", "Abstract", "no compute"
+
+    with pytest.raises(TypeError, match="non-empty string help"):
+        register(NoHelp)
+    with pytest.raises(ValueError, match="'ig' is already registered"):
+        register(Taken)
+    with pytest.raises(ValueError, match="n_step"):
+        register(BadOption)
+    with pytest.raises(ValueError, match="needs a default_baseline"):
+        register(NoDefault)
+    with pytest.raises(TypeError, match="abstract"):
+        register(Abstract)
+    assert tuple(METHODS) == ("gradcam", "guided_gradcam", "ig", "saliency", "smoothgrad", "occlusion", "gradient_shap")
 
 
 # ------------------------------------------------------------------------------------------ geometry

@@ -15,31 +15,11 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
-from classifier.explain import METHOD_INFO, Attribution, attribute, overlay
+from classifier.explain import METHODS, Attribution, attribute, methods_using, overlay
 from ui import state
 
 MAX_CACHED = 48  # maps kept per session (each is one float32 map at the image's size)
 DISPLAY_SIDE = 768  # overlays are drawn (and downloaded) at most this many pixels on the longer side
-
-METHOD_LABELS = {
-    "gradcam": "Grad-CAM",
-    "guided_gradcam": "Guided Grad-CAM",
-    "ig": "Integrated gradients",
-    "saliency": "Saliency",
-    "smoothgrad": "SmoothGrad",
-    "occlusion": "Occlusion",
-    "gradient_shap": "GradientSHAP",
-}
-
-OPTIONS_USED = {  # the attribute() options each method's map depends on (the cache key holds only these)
-    "gradcam": (),
-    "guided_gradcam": (),
-    "saliency": (),
-    "ig": ("baseline", "n_steps"),
-    "smoothgrad": ("nt_samples",),
-    "occlusion": ("baseline", "occlusion_window"),
-    "gradient_shap": ("baseline", "nt_samples"),
-}
 
 
 def _cache() -> OrderedDict:
@@ -57,7 +37,7 @@ def cached_attribution(
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    label = METHOD_LABELS.get(method, method)
+    label = METHODS[method].label
     bar = st.progress(0.0, text=f"{label}: starting…")
     t0 = time.perf_counter()
 
@@ -112,7 +92,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def caption(result: Attribution) -> str:
     """One line under an overlay: method, seconds, and IG's convergence delta where there is one."""
-    text = f"**{METHOD_LABELS.get(result.method, result.method)}** · {result.seconds:.2f} s"
+    text = f"**{METHODS[result.method].label}** · {result.seconds:.2f} s"
     if result.delta is not None:
         text += f" · convergence δ {result.delta:.3g}"
     if "layer" in result.extra:
@@ -121,4 +101,21 @@ def caption(result: Attribution) -> str:
 
 
 def method_help() -> str:
-    return "  \n".join(f"**{METHOD_LABELS[m]}**: {METHOD_INFO[m].split(': ', 1)[-1]}" for m in METHOD_INFO)
+    """Every registered method's label and help text, one per line (the methods picker's tooltip)."""
+    return "  \n".join(f"**{m.label}**: {m.help}" for m in METHODS.values())
+
+
+def used_by(option: str) -> str:
+    """The labels of the methods whose map `option` changes, e.g. "SmoothGrad / GradientSHAP" (widget help)."""
+    return " / ".join(m.label for m in methods_using(option))
+
+
+def baseline_help() -> str:
+    """Which methods take a baseline, the choices, and what "auto" picks for each (the methods' defaults)."""
+    takers = methods_using("baseline")
+    by_default: dict[str, list[str]] = {}
+    for m in takers:
+        by_default.setdefault(str(m.default_baseline), []).append(m.label)
+    auto = ", ".join(f"{kind} for {' and '.join(labels)}" for kind, labels in by_default.items())
+    names = ", ".join(m.label for m in takers)
+    return f"Reference image for {names}: black, a blurred copy, or uniform noise. Auto: {auto}."

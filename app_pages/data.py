@@ -8,20 +8,19 @@ import streamlit as st
 from classifier.data.dataset import check_trainable
 from classifier.data.demo import ensure_demo_dataset
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
-from classifier.data.splits import assign_splits
-from classifier.data.transforms import AUGMENT_PRESETS
-from classifier.figures import class_histogram
-from ui import state
-from ui.cache import dataset_index, thumbnail
-from ui.datasets import (
+from classifier.data.ingest import (
     DATA_ROOT_ENV,
     allowed_data_root,
-    augment_preview,
     build_dataset,
     ingest_zip,
     resolve_server_folder,
     workspace_datasets,
 )
+from classifier.data.splits import assign_splits
+from classifier.data.transforms import AUGMENT_PRESETS, augment_preview
+from classifier.figures import class_histogram
+from ui import state
+from ui.cache import dataset_index, thumbnail
 from ui.widgets import dataset_problems, user_errors
 
 state.init_state()

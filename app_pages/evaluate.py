@@ -7,7 +7,7 @@ import streamlit as st
 
 from classifier import figures
 from classifier.errors import ClassifierError
-from classifier.metrics import compute_metrics, most_confused, pr_curves, reliability_bins, roc_curves, top_losses
+from classifier.metrics import compute_metrics, loss_gallery, most_confused, pr_curves, reliability_bins, roc_curves
 from ui import state
 from ui.cache import thumbnail, val_predictions
 from ui.ensemble import apply_pending_pick, ensemble_builder, is_ensemble
@@ -86,13 +86,13 @@ only_wrong = f4.toggle("Only mistakes", key="w_only_wrong")
 pairs = most_confused(m["confusion_matrix"], names)[:3]
 if pairs:
     st.caption("Most confused (true → predicted): " + "; ".join(f"{t} → {p} ({n})" for t, p, n in pairs))
-shown = [
-    r
-    for r in top_losses(y_true, probs)
-    if (not only_wrong or r["true"] != r["pred"])
-    and (true_pick == ANY or names[r["true"]] == true_pick)
-    and (pred_pick == ANY or names[r["pred"]] == pred_pick)
-]
+shown = loss_gallery(
+    y_true,
+    probs,
+    true=None if true_pick == ANY else names.index(true_pick),
+    pred=None if pred_pick == ANY else names.index(pred_pick),
+    outcome="incorrect" if only_wrong else "all",
+)
 if not shown:
     st.success("No misclassified validation images for this selection." if only_wrong else "No images here.")
 st.caption(

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from classifier import rundir
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
 from classifier.errors import ClassifierError
 from classifier.explain import BASELINES, METHODS, crop_box
-from classifier.metrics import top_losses
+from classifier.metrics import OUTCOMES, loss_gallery
 from ui import state
 from ui.cache import file_mtime, loaded_run, val_predictions
 from ui.explain import (
@@ -53,17 +54,12 @@ source = st.segmented_control("Image", [VAL, UPLOAD], key="x_source") or VAL
 image = true_idx = None
 image_key: tuple = ()
 if source == VAL:
-    rows = top_losses(y_true, probs) if len(y_true) else []
     c1, c2, c3 = st.columns(3)
     cls = c1.selectbox("True class", ["any", *names], key="x_class")
-    outcome = c2.selectbox("Outcome", ["all", "correct", "incorrect"], key="x_outcome")
+    outcome = c2.selectbox("Outcome", list(OUTCOMES), key="x_outcome")
     order = c3.selectbox("Order", ["highest loss", "file name"], key="x_sort")
-    rows = [
-        r
-        for r in rows
-        if (cls == "any" or names[r["true"]] == cls)
-        and (outcome == "all" or (r["true"] == r["pred"]) == (outcome == "correct"))
-    ]
+    true = None if cls == "any" else names.index(cls)
+    rows = loss_gallery(y_true, probs, true=true, outcome=outcome) if len(y_true) else []
     if order == "file name":
         rows.sort(key=lambda r: table["path"].iloc[r["index"]])
     if not rows:
@@ -156,7 +152,7 @@ st.caption(
 if not methods:
     st.info("Choose one or more methods above.")
     st.stop()
-weights_key = (job.run_dir, file_mtime(Path(job.run_dir) / "model.safetensors"))
+weights_key = (job.run_dir, file_mtime(rundir.weights_path(job.run_dir)))
 tiles = [("Original", None)]
 for method in methods:
     used = METHODS[method].used_options(options)  # the cache key holds only what this method's map depends on

@@ -1,29 +1,31 @@
-"""Runs: every run with its settings and metrics; download a run as a zip or an HTML report, export it (ONNX,
-TorchScript), delete it; saved ensembles, deletable too."""
+"""Runs: every run, saved ensemble and search with its settings and metrics; download a run as a zip or an HTML
+report, export it (ONNX, TorchScript), delete it; saved ensembles, deletable too."""
 
 from datetime import datetime
 
 import streamlit as st
 
+from classifier import rundir
 from classifier.ensemble import delete_ensemble
+from classifier.jobs.catalogue import ensemble_entries, entries
 from classifier.rundir import run_zip
 from classifier.store import ACTIVE
 from ui import state
 from ui.cache import executor
-from ui.ensemble import ensemble_entries
 from ui.export import export_section
-from ui.widgets import jobs, report_button, run_label, runs_table, sticky_select, user_errors
+from ui.widgets import report_button, run_label, runs_table, sticky_select, user_errors
 
 state.init_state()
 st.title("Runs")
-all_jobs = jobs()
-if not all_jobs:
+listing = entries(executor=executor())  # runs, saved ensembles and searches
+all_jobs = [j for j in listing if j.kind == "run"]
+if not listing:
     st.info("No runs yet. Start one on the **Train** page.")
     st.stop()
 
 NUMBER = st.column_config.NumberColumn
 st.dataframe(
-    runs_table(all_jobs),
+    runs_table(listing),
     hide_index=True,
     column_config={
         "accuracy": NUMBER(format="percent"),
@@ -33,7 +35,9 @@ st.dataframe(
         "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
     },
 )
-st.caption("Click a column header to sort.")
+st.caption("Runs, saved ensembles and searches. Click a column header to sort.")
+if not all_jobs:
+    st.stop()
 
 by_id = {j.run_id: j for j in all_jobs}
 labels = {i: run_label(j) for i, j in by_id.items()}
@@ -44,7 +48,7 @@ if job.error:
 left, right = st.columns(2)
 with left:
     st.markdown("**Download**")
-    if (job.run_dir / "model.safetensors").is_file():
+    if rundir.has_weights(job.run_dir):
         st.download_button(
             "Download run (.zip)",
             data=lambda: run_zip(job.run_dir, job.run_id),
@@ -52,11 +56,11 @@ with left:
             mime="application/zip",
             on_click="ignore",
             icon=":material/download:",
-            help="model.safetensors, config.json, metrics.json, history.csv, split.csv and val_predictions.csv",
+            help=", ".join(rundir.DOWNLOAD_FILES),
         )
     else:
         st.caption("This run has no saved model to download.")
-    if (job.run_dir / "val_predictions.csv").is_file():
+    if rundir.path(job.run_dir, rundir.VAL_PREDICTIONS).is_file():
         report_button(
             job.run_dir,
             job.run_id,

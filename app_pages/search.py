@@ -6,11 +6,11 @@ import streamlit as st
 
 from classifier import search
 from classifier.data.dataset import check_trainable
+from classifier.data.ingest import workspace_datasets
 from classifier.models import list_backbones
 from classifier.training import TrainConfig
 from ui import state
 from ui.cache import dataset_index
-from ui.datasets import workspace_datasets
 from ui.search import searches_section, space_form
 from ui.widgets import user_errors
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from classifier.data.dataset import check_trainable
+from classifier.data.ingest import workspace_datasets
 from classifier.data.transforms import AUGMENT_PRESETS
 from classifier.errors import WeightsError
 from classifier.models import default_weights, list_backbones
@@ -12,7 +13,6 @@ from classifier.training import TrainConfig
 from classifier.training.config import IMBALANCE, OPTIMIZERS, SCHEDULERS
 from ui import state
 from ui.cache import dataset_index, executor, weights_offline
-from ui.datasets import workspace_datasets
 from ui.lr_find import lr_finder_section
 from ui.monitor import runs_section
 from ui.widgets import user_errors

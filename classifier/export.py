@@ -270,6 +270,24 @@ def throughput(fns: dict[str, Callable[[], Any]], n_images: int, seconds: float 
 # ------------------------------------------------------------------------------------------------ export
 
 
+@dataclass
+class _Parity:
+    """What every candidate file is checked against: the PyTorch model's probabilities on the same inputs."""
+
+    run: LoadedRun
+    inputs: ParityInputs
+    ref: np.ndarray  # PyTorch probabilities
+    pytorch_acc: float | None
+    threads: int
+
+    def check(self, name: str, path: Path, forward: Callable[[torch.Tensor], np.ndarray], quantized: bool) -> Check:
+        x = self.inputs.x
+        probs = _softmax(forward(x))
+        check = compare(self.ref, probs, self.inputs.labels, name=name, file=path.name, size_mb=_mb(path))
+        _check_batch_one(check, probs, _softmax(forward(x[:1])))
+        return judge(check, self.pytorch_acc, quantized, len(x))
+
+
 def export_run(
     run_dir: str | Path,
     fmt: str = "onnx",
@@ -292,61 +310,17 @@ def export_run(
     run = load_run(run_dir, device="cpu")
     run.model.eval()
     inputs = parity_inputs(run, max_images)
-    x = inputs.x
-    threads = torch.get_num_threads()
     with torch.no_grad():
-        ref = _softmax(run.model(x).numpy())
+        ref = _softmax(run.model(inputs.x).numpy())
     pytorch_acc = None if inputs.labels is None else float(np.mean(ref.argmax(1) == inputs.labels))
-    xs = x[:SPEED_BATCH]
-    xs_np = xs.numpy()
-
+    parity = _Parity(run, inputs, ref, pytorch_acc, torch.get_num_threads())
+    xs = inputs.x[:SPEED_BATCH]
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
-        checks: list[Check] = []
-        timed: dict[str, Callable[[], Any]] = {"PyTorch": lambda: _torch_forward(run.model, xs)}
-        notes = [f"inputs: {inputs.note}"]
-        if fmt == "onnx":
-            say("Exporting to ONNX…")
-            float_path = export_onnx(run.model, x, Path(tmp) / MODEL_FILES[("onnx", None)])
-            paths = [("ONNX float32", float_path, False)]
-            if quantize == "int8":
-                say("Quantizing to int8…")
-                q = quantize_onnx_int8(float_path, Path(tmp) / MODEL_FILES[("onnx", "int8")])
-                paths.append(("ONNX int8", q, True))
-            for name, path, quantized in paths:
-                say(f"Checking {name} against PyTorch…")
-                sess = onnx_session(path, threads)
-                probs = _softmax(onnx_forward(sess, x.numpy()))
-                check = compare(ref, probs, inputs.labels, name=name, file=path.name, size_mb=_mb(path))
-                _check_batch_one(check, probs, _softmax(onnx_forward(sess, x[:1].numpy())))
-                checks.append(judge(check, pytorch_acc, quantized, len(x)))
-                timed[name] = lambda s=sess: onnx_forward(s, xs_np)
-        else:
-            say("Tracing to TorchScript…")
-            path = export_torchscript(run.model, x, Path(tmp) / MODEL_FILES[("torchscript", None)])
-            say("Checking TorchScript against PyTorch…")
-            module = load_torchscript(path)
-            probs = _softmax(_torch_forward(module, x))
-            check = compare(ref, probs, inputs.labels, name="TorchScript", file=path.name, size_mb=_mb(path))
-            _check_batch_one(check, probs, _softmax(_torch_forward(module, x[:1])))
-            checks.append(judge(check, pytorch_acc, False))
-            timed["TorchScript"] = lambda: _torch_forward(module, xs)
-            notes.append("TorchScript is deprecated in PyTorch 2.15; prefer ONNX where the target allows it")
+        make = _onnx_candidates if fmt == "onnx" else _torchscript_candidates
+        checks, timed, notes = make(parity, Path(tmp), quantize, xs, say)
         say("Measuring speed…")
-        speed = throughput(timed, len(xs), bench_seconds)
-        for c in checks:
-            c.images_per_s = _round(speed[c.name], 2)
-            c.top1_agreement, c.max_prob_diff = _round(c.top1_agreement), float(f"{c.max_prob_diff:.3g}")
-            c.accuracy = _round(c.accuracy)
-        notes.append(
-            f"speed: batch of {len(xs)}, {threads} threads for PyTorch and ONNX Runtime (CPUExecutionProvider), "
-            "timed side by side in one process (ONNX Runtime threads not spin-waiting)"
-        )
-        if quantize == "int8" and checks[-1].images_per_s and checks[0].images_per_s:
-            ratio = checks[-1].images_per_s / checks[0].images_per_s
-            notes.append(
-                f"int8 is {checks[0].size_mb / max(checks[-1].size_mb, 1e-9):.1f}x smaller and runs at {ratio:.2f}x "
-                "the float model's speed here (dynamic quantization; integer convolutions are slow on many CPUs)"
-            )
+        speed = throughput({"PyTorch": lambda: _torch_forward(run.model, xs), **timed}, len(xs), bench_seconds)
+        notes = [f"inputs: {inputs.note}", *notes, *_speed_notes(checks, speed, len(xs), parity.threads, quantize)]
         report = ExportReport(
             run_dir=str(run.run_dir),
             format=fmt,
@@ -354,22 +328,67 @@ def export_run(
             out=str(out_path) if out_path else "",
             kind=kind,
             inputs=inputs.source,
-            n_images=len(x),
+            n_images=len(inputs.x),
             pytorch_accuracy=_round(pytorch_acc),
             pytorch_images_per_s=_round(speed["PyTorch"], 2),
             speed_batch=len(xs),
-            threads=threads,
+            threads=parity.threads,
             checks=checks,
             notes=notes,
         )
         report.seconds = round(time.perf_counter() - t_start, 2)
         if out_path is not None:
             model_path = Path(tmp) / checks[-1].file
-            if kind == "bundle":
-                atomic_write_bytes(out_path, build_bundle(run, model_path, report, folder=out_path.stem))
-            else:
-                atomic_write_bytes(out_path, model_path.read_bytes())
+            data = build_bundle(run, model_path, report, out_path.stem) if kind == "bundle" else model_path.read_bytes()
+            atomic_write_bytes(out_path, data)
     return report
+
+
+def _onnx_candidates(parity: _Parity, tmp: Path, quantize: str | None, xs: torch.Tensor, say: Callable):
+    """The float ONNX file (and its int8 version), each checked; their timed forward passes."""
+    say("Exporting to ONNX…")
+    float_path = export_onnx(parity.run.model, parity.inputs.x, tmp / MODEL_FILES[("onnx", None)])
+    paths = [("ONNX float32", float_path, False)]
+    if quantize == "int8":
+        say("Quantizing to int8…")
+        paths.append(("ONNX int8", quantize_onnx_int8(float_path, tmp / MODEL_FILES[("onnx", "int8")]), True))
+    checks, timed, xs_np = [], {}, xs.numpy()
+    for name, path, quantized in paths:
+        say(f"Checking {name} against PyTorch…")
+        sess = onnx_session(path, parity.threads)
+        checks.append(parity.check(name, path, lambda x, s=sess: onnx_forward(s, x.numpy()), quantized))
+        timed[name] = lambda s=sess: onnx_forward(s, xs_np)
+    return checks, timed, []
+
+
+def _torchscript_candidates(parity: _Parity, tmp: Path, quantize: str | None, xs: torch.Tensor, say: Callable):
+    """The traced TorchScript file, checked; its timed forward pass."""
+    say("Tracing to TorchScript…")
+    path = export_torchscript(parity.run.model, parity.inputs.x, tmp / MODEL_FILES[("torchscript", None)])
+    say("Checking TorchScript against PyTorch…")
+    module = load_torchscript(path)
+    check = parity.check("TorchScript", path, lambda x: _torch_forward(module, x), False)
+    note = "TorchScript is deprecated in PyTorch 2.15; prefer ONNX where the target allows it"
+    return [check], {"TorchScript": lambda: _torch_forward(module, xs)}, [note]
+
+
+def _speed_notes(checks: list[Check], speed: dict, batch: int, threads: int, quantize: str | None) -> list[str]:
+    """Fill each check's speed and round its figures; the notes that explain the speed comparison."""
+    for c in checks:
+        c.images_per_s = _round(speed[c.name], 2)
+        c.top1_agreement, c.max_prob_diff = _round(c.top1_agreement), float(f"{c.max_prob_diff:.3g}")
+        c.accuracy = _round(c.accuracy)
+    notes = [
+        f"speed: batch of {batch}, {threads} threads for PyTorch and ONNX Runtime (CPUExecutionProvider), "
+        "timed side by side in one process (ONNX Runtime threads not spin-waiting)"
+    ]
+    if quantize == "int8" and checks[-1].images_per_s and checks[0].images_per_s:
+        ratio = checks[-1].images_per_s / checks[0].images_per_s
+        notes.append(
+            f"int8 is {checks[0].size_mb / max(checks[-1].size_mb, 1e-9):.1f}x smaller and runs at {ratio:.2f}x "
+            "the float model's speed here (dynamic quantization; integer convolutions are slow on many CPUs)"
+        )
+    return notes
 
 
 def _check_args(fmt: str, quantize: str | None, out: str | Path | None) -> tuple[str, Path | None, str]:
@@ -500,11 +519,15 @@ def predict_snippet() -> str:
 
 def model_card(run: LoadedRun, report: ExportReport) -> str:
     """MODEL_CARD.md: data, training settings, validation metrics, intended use, limitations (parity included)."""
-    cfg, train = run.config, run.config.get("train", {})
     metrics = rundir.read_metrics(run.run_dir) or {}
+    lines = _card_data(run, report) + _card_training(run) + _card_metrics(metrics) + _card_use(run, report, metrics)
+    return "\n".join(lines) + "\n"
+
+
+def _card_data(run: LoadedRun, report: ExportReport) -> list[str]:
+    cfg = run.config
     counts = rundir.split_counts(run.run_dir)
     root = cfg.get("dataset", {}).get("root", "")
-    dc = cfg["data_config"]
     check = report.check
     lines = [
         f"# Model card: {Path(root).name or 'dataset'} classifier ({cfg.get('backbone')}, {check.name})",
@@ -522,7 +545,13 @@ def model_card(run: LoadedRun, report: ExportReport) -> str:
         lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
         lines += [f"| {c} | " + " | ".join(str(counts.get(c, {}).get(s, 0)) for s in splits) + " |"
                   for c in run.class_names]  # fmt: skip
-    lines += [
+    return lines
+
+
+def _card_training(run: LoadedRun) -> list[str]:
+    cfg, train = run.config, run.config.get("train", {})
+    dc = cfg["data_config"]
+    return [
         "",
         "## Training",
         "",
@@ -541,6 +570,10 @@ def model_card(run: LoadedRun, report: ExportReport) -> str:
         "## Validation metrics (PyTorch model, the run's validation split)",
         "",
     ]
+
+
+def _card_metrics(metrics: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if metrics:
         for key, label in (("accuracy", "accuracy"), ("top_k_accuracy", f"top-{metrics.get('top_k', '?')} accuracy"),
                            ("macro_f1", "macro F1"), ("roc_auc_macro", "ROC AUC (macro, one-vs-rest)"),
@@ -555,6 +588,12 @@ def model_card(run: LoadedRun, report: ExportReport) -> str:
                       for p in per_class]  # fmt: skip
     else:
         lines.append("- metrics.json is missing from the run.")
+    return lines
+
+
+def _card_use(run: LoadedRun, report: ExportReport, metrics: dict[str, Any]) -> list[str]:
+    check = report.check
+    lines: list[str] = []
     lines += [
         "",
         "## Export check",
@@ -591,7 +630,7 @@ def model_card(run: LoadedRun, report: ExportReport) -> str:
         lines.append("- The export was checked on generated images only: the validation images were not readable.")
     if report.quantize == "int8":
         lines.append("- int8 weights: probabilities differ slightly from the float model (see the export check).")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def default_export_path(run_dir: str | Path, fmt: str, quantize: str | None = None) -> Path:

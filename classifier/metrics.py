@@ -291,10 +291,21 @@ def most_confused(confusion_matrix: Any, class_names: list[str], min_count: int 
     return sorted(pairs, key=lambda pair: -pair[2])
 
 
-def confusion_pairs(y_true: Any, probs: Any, true_idx: int, pred_idx: int) -> list[int]:
-    """Indices of samples of class `true_idx` predicted as `pred_idx`, highest loss first (error gallery)."""
-    y, p = _validate(y_true, probs)
-    loss = _per_sample_loss(y, p)
-    idx = np.flatnonzero((y == true_idx) & (p.argmax(axis=1) == pred_idx))
-    order = np.argsort(-loss[idx], kind="stable")
-    return [int(i) for i in idx[order]]
+OUTCOMES = ("all", "correct", "incorrect")
+
+
+def loss_gallery(
+    y_true: Any, probs: Any, *, true: int | None = None, pred: int | None = None, outcome: str = "all"
+) -> list[dict[str, Any]]:
+    """`top_losses` rows (worst first) of the samples with true class `true` and predicted class `pred` (None: any)
+    and the given outcome ("all", "correct", "incorrect"): the error-analysis galleries of Evaluate and Explain."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    rows = top_losses(y_true, probs)
+    return [
+        r
+        for r in rows
+        if (true is None or r["true"] == true)
+        and (pred is None or r["pred"] == pred)
+        and (outcome == "all" or (r["true"] == r["pred"]) == (outcome == "correct"))
+    ]

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,8 +39,9 @@ from typing import Any
 
 from classifier.errors import ClassifierError, RunError
 from classifier.io import atomic_write_json
+from classifier.jobs.launcher import launch, reap
 from classifier.training.config import TrainConfig
-from classifier.workspace import ENV_VAR, workspace_dir
+from classifier.workspace import workspace_dir
 
 SAMPLERS = ("grid", "random", "tpe")
 # Fields a search may vary, and their type. Strings are always choices.
@@ -281,7 +281,9 @@ def load_search(search_id: str) -> dict[str, Any]:
 
 
 def list_searches() -> list[dict[str, Any]]:
-    """Every search in the workspace, newest first."""
+    """Every search in the workspace, newest first (driver processes this process started and that have exited
+    are reaped first)."""
+    reap()
     out = []
     for p in searches_dir().glob("*/search.json"):
         try:
@@ -422,17 +424,6 @@ def _study(spec: dict[str, Any]):
     return optuna.create_study(sampler=sampler, pruner=pruner, direction=spec["direction"])
 
 
-def _history(executor: Any, run_id: str) -> list[dict[str, Any]]:
-    """Per-epoch rows a run has reported so far (through the executor, or the run store it writes)."""
-    if hasattr(executor, "history"):
-        return list(executor.history(run_id))
-    from classifier.store import RunStore
-
-    store = getattr(executor, "store", None) or RunStore()
-    row = store.get(run_id)
-    return list(row["history"]) if row else []
-
-
 def _final_value(spec: dict[str, Any], job: Any, history: list[dict[str, Any]]) -> float | None:
     metric = spec["metric"]
     if metric == "val_loss":
@@ -474,119 +465,136 @@ def run_search(
 
 
 def _drive(spec: dict[str, Any], executor: Any, poll: float, on_update: Callable | None) -> dict[str, Any]:
-    import optuna
-    from optuna.trial import TrialState, create_trial
-
+    """The driver's loop: watch active trials, submit new ones up to `parallel`, until done or cancelled."""
     study = _study(spec)
     dists = distributions(spec["space"])
-    live: dict[int, optuna.trial.Trial] = {}  # our trial number -> its Optuna trial
-    for t in spec["trials"]:  # replay what an earlier driver recorded
-        inter = {int(k): v for k, v in (t.get("intermediate") or {}).items()}
-        if t["state"] in ACTIVE_TRIAL and t.get("run_id"):
-            study.enqueue_trial(t["params"])
-            live[t["number"]] = trial = study.ask(dists)
-            for step, v in sorted(inter.items()):
-                trial.report(v, step)
-        else:
-            state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(t["state"], TrialState.FAIL)
-            value = t.get("value") if state == TrialState.COMPLETE else None
-            if state == TrialState.COMPLETE and value is None:
-                state = TrialState.FAIL
-            study.add_trial(create_trial(params=t["params"], distributions=dists, value=value,
-                                         intermediate_values=inter, state=state))  # fmt: skip
+    live = _replay(study, spec, dists)
     if spec["sampler"] == "grid":
         _enqueue_grid(study, spec)
     spec["status"], spec["error"], spec["pid"] = "running", None, os.getpid()
     save_search(spec)
     flag = cancel_flag(spec["id"])
+
+    def publish() -> None:
+        save_search(spec)
+        if on_update:
+            on_update(spec)
+
     while True:
-        changed = False
         if flag.exists():
             for t in spec["trials"]:
                 if t["state"] in ACTIVE_TRIAL:
                     executor.cancel(t["run_id"])
                     t["state"] = "cancelled"
             spec["status"] = "cancelled"
-            save_search(spec)
-            if on_update:
-                on_update(spec)
+            publish()
             return spec
-        for t in spec["trials"]:
-            if t["state"] not in ACTIVE_TRIAL:
-                continue
-            trial = live[t["number"]]
-            try:
-                job = executor.status(t["run_id"])
-                history = _history(executor, t["run_id"])
-            except ClassifierError as e:  # e.g. the run was deleted on the Runs page
-                job, history = SimpleNamespace(status="failed", error=str(e), metrics=None), []
-            key = METRICS[spec["metric"]][1]
-            inter = t.setdefault("intermediate", {})
-            pruned = False
-            for row in history:
-                epoch, v = int(row["epoch"]), row.get(key)
-                if str(epoch) in inter or v is None or not math.isfinite(float(v)):
-                    continue
-                inter[str(epoch)] = float(v)
-                trial.report(float(v), epoch)
-                changed = True
-                if job.status != "completed" and trial.should_prune():
-                    pruned = True
-                    break
-            if job.status != t["state"] and job.status in ACTIVE_TRIAL:
-                t["state"], changed = job.status, True
-            if pruned:
-                executor.cancel(t["run_id"])
-                t["state"], t["value"] = "pruned", inter[str(epoch)]
-                study.tell(trial, state=TrialState.PRUNED)
-            elif job.status == "completed":
-                t["value"] = _final_value(spec, job, history)
-                if t["value"] is None:
-                    t["state"], t["error"] = "failed", f"the run reported no {spec['metric']}"
-                    study.tell(trial, state=TrialState.FAIL)
-                else:
-                    t["state"] = "completed"
-                    study.tell(trial, t["value"])
-            elif job.status in ("failed", "cancelled", "interrupted"):
-                t["state"] = "failed" if job.status != "cancelled" else "cancelled"
-                t["error"] = job.error or f"the run was {job.status}"
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                continue
-            t["ended_at"], changed = time.time(), True
-            del live[t["number"]]
+        changed = False
+        for t in [t for t in spec["trials"] if t["state"] in ACTIVE_TRIAL]:
+            changed |= _watch(spec, t, live, study, executor)
         active = sum(t["state"] in ACTIVE_TRIAL for t in spec["trials"])
         while active < spec["parallel"] and len(spec["trials"]) < spec["n_trials"]:
-            trial = study.ask(dists)
-            params = {k: trial.params[k] for k in spec["space"]}
-            number = len(spec["trials"]) + 1
-            record = {"number": number, "params": params, "run_id": None, "state": "queued", "value": None,
-                      "intermediate": {}, "error": None, "started_at": time.time(), "ended_at": None}  # fmt: skip
-            spec["trials"].append(record)
-            try:
-                cfg = trial_config(spec["base_config"], params)
-                record["run_id"] = executor.submit(cfg, name=f"{spec['name']} #{number}")
-            except Exception as e:  # noqa: BLE001 - a bad combination fails this trial, not the search
-                record["state"], record["error"] = "failed", f"{type(e).__name__}: {e}"
-                record["ended_at"] = time.time()
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                live[number] = trial
-                active += 1
+            active += _submit(spec, study.ask(dists), live, study, executor)
             changed = True
         if changed:
             best = best_trial(spec)
             spec["best"] = None if best is None else {k: best[k] for k in ("number", "run_id", "value", "params")}
-            save_search(spec)
-            if on_update:
-                on_update(spec)
+            publish()
         if not active and len(spec["trials"]) >= spec["n_trials"]:
             spec["status"] = "completed"
-            save_search(spec)
-            if on_update:
-                on_update(spec)
+            publish()
             return spec
         time.sleep(poll)
+
+
+def _replay(study: Any, spec: dict[str, Any], dists: dict[str, Any]) -> dict[int, Any]:
+    """Put what an earlier driver recorded back into a fresh study; the Optuna trials of runs still going."""
+    from optuna.trial import TrialState, create_trial
+
+    live: dict[int, Any] = {}  # our trial number -> its Optuna trial
+    for t in spec["trials"]:
+        inter = {int(k): v for k, v in (t.get("intermediate") or {}).items()}
+        if t["state"] in ACTIVE_TRIAL and t.get("run_id"):
+            study.enqueue_trial(t["params"])
+            live[t["number"]] = trial = study.ask(dists)
+            for step, v in sorted(inter.items()):
+                trial.report(v, step)
+            continue
+        state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(t["state"], TrialState.FAIL)
+        value = t.get("value") if state == TrialState.COMPLETE else None
+        if state == TrialState.COMPLETE and value is None:
+            state = TrialState.FAIL
+        study.add_trial(create_trial(params=t["params"], distributions=dists, value=value,
+                                     intermediate_values=inter, state=state))  # fmt: skip
+    return live
+
+
+def _watch(spec: dict[str, Any], t: dict[str, Any], live: dict[int, Any], study: Any, executor: Any) -> bool:
+    """Report a trial's new epochs to Optuna, prune or finish it as its run says; True if anything changed."""
+    from optuna.trial import TrialState
+
+    trial = live[t["number"]]
+    try:
+        job = executor.status(t["run_id"])
+        history = list(executor.history(t["run_id"]))
+    except ClassifierError as e:  # e.g. the run was deleted on the Runs page
+        job, history = SimpleNamespace(status="failed", error=str(e), metrics=None), []
+    key = METRICS[spec["metric"]][1]
+    inter = t.setdefault("intermediate", {})
+    changed = pruned = False
+    for row in history:
+        epoch, v = int(row["epoch"]), row.get(key)
+        if str(epoch) in inter or v is None or not math.isfinite(float(v)):
+            continue
+        inter[str(epoch)] = float(v)
+        trial.report(float(v), epoch)
+        changed = True
+        if job.status != "completed" and trial.should_prune():
+            pruned = True
+            break
+    if job.status != t["state"] and job.status in ACTIVE_TRIAL:
+        t["state"], changed = job.status, True
+    if pruned:
+        executor.cancel(t["run_id"])
+        t["state"], t["value"] = "pruned", inter[str(epoch)]
+        study.tell(trial, state=TrialState.PRUNED)
+    elif job.status == "completed":
+        t["value"] = _final_value(spec, job, history)
+        if t["value"] is None:
+            t["state"], t["error"] = "failed", f"the run reported no {spec['metric']}"
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            t["state"] = "completed"
+            study.tell(trial, t["value"])
+    elif job.status in ("failed", "cancelled", "interrupted"):
+        t["state"] = "failed" if job.status != "cancelled" else "cancelled"
+        t["error"] = job.error or f"the run was {job.status}"
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        return changed
+    t["ended_at"] = time.time()
+    del live[t["number"]]
+    return True
+
+
+def _submit(spec: dict[str, Any], trial: Any, live: dict[int, Any], study: Any, executor: Any) -> int:
+    """Record a new trial and submit its run; 1 if it is now active, 0 if its settings failed at once."""
+    from optuna.trial import TrialState
+
+    params = {k: trial.params[k] for k in spec["space"]}
+    number = len(spec["trials"]) + 1
+    record = {"number": number, "params": params, "run_id": None, "state": "queued", "value": None,
+              "intermediate": {}, "error": None, "started_at": time.time(), "ended_at": None}  # fmt: skip
+    spec["trials"].append(record)
+    try:
+        record["run_id"] = executor.submit(trial_config(spec["base_config"], params), name=f"{spec['name']} #{number}")
+    except Exception as e:  # noqa: BLE001 - a bad combination fails this trial, not the search
+        record["state"], record["error"] = "failed", f"{type(e).__name__}: {e}"
+        record["ended_at"] = time.time()
+        study.tell(trial, state=TrialState.FAIL)
+        return 0
+    live[number] = trial
+    return 1
 
 
 def _enqueue_grid(study: Any, spec: dict[str, Any]) -> None:
@@ -616,29 +624,8 @@ def launch_search(search_id: str, python: str = sys.executable) -> int:
     raw = json.loads(_json_path(search_id).read_text(encoding="utf-8"))
     raw["launched_at"], raw["status"] = time.time(), "queued"
     save_search(raw)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = {
-        **os.environ,
-        ENV_VAR: str(workspace_dir().resolve()),
-        "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
-    }
-    cmd = [python, "-m", "classifier", "search", "--id", search_id, "--quiet"]
-    with open(log_path(search_id), "ab") as log:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env,
-            start_new_session=True,
-        )  # fmt: skip
-    _CHILDREN.append(proc)
+    proc = launch(["search", "--id", search_id, "--quiet"], log_path(search_id), f"search:{search_id}", python)
     return proc.pid
-
-
-_CHILDREN: list[subprocess.Popen] = []  # driver processes this process started (polled so they are reaped)
-
-
-def reap() -> None:
-    for proc in list(_CHILDREN):
-        if proc.poll() is not None:
-            _CHILDREN.remove(proc)
 
 
 def cancel_search(search_id: str, executor: Any = None) -> None:

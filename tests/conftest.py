@@ -31,14 +31,14 @@ def _no_orphans():
     """After each test, kill any training or search process it started and left behind (a failing test must not
     leave one running into the next)."""
     yield
-    jobs, search = sys.modules.get("classifier.jobs"), sys.modules.get("classifier.search")
-    children = [*(jobs._CHILDREN.values() if jobs else ()), *(search._CHILDREN if search else ())]
-    for proc in children:
+    launcher = sys.modules.get("classifier.jobs.launcher")
+    if launcher is None:
+        return
+    for proc in launcher.children():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    if jobs:
-        jobs._CHILDREN.clear()
+    launcher.forget_all()
 
 
 @pytest.fixture(autouse=True)

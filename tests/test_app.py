@@ -306,7 +306,8 @@ def test_run_zip_holds_the_run_files(completed_run: str) -> None:
 
 
 def test_safe_name_and_augment_preview() -> None:
-    from ui.datasets import augment_preview, safe_name
+    from classifier.data.ingest import safe_name
+    from classifier.data.transforms import augment_preview
 
     assert safe_name("../../etc/passwd") == "etc_passwd"
     assert safe_name("...") == "dataset"

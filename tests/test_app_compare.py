@@ -83,7 +83,7 @@ def test_compare_two_finished_runs(two_jobs: list[str]) -> None:
 
 def test_compare_a_run_that_is_still_training(two_jobs: list[str], monkeypatch) -> None:
     """A running run (its process faked alive) shows its curve so far and 'no metrics yet' instead of F1."""
-    import classifier.jobs
+    import classifier.jobs.local
     from classifier.store import RunStore
     from classifier.workspace import runs_dir
 
@@ -95,7 +95,7 @@ def test_compare_a_run_that_is_still_training(two_jobs: list[str], monkeypatch) 
     store = RunStore()
     store.create(live_id, "live", {"lr": 0.01}, str(live), status="running")
     store.update(live_id, pid=os.getpid())
-    monkeypatch.setattr(classifier.jobs, "_process_alive", lambda pid, run_id: True)
+    monkeypatch.setattr(classifier.jobs.local, "_process_alive", lambda pid, run_id: True)
 
     at = page("app_pages/compare.py")
     at.multiselect(key="w_compare_runs").set_value([two_jobs[0], live_id]).run()

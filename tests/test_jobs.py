@@ -292,3 +292,36 @@ def test_queued_run_sees_its_cancel_flag_while_waiting_for_the_device(data):
         assert not t.is_alive()
     assert result["r"] is None and store.get("waiting")["status"] == "cancelled"
     assert store.get("waiting")["ended_at"] and not (runs_dir() / "waiting").exists()
+
+
+def test_catalogue_lists_runs_ensembles_and_searches_as_one_kind_of_entry(two_runs):
+    """Runs (from the executor's store), saved ensembles and searches come back as JobStatus entries with their
+    kind, distinct ids, names, statuses and metrics; `kinds` filters."""
+    import shutil
+
+    from classifier.ensemble import build_ensemble, ensembles_dir
+    from classifier.jobs.catalogue import ENSEMBLE_PREFIX, SEARCH_PREFIX, entries
+    from classifier.search import create_search
+
+    store = RunStore()
+    for i, src in enumerate(two_runs):
+        dst = runs_dir() / f"r{i}"
+        shutil.copytree(src, dst)
+        store.create(f"r{i}", f"run {i}", {"backbone": "simple_cnn"}, str(dst), status="completed")
+        store.update(f"r{i}", metrics={"accuracy": 0.5 + i / 10})
+    build_ensemble([runs_dir() / "r0", runs_dir() / "r1"], ensembles_dir() / "e1", name="pair")
+    spec = create_search(TrainConfig(data="demo", backbone="simple_cnn", weights="none"), {"lr": [0.1, 0.01]},
+                         sampler="grid", name="lr grid")  # fmt: skip
+
+    listed = entries(executor=default_executor())
+    assert [e.kind for e in listed] == ["run", "run", "ensemble", "search"]
+    assert len({e.run_id for e in listed}) == 4
+    runs, ens, search = listed[:2], listed[2], listed[3]
+    assert {e.run_id for e in runs} == {"r0", "r1"} and {e.metrics["accuracy"] for e in runs} == {0.5, 0.6}
+    assert ens.run_id == ENSEMBLE_PREFIX + "e1" and ens.name.startswith("pair") and ens.status == "completed"
+    assert ens.metrics["accuracy"] is not None and [m["run_id"] for m in ens.members] == ["r0", "r1"]
+    assert search.run_id == SEARCH_PREFIX + spec["id"] and search.name == "lr grid"
+    assert search.status in ("queued", "interrupted") and search.metrics["metric"] == "accuracy"
+    assert [e.kind for e in entries(("ensemble", "search"))] == ["ensemble", "search"]
+    with pytest.raises(ValueError, match="unknown catalogue kinds"):
+        entries(("runs",))

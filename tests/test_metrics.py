@@ -10,7 +10,7 @@ import pytest
 
 from classifier.metrics import (
     compute_metrics,
-    confusion_pairs,
+    loss_gallery,
     most_confused,
     pr_curves,
     reliability_bins,
@@ -171,12 +171,19 @@ def test_most_confused_order() -> None:
     ]
 
 
-def test_confusion_pairs_sorted_by_loss() -> None:
+def test_loss_gallery_filters_and_sorts_by_loss() -> None:
     y = np.array([0, 0, 0, 1, 0])
     probs = np.array([[0.4, 0.6], [0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
     # True 0 predicted 1: samples 0 (p_true 0.4), 1 (0.1), 4 (0.45) -> highest loss = lowest p_true first.
-    assert confusion_pairs(y, probs, 0, 1) == [1, 0, 4]
-    assert confusion_pairs(y, probs, 1, 0) == []
+    assert [r["index"] for r in loss_gallery(y, probs, true=0, pred=1)] == [1, 0, 4]
+    assert loss_gallery(y, probs, true=1, pred=0) == []
+    wrong = loss_gallery(y, probs, outcome="incorrect")
+    assert wrong and all(r["true"] != r["pred"] for r in wrong)
+    assert [r["loss"] for r in wrong] == sorted((r["loss"] for r in wrong), reverse=True)
+    right = loss_gallery(y, probs, outcome="correct")
+    assert len(right) + len(wrong) == len(y) and all(r["true"] == r["pred"] for r in right)
+    with pytest.raises(ValueError):
+        loss_gallery(y, probs, outcome="maybe")
 
 
 def test_unnormalised_probs_are_renormalised() -> None:

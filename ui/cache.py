@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from classifier import rundir
 from classifier.data.dataset import DatasetIndex, index_dataset
 from classifier.predict import LoadedRun, load_run
 from classifier.workspace import workspace_dir
@@ -50,7 +51,7 @@ def _run(run_dir: str, mtime: float) -> LoadedRun:
 
 def loaded_run(run_dir: str | Path) -> LoadedRun:
     """The run's model and evaluation transform, loaded once per run dir (and reloaded if the weights change)."""
-    return _run(str(run_dir), file_mtime(Path(run_dir) / "model.safetensors"))
+    return _run(str(run_dir), file_mtime(rundir.weights_path(run_dir)))
 
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=8)
@@ -74,7 +75,7 @@ def _val_predictions(run_dir: str, mtime: float) -> tuple[pd.DataFrame, np.ndarr
 def val_predictions(run_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str], str]:
     """(table, y_true indices, probabilities, class names, dataset root) from a run's (or a saved ensemble's)
     val_predictions.csv."""
-    return _val_predictions(str(run_dir), file_mtime(Path(run_dir) / "val_predictions.csv"))
+    return _val_predictions(str(run_dir), file_mtime(rundir.path(run_dir, rundir.VAL_PREDICTIONS)))
 
 
 def file_mtime(path: str | Path) -> float:

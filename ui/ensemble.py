@@ -1,69 +1,28 @@
-"""Ensembles in the app: saved ensembles as run-like entries for the pickers, the cached ensemble model, and the
-"combine runs" builder on the Evaluate page."""
+"""Ensembles in the app: the cached ensemble model of a saved ensemble (a catalogue entry of kind "ensemble"), and
+the "combine runs" builder on the Evaluate page."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from classifier.ensemble import Ensemble, build_ensemble, ensembles_dir, list_ensembles, read_ensemble
-from classifier.jobs import new_run_id
+from classifier.ensemble import Ensemble, build_ensemble, ensembles_dir, read_ensemble
+from classifier.jobs import JobStatus, new_run_id
+from classifier.jobs.catalogue import ENSEMBLE_PREFIX
 from ui import state
 from ui.cache import loaded_run
 from ui.widgets import jobs, run_label, user_errors
 
-PREFIX = "ens-"  # picker ids of saved ensembles, so they never collide with run ids
 PICK_NEXT = "_ensemble_pick_next"  # an entry a page wants selected in the run picker on its next run
 
 
-@dataclass
-class EnsembleEntry:
-    """A saved ensemble shaped like `classifier.jobs.JobStatus`, so the run pickers and labels take it."""
-
-    run_id: str
-    name: str
-    run_dir: Path
-    created_at: float | None
-    metrics: dict | None
-    config: dict = field(default_factory=lambda: {"backbone": "ensemble"})
-    status: str = "completed"
-    error: str | None = None
-    progress: dict = field(default_factory=dict)
-    members: list[dict] = field(default_factory=list)
-
-
 def is_ensemble(job: Any) -> bool:
-    return isinstance(job, EnsembleEntry)
+    return getattr(job, "kind", "run") == "ensemble"
 
 
-def ensemble_entries() -> list[EnsembleEntry]:
-    """Saved ensembles of the workspace, newest first."""
-    import json
-
-    out = []
-    for d, info in list_ensembles():
-        try:
-            metrics = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            metrics = None
-        out.append(
-            EnsembleEntry(
-                run_id=PREFIX + d.name,
-                name=f"{info.get('name') or d.name} (ensemble of {len(info['members'])})",
-                run_dir=d,
-                created_at=(d / "ensemble.json").stat().st_mtime,
-                metrics=metrics,
-                members=list(info["members"]),
-            )
-        )
-    return out
-
-
-def loaded_ensemble(entry: EnsembleEntry) -> Ensemble:
+def loaded_ensemble(entry: JobStatus) -> Ensemble:
     """The ensemble with its members' cached models (RunError when a member is gone)."""
     info = read_ensemble(entry.run_dir)
     return Ensemble([loaded_run(m["run_dir"]) for m in info["members"]], name=entry.name, ensemble_dir=entry.run_dir)
@@ -108,6 +67,6 @@ def ensemble_builder() -> None:
                     [done[i].run_dir for i in picked], ensembles_dir() / folder, name=name.strip() or None,
                     progress=progress, runs=runs,
                 )  # fmt: skip
-                st.session_state[PICK_NEXT] = PREFIX + folder
+                st.session_state[PICK_NEXT] = ENSEMBLE_PREFIX + folder
                 st.toast(f"Ensemble saved: accuracy {m['accuracy']:.1%} ({time.monotonic() - t0:.1f} s)")
                 st.rerun()

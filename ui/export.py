@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from classifier import rundir
 from classifier.export import default_export_path, export_run
 from classifier.io import atomic_write_json
 from ui.cache import file_mtime
@@ -24,7 +25,7 @@ FORMATS = {"ONNX": "onnx", "TorchScript": "torchscript"}
 def export_section(job: Any) -> None:
     """Format and int8 choice, a build button, the last export's figures (with a warning when flagged), download."""
     st.subheader("Export")
-    weights = Path(job.run_dir) / "model.safetensors"
+    weights = rundir.weights_path(job.run_dir)
     if job.status != "completed" or not weights.is_file():
         st.caption("Export needs a completed run with a saved model.")
         return

@@ -13,7 +13,7 @@ import streamlit as st
 
 from classifier.figures import history_curves
 from classifier.jobs import resumable, resume_info
-from classifier.store import ACTIVE, RunStore
+from classifier.store import ACTIVE
 from ui import state
 from ui.cache import executor
 from ui.widgets import STATUS_ICONS, jobs, metric_cards, run_label, runs_table, sticky_select, user_errors
@@ -53,9 +53,8 @@ def progress_text(p: dict[str, Any]) -> str:
 
 
 def history(run_id: str) -> pd.DataFrame:
-    """Per-epoch rows the run has written so far."""
-    row = RunStore().get(run_id)
-    return pd.DataFrame(row["history"] if row else [])
+    """Per-epoch rows the run has reported so far."""
+    return pd.DataFrame(executor().history(run_id))
 
 
 def _draw(job: Any) -> None:

@@ -111,7 +111,6 @@ def _draw(spec: dict[str, Any]) -> None:
 
 def searches_section() -> None:
     """Pick a search (default: the newest) and draw it; polls every second while it is queued or running."""
-    search.reap()
     specs = search.list_searches()
     if not specs:
         st.info("No searches yet. Define a space above and start one.", icon="ℹ️")

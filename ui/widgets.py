@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from classifier.errors import ClassifierError
+from classifier.jobs.catalogue import ensemble_entries
 from ui import state
 from ui.cache import executor
 
@@ -83,13 +84,16 @@ def jobs(limit: int | None = None) -> list[Any]:
 
 
 def runs_table(job_list: Sequence[Any]) -> pd.DataFrame:
-    """One row per run: status, key settings and validation metrics (for `st.dataframe`)."""
+    """One row per catalogue entry (run, ensemble, search): status, key settings and validation metrics."""
     rows = []
     for j in job_list:
-        cfg, m = j.config or {}, j.metrics or {}
+        cfg, m = j.config or {}, dict(j.metrics or {})
+        if j.kind == "search" and m.get("metric"):  # a search's best value so far, in its metric's column
+            m[m["metric"]] = m.get("best")
         rows.append(
             {
                 "run": j.run_id,
+                "kind": j.kind,
                 "name": j.name or "",
                 "status": f"{STATUS_ICONS.get(j.status, '')} {j.status}",
                 "backbone": cfg.get("backbone"),
@@ -134,13 +138,11 @@ def run_picker(
 ) -> Any | None:
     """Select a run (completed ones by default); the choice is kept in session state across pages.
 
-    `ensembles` adds the saved ensembles (`ui.ensemble.EnsembleEntry`, shaped like a run) after the runs.
+    `ensembles` adds the saved ensembles (catalogue entries of kind "ensemble", shaped like a run) after the runs.
     """
     state.init_state()
     choices = {j.run_id: j for j in jobs() if j.status == "completed" or not completed_only}
     if ensembles:
-        from ui.ensemble import ensemble_entries
-
         choices.update({e.run_id: e for e in ensemble_entries()})
     if not choices:
         st.info("No completed runs yet. Start one on the **Train** page.", icon="ℹ️")

@@ -38,7 +38,6 @@ from classifier.data.images import load_image
 from classifier.errors import ImageError
 from classifier.workspace import cache_dir
 
-CACHE_MODES = ("auto", "memory", "disk", "off")
 BUDGET_ENV = "CLASSIFIER_CACHE_MEMORY_MB"
 DEFAULT_BUDGET_MB = 2048
 FORMAT = 1
@@ -165,28 +164,14 @@ def open_cache(
     digest = hashlib.sha1(f"{FORMAT}\n{os.path.abspath(key)}\n{interpolation}".encode()).hexdigest()[:16]
     base = cache_dir() / f"{digest}-{side}"
     data_file, index_file = base.with_suffix(".u8"), base.with_suffix(".json")
-    shape = (3, side, side)
-    per_image = 3 * side * side
-    old_entries: dict[str, list[int]] = {}
-    old = None
-    try:
-        meta = json.loads(index_file.read_text(encoding="utf-8"))
-        if meta.get("format") == FORMAT and meta.get("side") == side:
-            old_entries = meta["entries"]
-            if data_file.stat().st_size == len(old_entries) * per_image and old_entries:
-                old = np.memmap(data_file, dtype=np.uint8, mode="r", shape=(len(old_entries), *shape))
-            else:
-                old_entries = {}
-    except (OSError, ValueError, KeyError, TypeError):
-        old_entries, old = {}, None
+    old_entries, old = _read_index(index_file, data_file, side)
 
     def valid(i: int) -> int | None:
         e = old_entries.get(names[i])
         return int(e[0]) if e is not None and list(e[1:]) == stamps[i] else None
 
     slots = [valid(i) for i in range(len(paths))]
-    n_total = len(paths) * per_image
-    in_memory = mode == "memory" or (mode == "auto" and n_total <= memory_budget())
+    in_memory = mode == "memory" or (mode == "auto" and len(paths) * 3 * side * side <= memory_budget())
     if old is not None and all(s is not None for s in slots):
         # Everything is cached already: read it (a subset of the file's images, in the order asked for).
         if in_memory:
@@ -196,56 +181,88 @@ def open_cache(
             return DecodedCache(old, side, "disk", data_file, 0, len(paths))
         # A subset or another order on disk: keep the whole file mapped and index through the slots.
         return DecodedCache(_Remapped(old, slots), side, "disk", data_file, 0, len(paths))
-
-    # Build the new file: every image of this call plus old images still valid that this call did not ask for.
-    keep = [(name, e) for name, e in old_entries.items() if name not in set(names)]
-    keep = [(n, e) for n, e in keep if Path(n).is_file() and _stat(Path(n)) == list(e[1:])]
-    count = len(paths) + len(keep)
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir(), prefix=f".{base.name}-", suffix=".u8.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(1, count), *shape))
-        todo = [i for i, s in enumerate(slots) if s is None]
-        for i, s in enumerate(slots):
-            if s is not None:
-                out[i] = old[s]
-        for j, (_, e) in enumerate(keep):
-            out[len(paths) + j] = old[int(e[0])]
-        if todo:
-            loader = DataLoader(
-                _Decode([paths[i] for i in todo], side, interpolation),
-                batch_size=8,
-                num_workers=num_workers,
-                generator=torch.Generator(),  # never draw from the global RNG: a run must not depend on the cache
-            )
-            done = 0
-            for batch in loader:
-                for k, img in enumerate(batch):
-                    out[todo[done + k]] = img.numpy()
-                done += len(batch)
-                if progress:
-                    progress(done, len(todo))
-        out.flush()
-        array_mem = np.array(out[: len(paths)]) if in_memory else None
-        del out
-        with open(tmp, "r+b") as f:  # count == 0 still allocated one slot; trim to the exact size
-            f.truncate(count * per_image)
-        entries = {name: [i, *stamps[i]] for i, name in enumerate(names)}
-        entries.update({name: [len(paths) + j, *e[1:]] for j, (name, e) in enumerate(keep)})
-        os.replace(tmp, data_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    build = _Build(paths, names, stamps, slots, old, old_entries, side, interpolation)
+    count, entries, decoded = build.write(data_file, base.name, num_workers, progress)
     from classifier.io import atomic_write_json
 
     atomic_write_json(index_file, {"format": FORMAT, "side": side, "interpolation": interpolation,
                                    "key": str(key), "entries": entries})  # fmt: skip
-    decoded, reused = len(todo), len(paths) - len(todo)
+    mapped = np.memmap(data_file, dtype=np.uint8, mode="r", shape=(count, 3, side, side))[: len(paths)]
     if in_memory:
-        return DecodedCache(array_mem, side, "memory", data_file, decoded, reused)
-    mapped = np.memmap(data_file, dtype=np.uint8, mode="r", shape=(count, *shape))
-    return DecodedCache(mapped[: len(paths)], side, "disk", data_file, decoded, reused)
+        return DecodedCache(np.array(mapped), side, "memory", data_file, decoded, len(paths) - decoded)
+    return DecodedCache(mapped, side, "disk", data_file, decoded, len(paths) - decoded)
+
+
+def _read_index(index_file: Path, data_file: Path, side: int) -> tuple[dict[str, list[int]], np.ndarray | None]:
+    """The cache file's entries (path -> [slot, size, mtime_ns]) and its images mapped read-only; ({}, None) when
+    it is missing, of another format or side, or its size does not match its index."""
+    try:
+        meta = json.loads(index_file.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT or meta.get("side") != side or not meta["entries"]:
+            return {}, None
+        entries = meta["entries"]
+        if data_file.stat().st_size != len(entries) * 3 * side * side:
+            return {}, None
+        return entries, np.memmap(data_file, dtype=np.uint8, mode="r", shape=(len(entries), 3, side, side))
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, None
+
+
+class _Build:
+    """A new cache file: every image asked for (decoding the ones not cached) plus old images still valid that
+    were not asked for, so another subset of the same dataset keeps its cached images."""
+
+    def __init__(self, paths, names, stamps, slots, old, old_entries, side: int, interpolation: str):
+        self.paths, self.names, self.stamps, self.slots, self.old = paths, names, stamps, slots, old
+        self.side, self.interpolation = side, interpolation
+        asked = set(names)
+        keep = [(n, e) for n, e in old_entries.items() if n not in asked]
+        self.keep = [(n, e) for n, e in keep if Path(n).is_file() and _stat(Path(n)) == list(e[1:])]
+
+    def write(self, data_file: Path, prefix: str, num_workers: int, progress) -> tuple[int, dict, int]:
+        """Write the file (temp file, then `os.replace`); returns (images in it, its index entries, decoded)."""
+        n, side = len(self.paths), self.side
+        count = n + len(self.keep)
+        fd, tmp_name = tempfile.mkstemp(dir=cache_dir(), prefix=f".{prefix}-", suffix=".u8.tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(1, count), 3, side, side))
+            for i, s in enumerate(self.slots):
+                if s is not None:
+                    out[i] = self.old[s]
+            for j, (_, e) in enumerate(self.keep):
+                out[n + j] = self.old[int(e[0])]
+            todo = [i for i, s in enumerate(self.slots) if s is None]
+            self._decode_into(out, todo, num_workers, progress)
+            out.flush()
+            del out
+            with open(tmp, "r+b") as f:  # count == 0 still allocated one slot; trim to the exact size
+                f.truncate(count * 3 * side * side)
+            os.replace(tmp, data_file)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        entries = {name: [i, *self.stamps[i]] for i, name in enumerate(self.names)}
+        entries.update({name: [n + j, *e[1:]] for j, (name, e) in enumerate(self.keep)})
+        return count, entries, len(todo)
+
+    def _decode_into(self, out: np.ndarray, todo: list[int], num_workers: int, progress) -> None:
+        if not todo:
+            return
+        loader = DataLoader(
+            _Decode([self.paths[i] for i in todo], self.side, self.interpolation),
+            batch_size=8,
+            num_workers=num_workers,
+            generator=torch.Generator(),  # never draw from the global RNG: a run must not depend on the cache
+        )
+        done = 0
+        for batch in loader:
+            for k, img in enumerate(batch):
+                out[todo[done + k]] = img.numpy()
+            done += len(batch)
+            if progress:
+                progress(done, len(todo))
 
 
 class _Remapped:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from timm.data import create_transform
 from torchvision import transforms as T
 
@@ -130,3 +132,22 @@ class TensorPipeline:
         if self.erase is not None:
             x = torch.stack([self.erase(xi) for xi in x])
         return x
+
+
+PREVIEW_DATA_CONFIG = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+
+
+def augment_preview(image: Image.Image, preset: str, n: int = 8, size: int = 224, seed: int = 0) -> list[np.ndarray]:
+    """`n` draws of the augmentation `preset` on `image`, as HxWx3 float arrays in [0, 1] for display."""
+    cfg = {**PREVIEW_DATA_CONFIG, "input_size": (3, size, size)}
+    transform = train_transform(cfg, preset)
+    with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
+        torch.manual_seed(seed)  # same settings, same pictures: the preview only changes when a setting does
+        return [denormalize(transform(image), cfg).permute(1, 2, 0).numpy() for _ in range(n)]

@@ -3,7 +3,6 @@
 from classifier.models.factory import (
     BuiltModel,
     build_model,
-    count_parameters,
     default_weights,
     extract_features,
     freeze_bn_stats,
@@ -17,7 +16,6 @@ __all__ = [
     "BuiltModel",
     "CURATED",
     "build_model",
-    "count_parameters",
     "default_weights",
     "extract_features",
     "freeze_bn_stats",

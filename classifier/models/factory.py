@@ -134,18 +134,13 @@ def freeze_bn_stats(model: nn.Module) -> None:
             m.eval()
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
 def extract_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pre-logit features (what the head sees), for the fast linear probe."""
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 def model_from_run_config(
-    config: dict[str, Any], state: dict[str, torch.Tensor] | None = None, source: str = "model.safetensors"
+    config: dict[str, Any], state: dict[str, torch.Tensor] | None = None, source: str = "the run's weights"
 ) -> nn.Module:
     """Rebuild a trained run's architecture (no download) and load its weights strictly (keys, shapes, classes).
 

@@ -1,5 +1,5 @@
-"""Dataset ingest glue for the Data page: save an uploaded zip or per-class images into the workspace, and
-check a server folder against the allowed root. No streamlit here, so it can move into `classifier.data`.
+"""Bring data into the workspace: an uploaded zip (extracted once per content), images dropped per class, or a
+folder on the server under the allowed root (`CLASSIFIER_DATA_ROOT`). The Data page calls these.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ import tempfile
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 from classifier.data.archive import ExtractReport, check_upload_size, extract_zip
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
@@ -109,26 +106,3 @@ def resolve_server_folder(path: str) -> Path:
     if not full.exists():
         raise DatasetError(f"{path}: no such folder or file under {root}")
     return full
-
-
-PREVIEW_DATA_CONFIG = {
-    "input_size": (3, 224, 224),
-    "interpolation": "bicubic",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "crop_pct": 0.875,
-    "crop_mode": "center",
-}
-
-
-def augment_preview(image: Image.Image, preset: str, n: int = 8, size: int = 224, seed: int = 0) -> list[np.ndarray]:
-    """`n` draws of the augmentation `preset` on `image`, as HxWx3 float arrays in [0, 1] for display."""
-    import torch
-
-    from classifier.data.transforms import denormalize, train_transform
-
-    cfg = {**PREVIEW_DATA_CONFIG, "input_size": (3, size, size)}
-    transform = train_transform(cfg, preset)
-    with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
-        torch.manual_seed(seed)  # same settings, same pictures: the preview only changes when a setting does
-        return [denormalize(transform(image), cfg).permute(1, 2, 0).numpy() for _ in range(n)]

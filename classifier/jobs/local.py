@@ -1,9 +1,7 @@
-"""Background training jobs: each run trains in its own OS process and reports through the run store.
+"""Local background runs: each run trains in its own OS process on this machine and reports through the run store.
 
-The app (or any caller) talks to an `Executor`: `submit` returns a run id at once, `status`/`list` read the
-store, `cancel` asks the run to stop, `delete` removes a finished run. `LocalProcessExecutor` starts
-`python -m classifier train --run-id ...` in a new session, so the run outlives reruns, closed tabs and the
-server itself. That child calls `run_job`, which
+`LocalProcessExecutor.submit` starts `python -m classifier train --run-id ...` in a new session (the launcher), so
+the run outlives reruns, closed tabs and the server itself. That child calls `run_job`, which
 
 - waits for the device lock (`workspace/locks/<cpu|cuda>.lock`, an `fcntl.flock`): one run per device at a
   time; the others stay "queued" until the lock is free;
@@ -19,86 +17,42 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from classifier import rundir
 from classifier.device import lock_name, pick_device
 from classifier.errors import ClassifierError, RunError
 from classifier.io import atomic_write_json
+from classifier.jobs.executor import (
+    INTERRUPTED_ERROR,
+    Executor,
+    JobStatus,
+    cancel_flag_path,
+    check_run_id,
+    log_path,
+    new_run_id,
+    request_path,
+    resumable,
+)
+from classifier.jobs.launcher import launch, reap
 from classifier.store import ACTIVE, RESUMABLE, RunStore
 from classifier.training.config import TrainConfig
 from classifier.training.events import Callback, FitState
-from classifier.training.resume import can_resume, resume_point
-from classifier.workspace import ENV_VAR, runs_dir, workspace_dir
+from classifier.workspace import runs_dir, workspace_dir
 
 if TYPE_CHECKING:
     from classifier.training.run import FitResult
 
-INTERRUPTED_ERROR = "the training process stopped unexpectedly (server restart or killed)"
 LOCK_POLL_S = 0.5  # how often a queued run retries the device lock and looks for its cancel flag
 PROGRESS_INTERVAL_S = 0.5  # at most ~2 progress writes per second per run
 LAUNCH_GRACE_S = 60.0  # a queued row without a pid is only "interrupted" once it is this old
 SUMMARY_KEYS = ("accuracy", "macro_f1", "roc_auc_macro", "ece", "best_epoch", "n_val", "epochs_run", "train_seconds")
-_RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
-
-# Popen handles of the runs this process started, so finished children get reaped (no zombies) and a dead
-# child is noticed even before its pid is reused.
-_CHILDREN: dict[str, subprocess.Popen] = {}
-_CHILDREN_LOCK = threading.Lock()
-
-
-@dataclass
-class JobStatus:
-    run_id: str
-    name: str
-    status: str  # queued | running | completed | failed | cancelled | interrupted
-    progress: dict
-    error: str | None
-    run_dir: Path
-    created_at: float
-    started_at: float | None
-    ended_at: float | None
-    metrics: dict | None
-    config: dict
-
-
-class Executor(Protocol):
-    """Where runs execute. Pages use only this, so a cluster executor can replace the local one."""
-
-    def submit(self, config: TrainConfig, name: str | None = None) -> str: ...
-    def status(self, run_id: str) -> JobStatus: ...
-    def cancel(self, run_id: str) -> None: ...
-    def list(self, limit: int | None = None) -> list[JobStatus]: ...
-    def delete(self, run_id: str) -> None: ...
-    def resume(self, run_id: str) -> None: ...
-
-
-def cancel_flag_path(run_id: str) -> Path:
-    return runs_dir() / f"{run_id}.cancel"
-
-
-def request_path(run_id: str) -> Path:
-    return runs_dir() / f"{run_id}.request.json"
-
-
-def log_path(run_id: str) -> Path:
-    # Next to the run dir, not in it: fit refuses a run dir that already has files.
-    return runs_dir() / f"{run_id}.log"
-
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 class LocalProcessExecutor(Executor):
@@ -141,34 +95,19 @@ class LocalProcessExecutor(Executor):
 
     def _launch(self, run_id: str, args: list[str]) -> None:
         """Start `python -m classifier train ARGS --run-id ID --quiet` in its own session; record its pid."""
-        cmd = [self.python, "-m", "classifier", "train", *args, "--run-id", run_id, "--quiet"]
-        # An absolute workspace so the child finds the same store whatever its cwd; the package's parent on
-        # PYTHONPATH so `-m classifier` imports this very package even when it is not installed.
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = {
-            **os.environ,
-            ENV_VAR: str(workspace_dir().resolve()),
-            "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
-        }
         try:
-            with open(log_path(run_id), "ab") as log:
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env,
-                    start_new_session=True,  # its own session: it survives the server and its Ctrl-C
-                )  # fmt: skip
+            proc = launch(["train", *args, "--run-id", run_id, "--quiet"], log_path(run_id), run_id, self.python)
         except OSError as e:
             msg = f"could not start the training process: {e}"
             self.store.update(run_id, status="failed", error=msg, ended_at=time.time())
             raise RunError(msg) from e
-        with _CHILDREN_LOCK:
-            _CHILDREN[run_id] = proc
         self.store.update(run_id, pid=proc.pid)
 
     def status(self, run_id: str) -> JobStatus:
         return _job_status(self._row(run_id))
 
     def list(self, limit: int | None = None) -> list[JobStatus]:
-        _reap()
+        reap()
         return [_job_status(self._reconcile(row)) for row in self.store.list(limit)]
 
     def cancel(self, run_id: str) -> None:
@@ -183,7 +122,7 @@ class LocalProcessExecutor(Executor):
 
     def delete(self, run_id: str) -> None:
         """Remove a finished run: run dir, log, request, cancel flag and store row."""
-        _check_run_id(run_id)
+        check_run_id(run_id)
         row = self.store.get(run_id)
         if row is not None:
             row = self._reconcile(row)
@@ -193,17 +132,22 @@ class LocalProcessExecutor(Executor):
                 shutil.rmtree(row["run_dir"])
         for path in (log_path(run_id), request_path(run_id), cancel_flag_path(run_id)):
             path.unlink(missing_ok=True)
-        # The Popen handle stays in _CHILDREN: a cancelled queued run may still be exiting, and _reap() must
-        # still collect it.
+        # The launcher keeps the Popen handle: a cancelled queued run may still be exiting, and reap() must still
+        # collect it.
         self.store.delete(run_id)
+
+    def history(self, run_id: str) -> list[dict]:
+        """Per-epoch rows the run has reported so far (the store's copy of history.csv, there while it trains)."""
+        row = self.store.get(run_id)
+        return list(row["history"]) if row else []
 
     def log_path(self, run_id: str) -> Path:
         """The job's stdout/stderr (tracebacks end up here)."""
         return log_path(run_id)
 
     def _row(self, run_id: str) -> dict:
-        _check_run_id(run_id)
-        _reap()
+        check_run_id(run_id)
+        reap()
         row = self.store.get(run_id)
         if row is None:
             raise RunError(f"unknown run {run_id!r}")
@@ -228,31 +172,6 @@ class LocalProcessExecutor(Executor):
         if fresh is None:
             return row
         return fresh if "history" in row else {k: v for k, v in fresh.items() if k != "history"}
-
-
-def default_executor() -> LocalProcessExecutor:
-    return LocalProcessExecutor()
-
-
-def resumable(job: JobStatus) -> bool:
-    """Whether `Executor.resume` may restart this run: interrupted (from its checkpoint, or from the start if
-    it stopped before the first one), or cancelled/failed with a checkpoint to continue from."""
-    if job.status == "interrupted":
-        return can_resume(job.run_dir)
-    return job.status in RESUMABLE and resume_point(job.run_dir) is not None
-
-
-def resume_info(job: JobStatus) -> dict | None:
-    """Where a resumed run would continue: {"epoch", "batch", "step", "generation"}, or None."""
-    return resume_point(job.run_dir)
-
-
-def _reap() -> None:
-    """poll() every child this process started; exited ones are reaped and forgotten."""
-    with _CHILDREN_LOCK:
-        for run_id, proc in list(_CHILDREN.items()):
-            if proc.poll() is not None:
-                del _CHILDREN[run_id]
 
 
 def _process_alive(pid: int, run_id: str) -> bool:
@@ -287,12 +206,6 @@ def _job_status(row: dict) -> JobStatus:
         metrics=row["metrics"],
         config=row["config"] or {},
     )
-
-
-def _check_run_id(run_id: str) -> None:
-    # Run ids become file names: no separators, no leading dot.
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise RunError(f"invalid run id {run_id!r}")
 
 
 def _resolve(config: TrainConfig) -> TrainConfig:
@@ -370,7 +283,7 @@ def run_job(
     `resume=True` continues the run in `out_dir` from its checkpoint (`config` may then be None: the run
     dir's config.json is used).
     """
-    _check_run_id(run_id)
+    check_run_id(run_id)
     store = store if store is not None else RunStore()
     flag = cancel_flag_path(run_id)
     if store.get(run_id) is None:

@@ -7,15 +7,12 @@ Streamlit, so the same figures render in the app, in notebooks, and in exported 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-
-if TYPE_CHECKING:
-    from classifier.training.lr_find import LRFindResult
 
 TEMPLATE = "plotly_white"
 # Fixed colours so train/val keep the same look across the loss and accuracy panels.
@@ -242,8 +239,9 @@ def topk_bar(labels: Sequence[str], probs: Sequence[float]) -> go.Figure:
     return _style(fig, "Top predictions", "probability", "class")
 
 
-def lr_find_figure(result: LRFindResult) -> go.Figure:
-    """Smoothed loss against learning rate (log x) with the suggestion marked."""
+def lr_find_figure(result: Any) -> go.Figure:
+    """Smoothed loss against learning rate (log x) with the suggestion marked, from an LR finder result
+    (`classifier.training.lr_find.LRFindResult`; typed loosely so figures stays below training)."""
     fig = go.Figure(go.Scatter(x=result.lrs, y=result.losses, mode="lines+markers", name="smoothed loss"))
     if result.lrs:
         y_at = float(np.interp(np.log10(result.suggestion), np.log10(result.lrs), result.losses))

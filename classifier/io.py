@@ -25,7 +25,9 @@ def _current_umask() -> int:
 FILE_MODE = 0o666 & ~_current_umask()  # what open() gives a new file: run files, reports, exports
 
 
-def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write_via(path: str | Path, write: Callable[[str], None]) -> Path:
+    """`write(tmp)` writes the content to the temp file path it is given; then fsync and `os.replace`. For writers
+    that need a path (numpy, safetensors, image encoders)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -43,11 +45,11 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    return atomic_write_via(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return atomic_write_via(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
@@ -58,7 +60,7 @@ def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict[str,
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write_via(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

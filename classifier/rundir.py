@@ -10,7 +10,8 @@ run file's name.
       val_predictions.csv         path,label,pred,prob,p_<class>... of the validation images
       last.safetensors            the resume checkpoint (classifier.training.resume), deleted when the run completes
 
-Every write is atomic (`classifier.io`); readers raise `RunError` naming the file when it is missing or unreadable.
+Every write is atomic (`classifier.io`), the resume checkpoint included (its tensors and state are packed by
+`classifier.training.resume`); readers raise `RunError` naming the file when it is missing or unreadable.
 `read_*` functions that return None mean "not written yet", which is normal for a run still training.
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -47,6 +50,7 @@ HISTORY_COLUMNS = (
     "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec",
     "batch_size",
 )  # fmt: skip
+CHECKPOINT_HOOK_ENV = "CLASSIFIER_TEST_CHECKPOINT_HOOK"
 REQUIRED_CONFIG_KEYS = ("timm_name", "num_classes", "class_names", "data_config", "train")
 
 
@@ -158,6 +162,79 @@ def load_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise RunError(f"{run_dir} has no {WEIGHTS} yet (the run may still be in its first epoch or failed)")
     return read_safetensors(file)
+
+
+def write_checkpoint(file: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any], fmt: str) -> Path:
+    """A checkpoint file (normally `resume_path(run_dir)`): `tensors` as safetensors, `state` as JSON in its header
+    next to `fmt`; one file written atomically, so a kill leaves the previous checkpoint or the new one.
+
+    Fault injection for tests: `CLASSIFIER_TEST_CHECKPOINT_HOOK="before:N:SECONDS"` writes the first half of the
+    checkpoint whose `state["generation"]` is N to its temp file and then sleeps (a kill then lands mid-write);
+    `"after:N:SECONDS"` sleeps right after generation N is in place.
+    """
+    from safetensors.torch import save
+
+    from classifier.io import atomic_write_via
+
+    data = save(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"format": fmt, "state": json.dumps(state, allow_nan=False)},
+    )
+    generation = int(state.get("generation", 0))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            if _hook("before", generation):
+                f.write(data[: len(data) // 2])
+                f.flush()
+                _hook_sleep("before", generation)
+            f.write(data[f.tell() :])
+
+    out = atomic_write_via(file, write)
+    if _hook("after", generation):
+        _hook_sleep("after", generation)
+    return out
+
+
+def read_checkpoint(file: str | Path) -> tuple[str | None, Any, dict[str, torch.Tensor]]:
+    """(format, state, tensors) of a checkpoint file; RunError naming it when it is not a readable one."""
+    from safetensors import safe_open
+
+    from classifier.errors import WeightsError
+    from classifier.models.weights import read_safetensors
+
+    file = Path(file)
+    try:
+        tensors = read_safetensors(file)  # header checks first: never trust a file just by its name
+        with safe_open(str(file), framework="pt") as f:
+            header = f.metadata() or {}
+        return header.get("format"), json.loads(header.get("state", "null")), tensors
+    except (WeightsError, OSError, ValueError) as e:
+        raise RunError(f"cannot read the resume checkpoint {file}: {e}") from e
+
+
+def checkpoint_state(file: str | Path) -> Any:
+    """A checkpoint's JSON state without loading its tensors; None when there is no readable one."""
+    from safetensors import safe_open
+
+    if not Path(file).is_file():
+        return None
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("state", "null"))
+    except Exception:  # noqa: BLE001 - any unreadable file simply has no state to offer
+        return None
+
+
+def _hook(where: str, generation: int) -> bool:
+    parts = os.environ.get(CHECKPOINT_HOOK_ENV, "").split(":")
+    return len(parts) == 3 and parts[0] == where and parts[1] == str(generation)
+
+
+def _hook_sleep(where: str, generation: int) -> None:
+    seconds = float(os.environ[CHECKPOINT_HOOK_ENV].split(":")[2])
+    print(f"test hook: checkpoint {generation} paused {where} replace for {seconds:g} s", flush=True)
+    time.sleep(seconds)
 
 
 # --- CSV files -----------------------------------------------------------------------------------------------------

@@ -14,13 +14,7 @@ from classifier.errors import ImageError
 from classifier.explain.core import attribute, resolve_target
 from classifier.explain.methods import get_method
 from classifier.explain.render import overlay
-
-
-def _atomic_save(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file and rename, so an interrupted run never leaves half a map or overlay behind."""
-    from classifier.io import _atomic
-
-    _atomic(path, write)
+from classifier.io import atomic_write_via
 
 
 def _safe_stem(path: str, used: set[str]) -> str:
@@ -80,9 +74,9 @@ def explain_paths(
                 with open(tmp, "wb") as f:
                     np.save(f, arr)
 
-            _atomic_save(npy, write_npy)
+            atomic_write_via(npy, write_npy)
             picture = overlay(img, a.map, cmap=cmap, alpha=alpha)
-            _atomic_save(png, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
+            atomic_write_via(png, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
             entry.update(
                 npy=str(npy),
                 png=str(png),

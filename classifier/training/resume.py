@@ -12,17 +12,13 @@ previous complete checkpoint or the new one. Nothing is pickled.
 `EpochSampler` draws each epoch's order from (seed, epoch) alone, so a resumed epoch can start at the
 first sample it had not trained on and see the same batches as an uninterrupted run.
 
-Fault injection for tests: `CLASSIFIER_TEST_CHECKPOINT_HOOK="before:N:SECONDS"` writes the first half of
-checkpoint generation N to its temp file and then sleeps (a kill then lands mid-write);
-`"after:N:SECONDS"` sleeps right after generation N is in place.
+The file itself is read and written by `classifier.rundir` (`write_checkpoint`, `read_checkpoint`), which also
+holds the fault injection the tests use to kill a run mid-write.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +33,7 @@ from classifier.errors import RunError
 
 FORMAT = "classifier-resume"
 VERSION = 1
-HOOK_ENV = "CLASSIFIER_TEST_CHECKPOINT_HOOK"
+HOOK_ENV = rundir.CHECKPOINT_HOOK_ENV  # fault injection for tests (see classifier.rundir)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -100,10 +96,6 @@ def save_resume(
     extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the training state atomically to `path`; `meta` must be JSON (it gets the RNG states added)."""
-    from safetensors.torch import save
-
-    from classifier.io import _atomic
-
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_meta, optim_tensors = _optimizer_to_flat(optimizer)
     rng_meta, rng_tensors = capture_rng()
@@ -111,43 +103,14 @@ def save_resume(
     tensors.update(rng_tensors)
     tensors.update(extra or {})
     meta = {**meta, "format": FORMAT, "version": VERSION, "optimizer": optim_meta, "rng": rng_meta}
-    data = save(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        metadata={"format": FORMAT, "state": json.dumps(meta, allow_nan=False)},
-    )
-    generation = int(meta.get("generation", 0))
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            if _hook("before", generation):
-                f.write(data[: len(data) // 2])
-                f.flush()
-                _hook_sleep("before", generation)
-            f.write(data[f.tell() :])
-
-    out = _atomic(path, write)
-    if _hook("after", generation):
-        _hook_sleep("after", generation)
-    return out
+    return rundir.write_checkpoint(path, tensors, meta, FORMAT)
 
 
 def load_resume(path: str | Path) -> ResumeState:
     """Read a checkpoint written by `save_resume`; a clear `RunError` for anything else."""
-    from safetensors import safe_open
-
-    from classifier.errors import WeightsError
-    from classifier.models.weights import read_safetensors
-
-    path = Path(path)
-    try:
-        tensors = read_safetensors(path)  # header checks first: never trust a file just by its name
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        meta = json.loads(header.get("state", "null"))
-    except (WeightsError, OSError, ValueError) as e:
-        raise RunError(f"cannot read the resume checkpoint {path}: {e}") from e
-    if header.get("format") != FORMAT or not isinstance(meta, dict) or meta.get("version") != VERSION:
-        raise RunError(f"{path} is not a resume checkpoint of this version (format {header.get('format')!r})")
+    fmt, meta, tensors = rundir.read_checkpoint(path)
+    if fmt != FORMAT or not isinstance(meta, dict) or meta.get("version") != VERSION:
+        raise RunError(f"{path} is not a resume checkpoint of this version (format {fmt!r})")
     model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     return ResumeState(meta, model, {k: v for k, v in tensors.items() if not k.startswith("model.")})
 
@@ -162,16 +125,7 @@ def can_resume(run_dir: str | Path) -> bool:
 
 def resume_point(run_dir: str | Path) -> dict[str, Any] | None:
     """Where a run would resume: {"epoch", "batch", "step", "generation"} from its checkpoint, or None."""
-    from safetensors import safe_open
-
-    path = rundir.resume_path(run_dir)
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("state", "null"))
-    except Exception:  # noqa: BLE001 - any unreadable file simply offers no resume point
-        return None
+    meta = rundir.checkpoint_state(rundir.resume_path(run_dir))
     if not isinstance(meta, dict):
         return None
     return {k: meta.get(k) for k in ("epoch", "batch", "step", "generation")}
@@ -228,15 +182,3 @@ def _optimizer_from_flat(meta: dict[str, Any], tensors: dict[str, torch.Tensor])
     groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
               for g in meta["param_groups"]]  # fmt: skip
     return {"state": state, "param_groups": groups}
-
-
-def _hook(where: str, generation: int) -> bool:
-    spec = os.environ.get(HOOK_ENV, "")
-    parts = spec.split(":")
-    return len(parts) == 3 and parts[0] == where and parts[1] == str(generation)
-
-
-def _hook_sleep(where: str, generation: int) -> None:
-    seconds = float(os.environ[HOOK_ENV].split(":")[2])
-    print(f"test hook: checkpoint {generation} paused {where} replace for {seconds:g} s", flush=True)
-    time.sleep(seconds)

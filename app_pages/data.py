@@ -8,8 +8,8 @@ import streamlit as st
 from classifier.data.dataset import check_trainable
 from classifier.data.demo import ensure_demo_dataset
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
+from classifier.data.presets import AUGMENT_PRESETS
 from classifier.data.splits import assign_splits
-from classifier.data.transforms import AUGMENT_PRESETS
 from classifier.figures import class_histogram
 from ui import state
 from ui.cache import dataset_index, thumbnail

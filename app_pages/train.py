@@ -9,7 +9,7 @@ from classifier.data.transforms import AUGMENT_PRESETS
 from classifier.errors import WeightsError
 from classifier.models import default_weights, list_backbones
 from classifier.training import TrainConfig
-from classifier.training.config import IMBALANCE, OPTIMIZERS, SCHEDULERS
+from classifier.training.config import config_field, field_choices
 from ui import state
 from ui.cache import dataset_index, executor, weights_offline
 from ui.datasets import workspace_datasets
@@ -17,6 +17,7 @@ from ui.lr_find import lr_finder_section
 from ui.monitor import runs_section
 from ui.widgets import user_errors
 
+IMBALANCE, OPTIMIZERS, SCHEDULERS = (field_choices(config_field(n)) for n in ("imbalance", "optimizer", "scheduler"))
 state.init_state()
 ss = st.session_state
 st.title("Train")

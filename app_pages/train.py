@@ -7,7 +7,7 @@ import streamlit as st
 from classifier.data.dataset import check_trainable
 from classifier.data.transforms import AUGMENT_PRESETS
 from classifier.errors import WeightsError
-from classifier.models import default_weights, list_backbones
+from classifier.models import default_weights, list_backbones, weight_sources
 from classifier.training import TrainConfig
 from classifier.training.config import config_field, field_choices
 from ui import state
@@ -47,9 +47,9 @@ infos = {b.name: b for b in list_backbones()}
 c1, c2, c3 = st.columns(3)
 backbone = c1.selectbox("Backbone", list(infos), key="w_backbone")
 info = infos[backbone]
-offline = "not needed" if backbone == "simple_cnn" else ("yes" if weights_offline(backbone) else "no (needs internet)")
+offline = {None: "not needed", True: "yes", False: "no (needs internet)"}[weights_offline(backbone)]
 c1.caption(f"{info.description}. {info.params_m:.1f} M parameters. Pretrained weights offline: {offline}.")
-choices = ["none"] if backbone == "simple_cnn" else ["bundled"] * info.bundled_weights + ["hub", "none", "file"]
+choices = list(weight_sources(backbone))
 weights = c2.selectbox(
     "Weights",
     choices,

@@ -6,13 +6,12 @@ import streamlit as st
 
 from classifier.data.dataset import check_trainable
 from classifier.data.ingest import workspace_datasets
-from classifier.data.transforms import AUGMENT_PRESETS
 from classifier.errors import WeightsError
-from classifier.models import default_weights, list_backbones
+from classifier.models import default_weights, list_backbones, weight_sources
 from classifier.training import TrainConfig
-from classifier.training.config import IMBALANCE, OPTIMIZERS, SCHEDULERS
 from ui import state
 from ui.cache import dataset_index, executor, weights_offline
+from ui.config_form import config_inputs, field_input, widget_key
 from ui.lr_find import lr_finder_section
 from ui.monitor import runs_section
 from ui.widgets import user_errors
@@ -26,7 +25,21 @@ WEIGHTS = {
     "none": "None (train from scratch)",
     "file": "A local .safetensors file",
 }
-MODES = {"linear": "Linear probe (frozen backbone, fast)", "finetune": "Fine-tune everything"}
+OFFLINE = {True: "yes", False: "no (needs internet)", None: "not needed"}  # pretrained_offline's answers
+HYPERPARAMETERS = {  # TrainConfig field -> widget key (kept: tests and open sessions use them), in reading order
+    "epochs": "w_epochs",
+    "batch_size": "w_batch",
+    "lr": "w_lr",
+    "optimizer": "w_opt",
+    "scheduler": "w_sched",
+    "weight_decay": "w_wd",
+    "label_smoothing": "w_ls",
+    "augment": "w_aug",
+    "imbalance": "w_imb",
+    "early_stopping": "w_es",
+    "img_size": "w_img",
+    "seed": "w_train_seed",
+}
 
 datasets = ["demo"] + [str(d) for d in workspace_datasets()]
 if ss[state.DATASET] and ss[state.DATASET] not in datasets:
@@ -44,88 +57,28 @@ if data != "demo":
 
 infos = {b.name: b for b in list_backbones()}
 c1, c2, c3 = st.columns(3)
-backbone = c1.selectbox("Backbone", list(infos), key="w_backbone")
+backbone = field_input(c1, "backbone", "w_backbone", options=list(infos))
 info = infos[backbone]
-offline = "not needed" if backbone == "simple_cnn" else ("yes" if weights_offline(backbone) else "no (needs internet)")
-c1.caption(f"{info.description}. {info.params_m:.1f} M parameters. Pretrained weights offline: {offline}.")
-choices = ["none"] if backbone == "simple_cnn" else ["bundled"] * info.bundled_weights + ["hub", "none", "file"]
-weights = c2.selectbox(
-    "Weights",
-    choices,
-    index=choices.index(default_weights(backbone)),
-    format_func=WEIGHTS.get,
-    key=f"w_weights_{backbone}",
-    help="Hub weights need internet unless already cached; 'none' trains from random initialisation.",
+c1.caption(
+    f"{info.description}. {info.params_m:.1f} M parameters. "
+    f"Pretrained weights offline: {OFFLINE[weights_offline(backbone)]}."
 )
+weights = field_input(c2, "weights", f"w_weights_{backbone}", default_weights(backbone),
+                      options=weight_sources(backbone), format_func=WEIGHTS.get)  # fmt: skip
 if weights == "file":
     weights = c2.text_input("Path to the .safetensors file", key="w_weights_path").strip()
-mode = c3.radio("Mode", list(MODES), index=1, format_func=MODES.get, key="w_mode")
-default = TrainConfig(mode=mode).resolved()
+mode = field_input(c3, "mode", "w_mode", radio=True)
 
 with st.expander("Hyperparameters", expanded=True):
-    h = st.columns(4)
-    epochs = h[0].number_input("Epochs", 1, 500, default.epochs, key=f"w_epochs_{mode}", help="Passes over the data.")
-    batch = h[1].number_input("Batch size", 1, 1024, default.batch_size, key="w_batch", help="Images per step.")
-    lr_key = f"w_lr_{mode}"
-    ss.setdefault(lr_key, default.lr)  # seeded here, not via value=, so the LR finder's button can set it
-    lr = h[2].number_input(
-        "Learning rate", 1e-6, 1.0, format="%.6f", key=lr_key, help="Peak rate after warm-up; try the LR finder."
-    )
-    optimizer = h[3].selectbox("Optimizer", OPTIMIZERS, key="w_opt", help="AdamW, or SGD with Nesterov momentum.")
-    scheduler = h[0].selectbox("Schedule", SCHEDULERS, key="w_sched", help="Learning-rate schedule after warm-up.")
-    wd = h[1].number_input("Weight decay", 0.0, 1.0, default.weight_decay, format="%.3f", key="w_wd")
-    smoothing = h[2].number_input(
-        "Label smoothing",
-        0.0,
-        0.5,
-        default.label_smoothing,
-        format="%.2f",
-        key=f"w_ls_{mode}",
-        help="0 = hard targets.",
-    )
-    presets = list(AUGMENT_PRESETS)
-    augment = h[3].selectbox(
-        "Augmentation",
-        presets,
-        index=presets.index(default.augment),
-        key=f"w_aug_{mode}",
-        help="; ".join(f"{k}: {v}" for k, v in AUGMENT_PRESETS.items()) + ". Preview it on the Data page.",
-    )
-    imbalance = h[0].selectbox(
-        "Imbalance", IMBALANCE, key="w_imb", help="weights: class-weighted loss; sampler: balanced batches."
-    )
-    patience = h[1].number_input(
-        "Early stopping", 0, 100, 0, key="w_es", help="Stop after this many epochs without improvement; 0 = off."
-    )
-    img_size = h[2].number_input(
-        "Image size", 16, 1024, None, key="w_img", placeholder="backbone default", help="Square input side in px."
-    )
-    seed = h[3].number_input("Seed", 0, 2**31 - 1, 0, key="w_train_seed", help="Same seed, same run.")
+    settings = config_inputs(st.columns(4), HYPERPARAMETERS, mode)
+lr_key = widget_key("lr", HYPERPARAMETERS["lr"], mode)  # the LR finder's "Use" button sets this widget
 name = st.text_input("Run name (optional)", key="w_run_name", placeholder="e.g. shapes-resnet18")
 
 
 def current_config() -> TrainConfig:
     """The settings on this page as a TrainConfig (checked: bad settings and untrainable data raise here)."""
-    config = TrainConfig(
-        data=data,
-        val_split=ss[state.VAL_SPLIT],
-        test_split=ss[state.TEST_SPLIT],
-        backbone=backbone,
-        weights=weights,
-        mode=mode,
-        epochs=int(epochs),
-        batch_size=int(batch),
-        lr=float(lr),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        weight_decay=float(wd),
-        label_smoothing=float(smoothing),
-        augment=augment,
-        imbalance=imbalance,
-        early_stopping=int(patience),
-        img_size=int(img_size) if img_size else None,
-        seed=int(seed),
-    )
+    config = TrainConfig(data=data, val_split=ss[state.VAL_SPLIT], test_split=ss[state.TEST_SPLIT],
+                         backbone=backbone, weights=weights, mode=mode, **settings)  # fmt: skip
     if not weights:
         raise WeightsError("give the path of a .safetensors weights file, or choose another weight source")
     config.resolved()  # bad settings and untrainable data fail here, in the page, not in the background

@@ -23,8 +23,6 @@ import torch
 
 from classifier.errors import RunError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU; asking for CUDA without a GPU is a user error."""

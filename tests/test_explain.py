@@ -679,21 +679,3 @@ def test_cli_explain_writes_npy_and_png_per_image(tmp_path, capsys):
     assert "unknown target class 'dog'" in capsys.readouterr().err
     assert main([*args, "--method", "gradcam", "--cmap", "no-such-map", str(tmp_path / "wide.png")]) == 2
     assert "unknown colormap" in capsys.readouterr().err
-
-
-def test_package_names_are_declared_statically_for_the_import_graph():
-    """The lazily loaded public names are also imported under TYPE_CHECKING (so tools and the layering test see the
-    package's dependencies) and listed in __all__, all three the same."""
-    import ast
-
-    import classifier.explain as pkg
-
-    tree = ast.parse(Path(pkg.__file__).read_text(encoding="utf-8"))
-    static = {
-        a.name: node.module.rsplit(".", 1)[1]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("classifier.explain.")
-        for a in node.names
-    }
-    assert static == pkg._OWNER
-    assert sorted(pkg.__all__) == sorted(pkg._OWNER)

@@ -14,7 +14,15 @@ from sklearn.datasets import load_sample_image
 
 from classifier.data.transforms import eval_transform
 from classifier.errors import ModelError, WeightsError
-from classifier.models import CURATED, build_model, resolve_backbone, set_trainable
+from classifier.models import (
+    CURATED,
+    build_model,
+    default_weights,
+    pretrained_offline,
+    resolve_backbone,
+    set_trainable,
+    weight_sources,
+)
 from classifier.models import weights as W
 from classifier.models.factory import model_from_run_config
 
@@ -84,6 +92,19 @@ def test_simple_cnn_trains_from_scratch_only():
     assert built.model(torch.zeros(2, 3, 48, 48)).shape == (2, 3)
     with pytest.raises(WeightsError):
         build_model("simple_cnn", 3, "hub")
+
+
+def test_weight_sources_and_offline_follow_the_registry(monkeypatch):
+    """What the Train page offers per backbone: its default among the sources, and whether internet is needed."""
+    monkeypatch.setattr(W, "hub_cached", lambda name: name == "resnet50")
+    assert weight_sources("simple_cnn") == ("none",) and pretrained_offline("simple_cnn") is None
+    assert weight_sources("efficientnet_lite0") == ("bundled", "hub", "none", "file")
+    assert pretrained_offline("efficientnet_lite0") is True  # bundled: offline whatever the cache holds
+    assert weight_sources("resnet18") == ("hub", "none", "file")
+    assert pretrained_offline("resnet18") is False and pretrained_offline("resnet50") is True
+    for name in CURATED:
+        assert default_weights(name) in weight_sources(name)
+    assert not resolve_backbone("simple_cnn").pretrained and resolve_backbone("resnet18").pretrained
 
 
 def test_hub_offline_fails_fast_with_offline_choices(monkeypatch):

@@ -101,10 +101,8 @@ def thumbnail(path: str | Path, size: int = 160) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, ttl=60)
-def weights_offline(backbone: str) -> bool:
-    """Whether `backbone` can start from pretrained weights without internet (bundled, or in the local HF cache)."""
-    from classifier.models import resolve_backbone
-    from classifier.models.weights import hub_cached
+def weights_offline(backbone: str) -> bool | None:
+    """`classifier.models.pretrained_offline`, cached for a minute: it looks into the Hugging Face cache."""
+    from classifier.models import pretrained_offline
 
-    info = resolve_backbone(backbone)
-    return info.bundled_weights or hub_cached(backbone)
+    return pretrained_offline(backbone)

@@ -14,16 +14,16 @@ import streamlit as st
 
 from classifier.figures import lr_find_figure
 from classifier.training import TrainConfig
+from classifier.training.config import config_field
 from classifier.training.lr_find import LRFindResult, lr_find
 from ui import state
 from ui.monitor import duration
 from ui.widgets import user_errors
 
-LR_MIN, LR_MAX = 1e-6, 1.0  # the Train page's learning-rate input bounds
-
 
 def _apply(lr_key: str, value: float) -> None:
-    st.session_state[lr_key] = min(LR_MAX, max(LR_MIN, float(value)))
+    bounds = config_field("lr").metadata  # the Train page's learning-rate input offers this range
+    st.session_state[lr_key] = min(bounds["max"], max(bounds["min"], float(value)))
 
 
 def lr_finder_section(make_config: Callable[[], TrainConfig], lr_key: str) -> None:

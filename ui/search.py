@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from classifier import search
-from classifier.data.transforms import AUGMENT_PRESETS
+from classifier.data.presets import AUGMENT_PRESETS
 from classifier.errors import ClassifierError
 from classifier.models import list_backbones
 from ui import state

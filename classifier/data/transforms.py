@@ -1,4 +1,4 @@
-"""Transforms derived from the backbone's own data config (timm), plus augmentation presets.
+"""Transforms derived from the backbone's own data config (timm), plus the augmentation presets (named in presets.py).
 
 Evaluation always uses timm's eval transform for the run's stored data config (resize, centre crop,
 normalise), so prediction and attribution rebuild exactly what validation saw.
@@ -14,12 +14,7 @@ from PIL import Image
 from timm.data import create_transform
 from torchvision import transforms as T
 
-AUGMENT_PRESETS = {
-    "none": "no augmentation: the evaluation transform",
-    "light": "random resized crop and horizontal flip",
-    "standard": "light + rotation up to 15 degrees and colour jitter",
-    "strong": "random resized crop, flip, RandAugment and random erasing",
-}
+from classifier.data.presets import AUGMENT_PRESETS
 
 _INTERP = {
     "bilinear": T.InterpolationMode.BILINEAR,

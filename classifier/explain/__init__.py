@@ -47,8 +47,9 @@ to build its argument parser) must not import torch and Captum, which takes seco
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from classifier.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the same names, statically: for type checkers and for the import graph (tests/test_layers.py)
     from classifier.explain.baselines import BASELINES
@@ -119,16 +120,4 @@ __all__ = [
     "register",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access (PEP 562) and keep the name here for the next one."""
-    owner = _OWNER.get(name)
-    if owner is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{owner}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_OWNER))
+__getattr__, __dir__ = lazy_exports(__name__, _OWNER)

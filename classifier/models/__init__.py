@@ -6,8 +6,10 @@ from classifier.models.factory import (
     default_weights,
     extract_features,
     freeze_bn_stats,
+    pretrained_offline,
     resolve_data_config,
     set_trainable,
+    weight_sources,
 )
 from classifier.models.registry import CURATED, BackboneInfo, list_backbones, resolve_backbone
 
@@ -20,7 +22,9 @@ __all__ = [
     "extract_features",
     "freeze_bn_stats",
     "list_backbones",
+    "pretrained_offline",
     "resolve_backbone",
     "resolve_data_config",
     "set_trainable",
+    "weight_sources",
 ]

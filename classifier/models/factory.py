@@ -31,11 +31,30 @@ class BuiltModel:
 
 
 def default_weights(backbone: str) -> str:
-    """`bundled` where the package ships weights (efficientnet_lite0), `none` for simple_cnn, `hub` otherwise."""
+    """`bundled` where the package ships weights (efficientnet_lite0), `none` without pretrained weights
+    (simple_cnn), `hub` otherwise."""
     info = resolve_backbone(backbone)
     if info.bundled_weights:
         return "bundled"
-    return "none" if info.name == "simple_cnn" else "hub"
+    return "hub" if info.pretrained else "none"
+
+
+def weight_sources(backbone: str) -> tuple[str, ...]:
+    """The weight sources to offer for `backbone`: `bundled` where shipped, `hub`, `none` and `file` (a local
+    .safetensors path); only `none` for a backbone without pretrained weights, which trains from scratch."""
+    info = resolve_backbone(backbone)
+    if not info.pretrained:
+        return ("none",)
+    return ("bundled",) * info.bundled_weights + ("hub", "none", "file")
+
+
+def pretrained_offline(backbone: str) -> bool | None:
+    """Whether `backbone`'s pretrained weights load without internet (bundled, or already in the local Hugging Face
+    cache); None when it has none to load (it trains from scratch, so internet is not needed)."""
+    info = resolve_backbone(backbone)
+    if not info.pretrained:
+        return None
+    return info.bundled_weights or W.hub_cached(info.name)
 
 
 def _create(timm_name: str, num_classes: int, drop_rate: float, pretrained: bool) -> nn.Module:
@@ -77,8 +96,8 @@ def build_model(
         W.load_bundled(model)
         model.reset_classifier(num_classes)
     elif weights == "hub":
-        if info.name == "simple_cnn":
-            raise WeightsError("simple_cnn has no pretrained weights; it trains from scratch (use --weights none)")
+        if not info.pretrained:
+            raise WeightsError(f"{info.name} has no pretrained weights; it trains from scratch (use --weights none)")
         if not W.hub_cached(timm_name) and not W.hub_reachable():
             raise WeightsError(W.offline_hint(info.name))
         model = _create(timm_name, num_classes, drop_rate, pretrained=True)

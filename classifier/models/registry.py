@@ -21,13 +21,16 @@ class BackboneInfo:
     family: str  # used to pick e.g. the Grad-CAM layer
     curated: bool = True
     bundled_weights: bool = False  # ImageNet weights ship with a pip package (works offline)
+    pretrained: bool = True  # pretrained weights exist (bundled or on the Hub); False: it only trains from scratch
 
 
 CURATED: dict[str, BackboneInfo] = {}
 
 
-def _register(name: str, description: str, params_m: float, family: str, bundled: bool = False) -> None:
-    CURATED[name] = BackboneInfo(name, description, params_m, family, True, bundled)
+def _register(
+    name: str, description: str, params_m: float, family: str, bundled: bool = False, pretrained: bool = True
+) -> None:
+    CURATED[name] = BackboneInfo(name, description, params_m, family, True, bundled, pretrained)
 
 
 _register(
@@ -47,7 +50,11 @@ _register("densenet121", "DenseNet-121: densely connected CNN, compact for its d
 _register("inception_v3", "Inception-v3: the GoogLeNet line; designed for 299 px input", 23.8, "inception")
 _register("vgg16_bn", "VGG-16 with batch norm: large and slow, a historical reference", 138.4, "vgg")
 _register(
-    "simple_cnn", "Simple CNN: three conv/max-pool blocks and a dense-128 layer, trained from scratch", 0.2, "simple"
+    "simple_cnn",
+    "Simple CNN: three conv/max-pool blocks and a dense-128 layer, trained from scratch",
+    0.2,
+    "simple",
+    pretrained=False,
 )
 
 

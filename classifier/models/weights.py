@@ -20,7 +20,6 @@ from torch import nn
 
 from classifier.errors import WeightsError
 
-WEIGHT_SOURCES = ("bundled", "hub", "none")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # a real header is kilobytes; a huge one is an attack or corruption
 
 # The bundled EfficientNet-Lite0 weights were converted from TensorFlow. They expect inputs scaled to

@@ -1,0 +1,67 @@
+"""`summary`: check a dataset (classes, counts, image sizes, skipped files, duplicates, leakage) before training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from classifier.cli.common import EXIT_USER_ERROR
+from classifier.cli.config_flags import add_config_flag
+from classifier.errors import ClassifierError
+from classifier.training.config import config_field
+
+NAME = "summary"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(NAME, help="check a dataset: classes, counts, sizes, skipped files, duplicates")
+    p.add_argument("--data", required=True)
+    add_config_flag(p, config_field("val_split"))  # the split a run with these settings would make
+    add_config_flag(p, config_field("seed"))
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(a: argparse.Namespace) -> int:
+    from classifier.data.dataset import check_trainable, index_dataset
+    from classifier.data.demo import ensure_demo_dataset
+    from classifier.data.splits import assign_splits
+
+    data = str(ensure_demo_dataset(a.seed)) if a.data == "demo" else a.data
+    index = index_dataset(data)
+    problem = None
+    try:
+        check_trainable(index)
+        splits = assign_splits(index, a.val_split, 0.0, a.seed)
+    except ClassifierError as e:
+        problem, splits = str(e), None
+    s = index.summary(splits)
+    s["trainable"] = problem is None
+    s["problem"] = problem
+    if a.json:
+        print(json.dumps(s, indent=2))
+    else:
+        print(format_summary(s))
+    return 0 if problem is None else EXIT_USER_ERROR
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"dataset {s['root']} ({s['layout']}): {s['n_images']} images, {len(s['classes'])} classes"]
+    splits = list(s["counts"])
+    lines.append("  " + "class".ljust(24) + "".join(sp.rjust(8) for sp in splits))
+    for c in s["classes"]:
+        lines.append("  " + c[:23].ljust(24) + "".join(str(s["counts"][sp].get(c, 0)).rjust(8) for sp in splits))
+    sz = s["image_size"]
+    lines.append(f"  image sizes: {sz['min_width']}-{sz['max_width']} x {sz['min_height']}-{sz['max_height']} px")
+    if s["skipped"]:
+        lines.append(f"  skipped {len(s['skipped'])} files:")
+        lines += [f"    {k['path']}: {k['reason']}" for k in s["skipped"]]
+    if s["duplicates"]:
+        lines.append(f"  {len(s['duplicates'])} groups of identical images:")
+        lines += ["    " + " = ".join(g) for g in s["duplicates"][:20]]
+    if s["leakage"]:
+        lines.append(f"  warning: {len(s['leakage'])} validation/test images also appear in train (leakage):")
+        lines += [f"    {a} = {b}" for a, b in s["leakage"][:20]]
+    lines += [f"  warning: {w}" for w in s["warnings"]]
+    if s.get("problem"):
+        lines.append(f"  cannot train: {s['problem']}")
+    return "\n".join(lines)

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from classifier.data.cache import CachedImages, cache_side, open_cache
 from classifier.data.dataset import DatasetIndex
+from classifier.data.features import cached_features, feature_identity
 from classifier.data.loader import ImageListDataset, draft_size
 from classifier.data.splits import assign_splits
 from classifier.data.transforms import TensorPipeline, eval_transform, train_transform
@@ -171,20 +172,34 @@ class TrainingSetup:
         return cache
 
     def _prepare_head_only(self, cache, train_src, val_src, train_labels, val_labels, emit, validate) -> None:
-        """Linear probe: features of the frozen backbone once (the evaluation view of each image), then the head
-        trains on them."""
+        """Linear probe: features of the frozen backbone (the evaluation view of each image), read from the feature
+        cache where an earlier run, LR finder or search trial computed them, then the head trains on them."""
         set_trainable(self.model, False)
         draft = draft_size(self.data_config)
-        feat_src = (
-            train_src
-            if cache is not None
-            else ImageListDataset(self.data.train, eval_transform(self.data_config, self.cfg.grayscale), draft)
+        ev_t = eval_transform(self.data_config, self.cfg.grayscale)
+        feat_src = train_src if cache is not None else ImageListDataset(self.data.train, ev_t, draft)
+        source = "cache" if cache is not None else "files"
+        identity = feature_identity(
+            self.model, self.data_config, grayscale=self.cfg.grayscale, autocast=self.precision.amp_name, source=source
         )
-        train_x = self._features(feat_src, emit)
-        self.train_ds = TensorDataset(train_x, torch.tensor(train_labels, dtype=torch.long))
+        parts = [(self.data.train, feat_src)] + ([(self.data.val, val_src)] if validate else [])
+        total = sum(len(items) for items, _ in parts)
+        done, computed, feats = 0, 0, []
+        for items, src in parts:
+            offset = done
+
+            def compute(indices: list[int], src=src, offset=offset) -> torch.Tensor:
+                return self._features(Subset(src, indices), lambda n: emit("features", offset + n, total))
+
+            result = cached_features([p for p, _ in items], identity, compute)
+            feats.append(result.features)
+            done += len(items)
+            computed += result.computed
+            emit("features", done, total)
+        self.runtime["features"] = {"computed": computed, "reused": total - computed}
+        self.train_ds = TensorDataset(feats[0], torch.tensor(train_labels, dtype=torch.long))
         if validate:
-            val_x = self._features(val_src, emit)
-            self.val_ds = TensorDataset(val_x, torch.tensor(val_labels, dtype=torch.long))
+            self.val_ds = TensorDataset(feats[1], torch.tensor(val_labels, dtype=torch.long))
         self.train_prep = self.val_prep = None
         self._data_kw = {}
         self._head = self.model.get_classifier()
@@ -192,21 +207,19 @@ class TrainingSetup:
         self.params = list(self._head.parameters())
 
     @torch.no_grad()
-    def _features(self, dataset: Dataset, emit: Callable[[str, int, int], None]) -> torch.Tensor:
+    def _features(self, dataset: Dataset, progress: Callable[[int], None]) -> torch.Tensor:
         """Pre-logit features of the frozen backbone over `dataset` (through the evaluation view), on the CPU."""
         self.model.eval()
-        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, **self._data_kw)
-        prep = self.val_prep
+        # Its own generator: an iterator over a loader without one draws a seed from the global RNG, and a run must
+        # train the same whether its features were computed now or read from the cache.
+        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, generator=torch.Generator(), **self._data_kw)
         done, out = 0, []
-        emit("features", 0, len(dataset))
         for x, _ in loader:
-            x = x.to(self.device, non_blocking=True)
-            if prep is not None:
-                x = prep(x)
+            x = self.prep_val(x)
             with self.precision.autocast():
-                out.append(extract_features(self.model, self.precision.layout(x)).float().cpu())
+                out.append(extract_features(self.model, x).float().cpu())
             done += x.shape[0]
-            emit("features", done, len(dataset))
+            progress(done)
         return torch.cat(out) if out else torch.empty(0)
 
     # --- what the learner calls every step ---------------------------------------------------------------------

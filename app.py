@@ -1,9 +1,13 @@
-"""Streamlit entry point: page config and the navigation router, nothing else (pages live in app_pages/)."""
+"""Streamlit entry point: page config and the navigation router, nothing else (pages live in app_pages/).
+
+`state.begin_run` / `state.end_run` around the page keep every page's settings across page switches and reloads."""
 
 import streamlit as st
 
+from ui import state
+
 st.set_page_config(page_title="Image classifier workbench", page_icon="🖼️", layout="wide")
-st.navigation(
+page = st.navigation(
     {
         "": [st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)],
         "Data": [st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:")],
@@ -19,4 +23,9 @@ st.navigation(
             st.Page("app_pages/runs.py", title="Runs", icon=":material/history:"),
         ],
     }
-).run()
+)
+state.begin_run()
+try:
+    page.run()
+finally:
+    state.end_run()

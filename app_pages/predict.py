@@ -54,11 +54,11 @@ st.caption(f"{len(classes)} classes: {', '.join(classes)}. Predictions use {how}
 
 top_k = st.slider("Classes to show per image", 1, min(10, len(classes)), min(3, len(classes)), key="w_topk")
 files = st.file_uploader(
-    "Images", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), accept_multiple_files=True, key="w_pred_files"
+    "Images", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), accept_multiple_files=True, key="u_pred_files"
 )
 files = list(files or [])
 if st.toggle("Take a photo with the camera", key="w_camera_on"):
-    photo = st.camera_input("Photo", key="w_camera")
+    photo = st.camera_input("Photo", key="u_camera")
     if photo is not None:
         files.append(photo)
 if not files:

@@ -70,7 +70,7 @@ with left:
 with right:
     st.markdown("**Delete**")
     active = job.status in ACTIVE
-    confirm = st.checkbox(f"Yes, delete “{job.name}” and all its files", key=f"w_confirm_{job.run_id}", disabled=active)
+    confirm = st.checkbox(f"Yes, delete “{job.name}” and all its files", key=f"c_confirm_{job.run_id}", disabled=active)
     if active:
         st.caption("Cancel the run on the Train page and wait until it stops before deleting it.")
     if st.button("Delete run", type="primary", disabled=not confirm or active, icon=":material/delete:"):
@@ -109,7 +109,7 @@ if saved:
     with e_left:
         st.caption("Evaluate and Predict pick saved ensembles like runs. Deleting one keeps its member runs.")
     with e_right:
-        sure = st.checkbox(f"Yes, delete the ensemble “{ens.name}”", key=f"w_confirm_{ens.run_id}")
+        sure = st.checkbox(f"Yes, delete the ensemble “{ens.name}”", key=f"c_confirm_{ens.run_id}")
         if st.button("Delete ensemble", type="primary", disabled=not sure, icon=":material/delete:"):
             with user_errors("Could not delete the ensemble"):
                 delete_ensemble(ens.run_dir)

@@ -1,11 +1,8 @@
 """Train: pick a backbone and hyperparameters, start a background run, watch it live, see every run's status."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from classifier.data.dataset import check_trainable
-from classifier.data.ingest import workspace_datasets
 from classifier.errors import WeightsError
 from classifier.models import default_weights, list_backbones, weight_sources
 from classifier.training import TrainConfig
@@ -14,7 +11,7 @@ from ui.cache import dataset_index, executor, weights_offline
 from ui.config_form import config_inputs, field_input, widget_key
 from ui.lr_find import lr_finder_section
 from ui.monitor import runs_section
-from ui.widgets import user_errors
+from ui.widgets import dataset_picker, user_errors
 
 state.init_state()
 ss = st.session_state
@@ -41,19 +38,10 @@ HYPERPARAMETERS = {  # TrainConfig field -> widget key (kept: tests and open ses
     "seed": "w_train_seed",
 }
 
-datasets = ["demo"] + [str(d) for d in workspace_datasets()]
-if ss[state.DATASET] and ss[state.DATASET] not in datasets:
-    datasets.append(ss[state.DATASET])
-data = st.selectbox(
-    "Dataset",
-    datasets,
-    index=datasets.index(ss[state.DATASET]) if ss[state.DATASET] in datasets else 0,
-    format_func=lambda d: "Built-in demo dataset (shapes)" if d == "demo" else Path(d).name,
+data = dataset_picker(
+    st, "Dataset", "w_data",
     help="Prepare datasets on the Data page; its split settings (validation/test fraction, seed) are used here.",
-    key="w_data",
-)
-if data != "demo":
-    ss[state.DATASET] = data  # the Data page shows the same dataset
+)  # fmt: skip
 
 infos = {b.name: b for b in list_backbones()}
 c1, c2, c3 = st.columns(3)

@@ -172,9 +172,9 @@ def test_build_dataset_from_images_per_class() -> None:
     at.radio(key="w_source").set_value("Images per class").run()
     for i, (cls, n) in enumerate((("apples", 4), ("pears", 3))):
         at.text_input(key=f"w_class_{i}").set_value(cls)
-        at.file_uploader(key=f"w_files_{i}").set_value([(f"{cls}{j}.png", png_bytes(i * 100 + j), "image/png")
+        at.file_uploader(key=f"u_files_{i}").set_value([(f"{cls}{j}.png", png_bytes(i * 100 + j), "image/png")
                                                         for j in range(n)])  # fmt: skip
-    at.file_uploader(key="w_files_1").upload("fake.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")
+    at.file_uploader(key="u_files_1").upload("fake.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")
     at.run()
     at.button[[b.label for b in at.button].index("Save dataset")].click().run()
     assert not at.exception, at.exception
@@ -242,7 +242,7 @@ def test_cancel_stops_a_running_job(shapes: Path) -> None:
 
 def test_predict_labels_an_uploaded_image(completed_run: str) -> None:
     at = open_page("app_pages/predict.py")
-    at.file_uploader(key="w_pred_files").set_value(
+    at.file_uploader(key="u_pred_files").set_value(
         [
             ("a.png", png_bytes(1, 40), "image/png"),
             ("bad.png", b"nope", "image/png"),
@@ -263,7 +263,7 @@ def test_predict_from_a_camera_photo(completed_run: str) -> None:
     Image.open(io.BytesIO(png_bytes(5, 48))).save(buf, "JPEG")
     at = open_page("app_pages/predict.py")
     at.toggle(key="w_camera_on").set_value(True).run()
-    at.camera_input(key="w_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
+    at.camera_input(key="u_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
     assert not at.exception, at.exception
     assert any(m.value.split("**")[1] in {"circle", "square", "cross"} for m in at.markdown if m.value.startswith("**"))
 
@@ -289,7 +289,7 @@ def test_runs_page_deletes_after_confirmation(completed_run: str) -> None:
     at = open_page("app_pages/runs.py")
     delete = at.button[[b.label for b in at.button].index("Delete run")]
     assert delete.disabled
-    at.checkbox(key=f"w_confirm_{completed_run}").check().run()
+    at.checkbox(key=f"c_confirm_{completed_run}").check().run()
     at.button[[b.label for b in at.button].index("Delete run")].click().run()
     assert not at.exception, at.exception
     assert default_executor().list() == []
@@ -351,11 +351,11 @@ def test_explain_page_methods_targets_and_upload(completed_run: str) -> None:
     assert not at.exception, at.exception
 
     at.segmented_control(key="x_source").set_value("Upload").run()
-    at.file_uploader(key="x_upload").set_value([("mine.png", png_bytes(7, 40), "image/png")]).run()
+    at.file_uploader(key="u_explain_upload").set_value([("mine.png", png_bytes(7, 40), "image/png")]).run()
     assert not at.exception, at.exception
     assert "**Original** · 40×40 px" in [c.value for c in at.caption]  # the upload, not the 32 px val image
     assert len(at.get("download_button")) == 4
     assert not any(t.startswith("true: ") for t in at.selectbox(key="x_target").options)
-    at.file_uploader(key="x_upload").set_value([("broken.png", b"not an image", "image/png")]).run()
+    at.file_uploader(key="u_explain_upload").set_value([("broken.png", b"not an image", "image/png")]).run()
     assert not at.exception, at.exception
     assert any("broken.png" in e.value for e in at.error)

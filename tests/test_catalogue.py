@@ -153,6 +153,20 @@ def test_row04_zip_bomb_upload_stops_with_clear_error_no_temp_files_earlier_data
     assert files_under(earlier)  # still there
 
 
+def test_bad_zip_error_names_the_upload_only_and_hides_the_previous_dataset() -> None:
+    from classifier.data.demo import make_demo_dataset
+    from classifier.workspace import datasets_dir
+
+    earlier = make_demo_dataset(datasets_dir() / "earlier", n_per_class=3, size=24, seed=1, classes=("star", "cross"))
+    at = open_data_page()
+    at.selectbox[0].set_value(earlier.name).run()  # the workspace dataset, shown below the picker
+    assert [h.value for h in at.header] == ["Dataset: earlier"]
+    errors = _upload(at, "holiday photos.zip", b"PK\x03\x04 this is not really a zip")
+    assert len(errors) == 1 and errors[0].startswith("holiday photos.zip"), errors
+    assert ".tmp" not in errors[0] and "tmp" not in errors[0].replace("holiday photos.zip", ""), errors
+    assert [h.value for h in at.header] == []  # the earlier dataset is not shown under the error as if it were new
+
+
 @pytest.mark.parametrize(
     ("entries", "message"),
     [

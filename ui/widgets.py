@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -76,6 +77,33 @@ def dataset_problems(summary: dict[str, Any], per_class: pd.Series, max_ratio: f
     if summary["skipped"]:
         with st.expander(f"Skipped files ({len(summary['skipped'])})"):
             st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
+
+
+DEMO_LABEL = "Built-in demo dataset (shapes)"
+
+
+def dataset_picker(where: Any, label: str, key: str, help: str | None = None) -> str:
+    """A selectbox of the workspace's datasets (newest first; the demo listed once, by name) that starts on and
+    follows the session's dataset (`state.DATASET`): picking one here makes it the Data page's too."""
+    from classifier.data.demo import demo_dataset_path
+    from classifier.data.ingest import workspace_datasets
+
+    ss = st.session_state
+    demo = str(demo_dataset_path())
+    options = [str(d) for d in workspace_datasets()]
+    if demo not in options:
+        options.append("demo")  # generated into the workspace on first use
+    current = ss[state.DATASET]
+    if current and current not in options:
+        options.append(current)  # a folder on the server
+    if ss.get(key) not in options:
+        ss[key] = current if current in options else options[0]
+    value = where.selectbox(
+        label, options, key=key, help=help, format_func=lambda d: DEMO_LABEL if d in ("demo", demo) else Path(d).name
+    )
+    if value != "demo" and value != current:
+        ss[state.DATASET] = value
+    return value
 
 
 def jobs(limit: int | None = None) -> list[Any]:

@@ -12,6 +12,7 @@ from classifier.rundir import run_zip
 from classifier.store import ACTIVE
 from ui import state
 from ui.cache import executor
+from ui.config_form import apply_config
 from ui.export import export_section
 from ui.widgets import report_button, run_label, runs_table, sticky_select, user_errors
 
@@ -47,6 +48,12 @@ if job.error:
     st.error(job.error)
 left, right = st.columns(2)
 with left:
+    if job.status not in ACTIVE and st.button(
+        "Train again with these settings", key=f"b_again_{job.run_id}", icon=":material/content_copy:",
+        help="Puts this run's settings into the Train page's fields.",
+    ):  # fmt: skip
+        apply_config(job.config)
+        st.switch_page("app_pages/train.py")
     st.markdown("**Download**")
     if rundir.has_weights(job.run_dir):
         st.download_button(

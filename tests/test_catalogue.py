@@ -426,7 +426,7 @@ def test_row21_unknown_backbone_and_offline_weights_exit_2_with_choices(tmp_path
             "--img-size", "32", "--epochs", "1", "--device", "cpu", "--workers", "0", "--quiet"]  # fmt: skip
     assert main(argv) != 0
     err = capsys.readouterr().err
-    assert "--weights none" in err and "bundled" in err and "Traceback" not in err, err
+    assert "'none' (train from scratch)" in err and "'bundled'" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -149,15 +149,16 @@ def run_label(j: Any, with_accuracy: bool = False) -> str:
 
 
 def sticky_select(label: str, ids: list[str], state_key: str, widget_key: str, **kwargs: Any) -> str:
-    """A selectbox whose choice lives in `st.session_state[state_key]`, so it survives page switches.
-
-    Streamlit drops a widget's own state when a page without it runs; the choice is copied back from
-    `state_key` when the widget reappears (or when the remembered choice is gone).
-    """
+    """A selectbox whose choice lives in `st.session_state[state_key]`, shared by every page that shows one (the run
+    picked on Evaluate is the one on Runs and Predict, and a next-step button can set it for the page it opens)."""
     ss = st.session_state
-    if ss.get(widget_key) not in ids:
-        ss[widget_key] = ss.get(state_key) if ss.get(state_key) in ids else ids[0]
-    ss[state_key] = st.selectbox(label, ids, key=widget_key, **kwargs)
+    seen = ss.setdefault("_sticky_seen", {})  # widget key -> the shared choice it last showed
+    shared = ss.get(state_key)
+    if shared in ids and shared != seen.get(widget_key):  # chosen elsewhere since: follow it
+        ss[widget_key] = shared
+    elif ss.get(widget_key) not in ids:
+        ss[widget_key] = shared if shared in ids else ids[0]
+    ss[state_key] = seen[widget_key] = st.selectbox(label, ids, key=widget_key, **kwargs)
     return ss[state_key]
 
 

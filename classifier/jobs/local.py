@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 LOCK_POLL_S = 0.5  # how often a queued run retries the device lock and looks for its cancel flag
 PROGRESS_INTERVAL_S = 0.5  # at most ~2 progress writes per second per run
 LAUNCH_GRACE_S = 60.0  # a queued row without a pid is only "interrupted" once it is this old
-SUMMARY_KEYS = ("accuracy", "macro_f1", "roc_auc_macro", "ece", "best_epoch", "n_val", "epochs_run", "train_seconds")
+SUMMARY_KEYS = (
+    "accuracy", "macro_f1", "roc_auc_macro", "ece", "best_epoch", "n_val", "n_train", "epochs_run", "train_seconds",
+)  # fmt: skip
 
 
 class LocalProcessExecutor(Executor):
@@ -401,6 +403,7 @@ def progress_dict(state: FitState) -> dict[str, Any]:
         "eta_seconds": state.eta_seconds,
         "phase_done": state.phase_done,
         "phase_total": state.phase_total,
+        "phase_seconds": round(time.time() - state.phase_started_at, 2),  # gives each phase its own ETA
         "batch_size": state.batch_size,
         "resumed_from": state.resumed_from,
     }

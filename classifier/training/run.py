@@ -104,7 +104,7 @@ def fit(
         *callbacks,
         *shared_callbacks(cfg, setup),
         Schedule(),
-        Throughput(),
+        Throughput(images=not setup.use_features),
         SaveBest(),
         HistoryWriter(),
         OutOfMemoryBackoff(),

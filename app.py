@@ -1,10 +1,11 @@
 """Streamlit entry point: page config and the navigation router, nothing else (pages live in app_pages/).
 
-`state.begin_run` / `state.end_run` around the page keep every page's settings across page switches and reloads."""
+`ui.shell.page_run` around the page keeps every page's settings across page switches and reloads, and shows an
+unexpected error as a short message with an id in the server log."""
 
 import streamlit as st
 
-from ui import state
+from ui.shell import page_run
 
 st.set_page_config(page_title="Image classifier workbench", page_icon="🖼️", layout="wide")
 page = st.navigation(
@@ -24,8 +25,5 @@ page = st.navigation(
         ],
     }
 )
-state.begin_run()
-try:
+with page_run(page.url_path):
     page.run()
-finally:
-    state.end_run()

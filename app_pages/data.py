@@ -22,7 +22,7 @@ from classifier.errors import ClassifierError
 from classifier.figures import class_histogram
 from ui import state
 from ui.cache import dataset_index, thumbnail
-from ui.widgets import dataset_problems, user_errors
+from ui.widgets import dataset_problems, literal, user_errors
 
 state.init_state()
 ss = st.session_state
@@ -50,7 +50,7 @@ elif source == "Upload a .zip":
             try:
                 root, report = ingest_zip(up.getvalue(), up.name, max_mb * 1024 * 1024)
             except ClassifierError as e:  # named by the upload; the previous dataset is not shown as if it were this
-                st.error(f"{up.name}: {e}" if up.name not in str(e) else str(e), icon="🚫")
+                st.error(literal(f"{up.name}: {e}" if up.name not in str(e) else str(e)), icon="🚫")
                 st.stop()
             ss[state.DONE_UPLOADS][up.file_id] = str(root)
             state.use_dataset(str(root))
@@ -99,7 +99,7 @@ if not ss[state.DATASET]:
     st.stop()
 path = ss[state.DATASET]
 st.divider()
-st.header(f"Dataset: {Path(path).name}")
+st.header(f"Dataset: {literal(Path(path).name)}")
 st.caption(path)
 index = None
 with user_errors("Could not read the dataset"):
@@ -139,7 +139,7 @@ dataset_problems(summary, counts["total"])
 st.subheader("Samples")
 for label, cls in enumerate(index.classes):
     paths = [index.path_of(s) for s in index.samples if s.label == label][:6]
-    st.caption(f"**{cls}** — {int(counts.loc[cls, 'total'])} images")
+    st.caption(f"**{literal(cls)}** — {int(counts.loc[cls, 'total'])} images")
     with user_errors():
         st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=128)
 

@@ -74,6 +74,17 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return buf.getvalue()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets treat as the start of a formula
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text instead of running it: text starting with = + - @ (or a tab or
+    carriage return) gets a leading apostrophe, as OWASP advises for CSV injection; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def json_safe(value: Any) -> Any:
     """`value` with NaN/inf turned into None (they are not JSON) and numpy/torch scalars into plain numbers,
     recursively through dicts, lists and tuples: for files and rows any JSON reader can read."""

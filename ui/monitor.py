@@ -20,7 +20,7 @@ from classifier.training.preflight import retry_fix
 from ui import state
 from ui.cache import executor
 from ui.config_form import apply_config
-from ui.widgets import STATUS_ICONS, jobs, metric_cards, run_label, runs_table, sticky_select, user_errors
+from ui.widgets import STATUS_ICONS, jobs, literal, metric_cards, run_label, runs_table, sticky_select, user_errors
 
 POLL_SECONDS = 1.0
 
@@ -95,13 +95,14 @@ def _progress(job: Any, others: list[Any]) -> None:
 
 
 def _draw(job: Any, others: list[Any]) -> None:
-    st.markdown(f"**{job.name or job.run_id}** — {STATUS_ICONS.get(job.status, '')} {job.status}")
+    st.markdown(f"**{literal(job.name or job.run_id)}** — {STATUS_ICONS.get(job.status, '')} {job.status}")
     if job.status in ACTIVE:
         _progress(job, others)
     elif job.status == "failed":
-        st.error(f"The run failed: {job.error or 'no error message was recorded'}")
+        st.error(f"The run failed: {literal(job.error or 'no error message was recorded')}")
     elif job.status in ("cancelled", "interrupted"):
-        st.warning(f"The run was {job.status}. " + (job.error or "The best checkpoint so far, if any, was kept."))
+        kept = literal(job.error or "The best checkpoint so far, if any, was kept.")
+        st.warning(f"The run was {job.status}. {kept}")
     elif job.status == "completed":
         metric_cards(job.metrics)
     if resumable(job):

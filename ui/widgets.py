@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,20 @@ STATUS_ICONS = {
 }
 
 
+# What makes Streamlit markdown format text: emphasis, code, links, HTML, headings, tables, strikethrough, math,
+# colour and emoji directives (":red[", ":smile:"), and a list marker at the start. Other punctuation stays as is,
+# so messages read the same in the page source and in tests.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>#|~$]|:(?=\w)|^[-+](?=\s))")
+
+
+def literal(text: object) -> str:
+    """`text` as it is inside markdown (st.markdown, captions, alerts): the characters that would format it
+    backslash-escaped and control characters shown as escapes, so a run, class or file name such as `**x**` or
+    `:red[x]` is printed, not rendered."""
+    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+    return _MARKDOWN.sub(r"\\\1", shown)
+
+
 @contextmanager
 def user_errors(prefix: str = "", also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
     """Show a `ClassifierError` (and the `also` types) as an `st.error` box instead of a traceback.
@@ -37,7 +52,7 @@ def user_errors(prefix: str = "", also: tuple[type[Exception], ...] = ()) -> Ite
     try:
         yield
     except (ClassifierError, *also) as e:
-        st.error(f"{prefix}: {e}" if prefix else str(e), icon="🚫")
+        st.error(literal(f"{prefix}: {e}" if prefix else str(e)), icon="🚫")
 
 
 def fmt(value: Any, pattern: str = "{:.3f}") -> str:

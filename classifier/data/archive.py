@@ -215,8 +215,8 @@ def _clean(info: zipfile.ZipInfo) -> tuple[list[str], str | None]:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         return [], "path traversal ('..' in path)"
-    if "\x00" in name:
-        return [], "NUL character in name"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return [], "control character in name"
     if name.endswith("/") or kind == stat.S_IFDIR:
         return [], None  # directory entry: folders are created as files need them
     return parts, None

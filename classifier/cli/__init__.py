@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a DDP run re-launches itself with these
     try:
         return COMMANDS[args.command].run(args)
     except ClassifierError as e:

@@ -39,6 +39,7 @@ HYPERPARAMETERS = {  # TrainConfig field -> widget key (kept: tests and open ses
     "early_stopping": "w_es",
     "img_size": "w_img",
     "seed": "w_train_seed",
+    "nproc": "w_nproc",
 }
 
 datasets = ["demo"] + [str(d) for d in workspace_datasets()]

@@ -19,6 +19,7 @@ from ui.cache import executor
 from ui.widgets import STATUS_ICONS, jobs, metric_cards, run_label, runs_table, sticky_select, user_errors
 
 POLL_SECONDS = 1.0
+LOG_LINES = 200  # the end of the log the Train page shows
 
 
 def duration(seconds: float | None) -> str:
@@ -79,6 +80,9 @@ def _draw(job: Any) -> None:
     hist = history(job.run_id)
     if not hist.empty:
         st.plotly_chart(history_curves(hist), key=f"history_{job.run_id}")
+    if st.toggle("Show the log", key=f"log_{job.run_id}", help="The run's output (every process, resumes included)"):
+        text = executor().logs(job.run_id)
+        st.code("".join(text.splitlines(keepends=True)[-LOG_LINES:]) or "(nothing yet)", language=None)
 
 
 def runs_section() -> None:

@@ -96,6 +96,74 @@ def test_first_failure_names_the_killed_rank_before_the_peers_it_broke():
     assert "exited with code 3" in str(silent) and not silent.user_error
 
 
+class ThreadGroup:
+    """Ranks as threads: barrier and rank 0's broadcast, the two collectives the decode cache needs."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.world, self.box = world, [None]
+        self._barrier = threading.Barrier(world, timeout=60)
+
+    def rank(self, r: int):
+        group = self
+
+        class Rank:
+            rank, world = r, group.world
+
+            def barrier(self):
+                group._barrier.wait()
+
+            def broadcast(self, obj):
+                if r == 0:
+                    group.box[0] = obj
+                group._barrier.wait()
+                out = group.box[0]
+                group._barrier.wait()
+                return out
+
+        return Rank()
+
+
+def test_ranks_decode_their_share_into_one_cache_file(data, tmp_path, monkeypatch):
+    """Two ranks (threads here) build the cache together: each decodes half of the missing images into the one file,
+    which then equals a single process's cache image for image, and opening it again decodes nothing."""
+    import collections
+    import threading
+
+    from classifier.data import cache
+    from classifier.data.cache import open_cache
+
+    decode, by_thread = cache._Decode.__getitem__, collections.Counter()
+
+    def counted(self, i):
+        by_thread[threading.current_thread().name] += 1
+        return decode(self, i)
+
+    monkeypatch.setattr(cache._Decode, "__getitem__", counted)
+    paths = sorted(data.rglob("*.png"))
+    group, out, errors = ThreadGroup(2), {}, []
+
+    def rank(r: int) -> None:
+        try:
+            out[r] = open_cache(paths, key=str(data), side=36, mode="disk", group=group.rank(r))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank, args=(r,), name=f"rank{r}") for r in range(2)]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert not errors and len(out) == 2
+    assert by_thread == {"rank0": len(paths) // 2, "rank1": len(paths) // 2}  # 40 images: 20 each
+    assert out[0].decoded == out[1].decoded == len(paths)  # the images decoded between them
+    alone = open_cache(paths, key=str(tmp_path / "elsewhere"), side=36, mode="memory")
+    assert alone.decoded == len(paths)
+    for r in (0, 1):
+        assert all(np.array_equal(out[r].tensor(i).numpy(), alone.tensor(i).numpy()) for i in range(len(paths)))
+    again = open_cache(paths, key=str(data), side=36, mode="disk")
+    assert again.decoded == 0 and not list(again.file.parent.glob(".*.tmp"))
+
+
 # --- two gloo processes on the CPU ---------------------------------------------------------------------------------
 
 
@@ -300,3 +368,19 @@ def test_a_rank_that_raises_fails_the_run_with_its_error(data, tmp_path, test_mo
         launch(2, ["train", "--config-json", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "r"), "--quiet"],
                module=module)  # fmt: skip
     assert e.value.rank == 1 and str(e.value) == "rank 1: RuntimeError: boom in rank 1 at step 3"
+
+
+@pytest.mark.slow
+def test_a_linear_probe_from_python_shares_out_the_features_and_matches_one_process(data, tmp_path):
+    """fit() called with nproc outside torchrun launches the ranks itself; a linear probe's frozen features are
+    computed a share per rank and gathered, so the head trains as one process's does."""
+    from classifier.training import fit
+
+    one = fit(_cfg(data, nproc=None, batch_size=8, mode="linear", epochs=4), tmp_path / "one")
+    two = fit(_cfg(data, mode="linear", epochs=4), tmp_path / "two")
+    assert two.status == "completed" and two.run_dir == tmp_path / "two" and len(two.history) == 4
+    assert rundir.read_config(two.run_dir)["runtime"]["nproc"] == 2
+    a, b = _weights(one.run_dir), _weights(two.run_dir)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert np.allclose([h["train_loss"] for h in one.history], [h["train_loss"] for h in two.history], atol=LOSS_ATOL)
+    assert two.metrics["accuracy"] == pytest.approx(one.metrics["accuracy"])

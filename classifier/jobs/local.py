@@ -38,6 +38,7 @@ from classifier.jobs.executor import (
     JobStatus,
     cancel_flag_path,
     check_run_id,
+    job_path,
     log_path,
     new_run_id,
     request_path,
@@ -167,7 +168,7 @@ class LocalProcessExecutor(Executor):
 
     def _reconcile(self, row: dict) -> dict:
         """Mark a queued/running row "interrupted" when its process is gone."""
-        if row["status"] not in ACTIVE:
+        if row["status"] not in ACTIVE or job_path(row["id"]).exists():  # (a cluster executor's run: not ours)
             return row
         pid = row.get("pid")
         if pid is None:

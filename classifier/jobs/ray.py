@@ -194,6 +194,8 @@ class RayExecutor(Executor):
             return row
         run_id, attempts = row["id"], self._attempts(row["id"])
         if not attempts:  # submit is between writing the row and submitting the job
+            if row.get("pid") is not None:
+                return row  # a local process's run in the same workspace: the local executor keeps it
             if time.time() - max(row["created_at"], row.get("updated_at") or 0) < LAUNCH_GRACE_S:
                 return row
             update = {"status": "interrupted", "error": "the run was never submitted to Ray", "ended_at": time.time()}

@@ -161,3 +161,36 @@ def test_jobs_cli_on_ray(ray_address, data, tmp_path, capsys):
     assert "completed" in capsys.readouterr().out  # the train command's last line, from Ray's job log
     assert main(["jobs", "delete", rid, "--json", *on_ray]) == 0
     assert json.loads(capsys.readouterr().out) == {"run_id": rid, "deleted": True}
+
+
+def test_the_train_page_starts_and_shows_a_ray_run_like_a_local_one(ray_address, monkeypatch):
+    """With CLASSIFIER_EXECUTOR=ray the Train page submits to the cluster and shows the run's status, metrics and
+    its log (from Ray) the way it shows a local run."""
+    from streamlit.testing.v1 import AppTest
+
+    from classifier.data.demo import make_demo_dataset
+    from classifier.workspace import datasets_dir
+
+    monkeypatch.setenv("CLASSIFIER_EXECUTOR", "ray")
+    monkeypatch.setenv("CLASSIFIER_RAY_ADDRESS", ray_address)
+    shapes = make_demo_dataset(datasets_dir() / "shapes", n_per_class=12, size=32, seed=3,
+                               classes=("circle", "square", "cross"))  # fmt: skip
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("app_pages/train.py").run()
+    at.selectbox(key="w_data").set_value(str(shapes)).run()
+    at.selectbox(key="w_backbone").set_value("simple_cnn").run()
+    at.number_input(key="w_epochs_finetune").set_value(2)
+    at.number_input(key="w_img").set_value(32)
+    at.text_input(key="w_run_name").set_value("ray-ui")
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    deadline = time.time() + 180
+    while "completed" not in (text := "\n".join(m.value for m in at.markdown)):
+        assert time.time() < deadline and "failed" not in text, text
+        time.sleep(1.0)
+        at.run()
+    assert "ray-ui" in text and {m.label for m in at.metric} >= {"Accuracy", "Macro F1"}
+    rid = RayExecutor(ray_address).list()[0].run_id
+    at.toggle(key=f"log_{rid}").set_value(True).run()
+    assert any("Running entrypoint" in c.value for c in at.code), "the Ray job's log is not shown"

@@ -223,6 +223,7 @@ def job_status(row: dict) -> JobStatus:
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
+    """`config.resolved()`, its bad settings as a user error (every executor checks before submitting)."""
     try:
         return config.resolved()
     except ValueError as e:
@@ -230,6 +231,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 
 def default_name(cfg: TrainConfig) -> str:
+    """A run's name when the user gives none: backbone, mode and dataset."""
     data = "demo" if cfg.data == "demo" else (Path(cfg.data).name or cfg.data)
     return f"{cfg.backbone} {cfg.mode} on {data}"
 
@@ -249,6 +251,7 @@ def load_config_json(path: str | Path) -> TrainConfig:
 
 
 def one_line(e: BaseException) -> str:
+    """A failure as one line for the run's record: a user error's own message, else the exception type and text."""
     msg = " ".join(str(e).split())
     return msg if isinstance(e, ClassifierError) and msg else f"{type(e).__name__}: {msg}".rstrip(": ")
 
@@ -440,6 +443,7 @@ def progress_dict(state: FitState) -> dict[str, Any]:
 
 
 def metrics_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The headline metrics (`SUMMARY_KEYS`) a run list shows, from metrics.json; None before it exists."""
     # fit writes metrics.json just before on_fit_end; a run stopped before its first epoch has none.
     try:
         m = rundir.read_metrics(run_dir)

@@ -108,7 +108,17 @@ def fit(
             ranks.close()
 
 
-def _fit(cfg, out_dir, callbacks, index, should_cancel, resume, saved, ckpt, ranks: Ranks | None) -> FitResult:
+def _fit(
+    cfg: TrainConfig,
+    out_dir: Path,
+    callbacks: Sequence[Callback],
+    index: DatasetIndex,
+    should_cancel: Callable[[], bool] | None,
+    resume: bool,
+    saved: dict[str, Any] | None,
+    ckpt: ResumeState | None,
+    ranks: Ranks | None,
+) -> FitResult:
     """fit's body in this process (one process, or one rank of a DDP run: rank 0 alone writes files)."""
     main = ranks is None or ranks.main
     if resume:

@@ -9,8 +9,9 @@ Rows:
 - DDP on the CPU: seconds per optimizer step of the same global batch, one process with batch B (torch's threads:
   every core) against 2 gloo ranks with batch B/2 (each rank cores/2 threads), from each run's history (images/s
   of the training passes, validation excluded), median over the epochs after the first; the runs alternate (1, 2,
-  1, 2, ...) so a busy machine slows both alike. Two models: simple_cnn at 32 px (tiny: communication dominates)
-  and resnet18 at 96 px (compute dominates).
+  1, 2, ...) so a busy machine slows both alike. A third column, one process with one thread, shows how much of the
+  difference is torch's intra-op threads (which suffer most on a machine with more runnable processes than cores).
+  Two models: simple_cnn at 32 px (tiny: communication dominates) and resnet18 at 96 px (compute dominates).
 - GPU (only when CUDA is available; otherwise the script says so): one process on one GPU against `--nproc 1`
   (DDP with one rank through torchrun: the wrapper's overhead), resnet50 at 224 px.
 - Ray: seconds from `submit` returning to the first status showing the run "running", and to the first optimizer
@@ -50,8 +51,14 @@ def step_seconds(result, global_batch: int) -> float:
     return global_batch / statistics.median(rates)
 
 
-def ddp_rows(data: str, workdir: Path, epochs: int, repeats: int, gpu: bool) -> list[tuple[str, float, float]]:
-    """(label, seconds per step one way, the other way) for each DDP comparison."""
+def ddp_rows(data: str, workdir: Path, epochs: int, repeats: int, gpu: bool) -> list[tuple[str, list[float]]]:
+    """(label, median seconds per step of each way) for each DDP comparison, the ways run in turn per repeat.
+
+    CPU: 1 process with torch's threads (every core), 2 gloo ranks with batch B/2 (cores/2 threads each), and, to
+    tell the threads' share apart, 1 process with 1 thread. GPU: 1 process, then `--nproc 1` (DDP with one rank).
+    """
+    import torch
+
     from classifier.training import TrainConfig, fit
 
     cases = [("simple_cnn", 32, 32), ("resnet18", 96, 32)] if not gpu else [("resnet50", 224, 64)]
@@ -60,21 +67,23 @@ def ddp_rows(data: str, workdir: Path, epochs: int, repeats: int, gpu: bool) -> 
         device = "cuda" if gpu else "cpu"
         base = dict(data=data, backbone=backbone, weights="none", img_size=size, epochs=epochs, mode="finetune",
                     augment="light", num_workers=0, device=device, checkpoint_every_steps=0)  # fmt: skip
-        a_times, b_times = [], []
+        if gpu:
+            ways = [TrainConfig(**base, batch_size=batch), TrainConfig(**base, batch_size=batch, nproc=1)]
+        else:
+            ways = [TrainConfig(**base, batch_size=batch), TrainConfig(**base, batch_size=batch // 2, nproc=2),
+                    TrainConfig(**base, batch_size=batch)]  # fmt: skip
+        times: list[list[float]] = [[] for _ in ways]
         for i in range(repeats):
-            if gpu:  # one GPU: one process without DDP against --nproc 1 (DDP with one rank)
-                a = fit(TrainConfig(**base, batch_size=batch), workdir / f"{backbone}-single-{i}")
-                b = fit(TrainConfig(**base, batch_size=batch, nproc=1), workdir / f"{backbone}-ddp1-{i}")
-                a_times.append(step_seconds(a, batch))
-                b_times.append(step_seconds(b, batch))
-            else:
-                a = fit(TrainConfig(**base, batch_size=batch), workdir / f"{backbone}-one-{i}")
-                b = fit(TrainConfig(**base, batch_size=batch // 2, nproc=2), workdir / f"{backbone}-two-{i}")
-                a_times.append(step_seconds(a, batch))
-                b_times.append(step_seconds(b, batch))
-            print(f"  {backbone}: {a_times[-1]:.4f} s vs {b_times[-1]:.4f} s per step", file=sys.stderr)
-        label = f"{backbone} {size}px, global batch {batch}"
-        rows.append((label, statistics.median(a_times), statistics.median(b_times)))
+            for w, cfg in enumerate(ways):
+                threads = torch.get_num_threads()
+                if not gpu and w == 2:
+                    torch.set_num_threads(1)
+                try:
+                    times[w].append(step_seconds(fit(cfg, workdir / f"{backbone}-{w}-{i}"), batch))
+                finally:
+                    torch.set_num_threads(threads)
+            print(f"  {backbone}: " + " vs ".join(f"{t[-1]:.4f}" for t in times) + " s per step", file=sys.stderr)
+        rows.append((f"{backbone} {size}px, global batch {batch}", [statistics.median(t) for t in times]))
     return rows
 
 
@@ -136,21 +145,22 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
     a = p.parse_args()
-    epochs, repeats, submissions = (3, 1, 2) if a.quick else (4, 3, 5)
+    epochs, repeats, submissions = (3, 1, 2) if a.quick else (3, 2, 4)
     work = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     os.environ["CLASSIFIER_WORKSPACE"] = str(work / "workspace")
     data = dataset(work)
     load = os.getloadavg()[0]
     print(f"# {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"load average {load:.2f} at the start; data: {data}")  # fmt: skip
-    print("| comparison | one process | 2 gloo ranks | ratio (2 ranks / 1) |\n|---|---|---|---|")
-    for label, one, two in ddp_rows(data, work, epochs, repeats, gpu=False):
-        print(f"| {label}: s/step | {one:.4f} | {two:.4f} | {two / one:.2f}x |")
+    threads, per_rank = torch.get_num_threads(), max(1, (os.cpu_count() or 1) // 2)
+    print(f"| s per step | 1 process, {threads} threads | 2 gloo ranks, {per_rank} thread(s) each "
+          "| ratio (2 ranks / 1) | 1 process, 1 thread |\n|---|---|---|---|---|")  # fmt: skip
+    for label, (one, two, single_thread) in ddp_rows(data, work, epochs, repeats, gpu=False):
+        print(f"| {label} | {one:.4f} | {two:.4f} | {two / one:.2f}x | {single_thread:.4f} |")
     if torch.cuda.is_available():
-        print(
-            f"\n| GPU: {torch.cuda.get_device_name(0)} | one process | --nproc 1 (DDP) | overhead |\n|---|---|---|---|"
-        )
-        for label, single, ddp in ddp_rows(data, work, epochs, repeats, gpu=True):
+        name = torch.cuda.get_device_name(0)
+        print(f"\n| GPU: {name} | one process | --nproc 1 (DDP) | overhead |\n|---|---|---|---|")
+        for label, (single, ddp) in ddp_rows(data, work, epochs, repeats, gpu=True):
             print(f"| {label}: s/step | {single:.4f} | {ddp:.4f} | {ddp / single - 1:+.1%} |")
     else:
         print("\nGPU rows: no CUDA GPU on this machine; single-GPU vs --nproc 1 not measured.")

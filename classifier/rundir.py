@@ -9,6 +9,7 @@ run file's name.
       split.csv                   path,label,split of every image used, relative to the dataset root
       val_predictions.csv         path,label,pred,prob,p_<class>... of the validation images
       last.safetensors            the resume checkpoint (classifier.training.resume), deleted when the run completes
+      progress.json               a remote run's status and progress (classifier.jobs.remote), read by its executor
 
 Every write is atomic (`classifier.io`), the resume checkpoint included (its tensors and state are packed by
 `classifier.training.resume`); readers raise `RunError` naming the file when it is missing or unreadable.
@@ -45,6 +46,7 @@ SPLIT = "split.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 RESUME = "last.safetensors"
 ENSEMBLE = "ensemble.json"
+PROGRESS = "progress.json"
 DOWNLOAD_FILES = (CONFIG, WEIGHTS, METRICS, HISTORY, SPLIT, VAL_PREDICTIONS)  # what a run's zip holds
 HISTORY_COLUMNS = (
     "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_sec",
@@ -122,6 +124,32 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     return atomic_write_json(Path(run_dir) / METRICS, metrics)
+
+
+def write_progress(run_dir: str | Path, report: dict[str, Any]) -> Path:
+    """progress.json: a remote run's status, progress, error and metrics summary (replaced atomically, so the
+    executor polling it over shared storage never reads half a file). NaN and infinities (the loss before the
+    first batch) are written as null, so any JSON reader can read it."""
+    return atomic_write_json(Path(run_dir) / PROGRESS, _finite(report))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def read_progress(run_dir: str | Path) -> dict[str, Any] | None:
+    """progress.json, or None before the run has reported (or when it is unreadable: the next poll reads again)."""
+    try:
+        report = _read_json(Path(run_dir) / PROGRESS, missing_ok=True)
+    except RunError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def read_ensemble_info(ensemble_dir: str | Path) -> dict[str, Any]:
@@ -351,9 +379,10 @@ def read_val_predictions(run_dir: str | Path) -> ValPredictions:
 
 
 def prepare_new(run_dir: str | Path) -> Path:
-    """Create a new run dir; a RunError (and nothing touched) when it exists and holds files."""
+    """Create a new run dir; a RunError (and nothing touched) when it exists and holds files (other than the
+    progress file a remote run writes before training starts)."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
+    if run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".") and p.name != PROGRESS):
         raise RunError(f"run dir {run_dir} already exists and is not empty; choose a new --out (nothing was changed)")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

@@ -57,6 +57,7 @@ FLAGS = {
     "cache": "--cache",
     "compile": "--compile",
     "auto_batch_size": "--auto-batch-size",
+    "nproc": "--nproc",
     "checkpoint_every_steps": "--checkpoint-every-steps",
 }
 # Every field away from its default, so a flag that is dropped or mapped to the wrong field shows.
@@ -65,7 +66,7 @@ CHANGED = TrainConfig(
     imbalance="sampler", backbone="resnet18", weights="none", mode="linear", head_warmup_epochs=2, drop_rate=0.1,
     epochs=3, batch_size=8, lr=0.01, optimizer="sgd", scheduler="onecycle", warmup_epochs=1.0, weight_decay=0.01,
     label_smoothing=0.05, grad_clip=0.0, early_stopping=4, seed=7, device="cpu", amp=False, num_workers=2,
-    cache="off", compile=True, auto_batch_size=True, checkpoint_every_steps=50,
+    cache="off", compile=True, auto_batch_size=True, nproc=2, checkpoint_every_steps=50,
 )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ HYPERPARAMETERS = {  # TrainConfig field -> the Train page's widget key (tests a
     "early_stopping": "w_es",
     "img_size": "w_img",
     "seed": "w_train_seed",
+    "nproc": "w_nproc",
 }
 _FIELD_DEFAULT = object()  # field_input's `default` when the caller gives none: the field's own default
 

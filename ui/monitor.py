@@ -23,6 +23,7 @@ from ui.config_form import apply_config
 from ui.widgets import STATUS_ICONS, jobs, literal, metric_cards, run_label, runs_table, sticky_select, user_errors
 
 POLL_SECONDS = 1.0
+LOG_LINES = 200  # the end of the log the Train page shows
 
 
 def duration(seconds: float | None) -> str:
@@ -114,6 +115,9 @@ def _draw(job: Any, others: list[Any]) -> None:
     if not hist.empty:
         best = (job.metrics or {}).get("best_epoch")
         st.plotly_chart(history_curves(hist, best_epoch=best), key=f"history_{job.run_id}")
+    if st.toggle("Show the log", key=f"log_{job.run_id}", help="The run's output (every process, resumes included)"):
+        text = executor().logs(job.run_id)
+        st.code("".join(text.splitlines(keepends=True)[-LOG_LINES:]) or "(nothing yet)", language=None)
 
 
 NEXT_PAGES = {  # button -> (page, what it opens)

@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier {train,evaluate,predict,explain,summary,demo-data,backbones} ...`.
+"""Command line: `python -m classifier {train,evaluate,predict,explain,summary,demo-data,jobs,backbones} ...`.
 
 Thin by design: it parses arguments, calls the package and prints. A user error (bad dataset, unknown
 backbone, bad weights file, existing run dir) prints one line `error: ...` and exits with code 2.
@@ -21,6 +21,7 @@ from classifier.cli import (
     evaluate,
     explain,
     export,
+    jobs,
     lr_find,
     predict,
     report,
@@ -45,6 +46,7 @@ COMMANDS = {  # command name -> its module, in the order `--help` lists them
         export,
         lr_find,
         search,
+        jobs,
         compare,
         ensemble,
         report,
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a DDP run re-launches itself with these
     try:
         return COMMANDS[args.command].run(args)
     except ClassifierError as e:

@@ -17,6 +17,10 @@ file whose size or mtime changed, or a new file, is decoded again; the rest is c
 file, and the new pair replaces the old one (temp file + `os.replace`, so a concurrent reader keeps the
 complete file it opened). The images then stay in memory when they fit the budget
 (`CLASSIFIER_CACHE_MEMORY_MB`, default 2048 MB) or are read through a read-only memory map otherwise.
+
+Several processes can build one cache together (`group`: the ranks of a DDP run): rank 0 lays out the new file,
+every rank decodes its share of the missing images straight into it (disjoint slots of one shared memory map), and
+rank 0 puts it in place once all are done.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +45,16 @@ from classifier.workspace import cache_dir
 BUDGET_ENV = "CLASSIFIER_CACHE_MEMORY_MB"
 DEFAULT_BUDGET_MB = 2048
 FORMAT = 1
+
+
+class CacheGroup(Protocol):
+    """Processes that build one cache together (`classifier.training.distributed.Ranks` is one)."""
+
+    rank: int
+    world: int
+
+    def barrier(self) -> None: ...
+    def broadcast(self, obj: Any) -> Any: ...
 
 
 def memory_budget() -> int:
@@ -149,12 +163,14 @@ def open_cache(
     mode: str = "auto",
     num_workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    group: CacheGroup | None = None,
 ) -> DecodedCache:
     """The cache of `paths` (decoding only what is new or changed); `mode` is auto, memory or disk.
 
     `key` names the dataset (its root folder): images of one dataset share one cache file per side and
     interpolation. `progress(done, total)` is called while images are decoded. Raises `ImageError` for an
-    unreadable image, like the uncached loader.
+    unreadable image, like the uncached loader. With a `group` of several processes, each calls this with the same
+    arguments and decodes a share (`progress` then estimates the whole from this process's share).
     """
     if mode not in ("auto", "memory", "disk"):
         raise ValueError(f"cache mode must be auto, memory or disk, not {mode!r}")
@@ -182,11 +198,15 @@ def open_cache(
         # A subset or another order on disk: keep the whole file mapped and index through the slots.
         return DecodedCache(_Remapped(old, slots), side, "disk", data_file, 0, len(paths))
     build = _Build(paths, names, stamps, slots, old, old_entries, side, interpolation)
-    count, entries, decoded = build.write(data_file, base.name, num_workers, progress)
-    from classifier.io import atomic_write_json
+    group = group if group is not None and group.world > 1 else None
+    count, entries, decoded = build.write(data_file, base.name, num_workers, progress, group)
+    if group is None or group.rank == 0:
+        from classifier.io import atomic_write_json
 
-    atomic_write_json(index_file, {"format": FORMAT, "side": side, "interpolation": interpolation,
-                                   "key": str(key), "entries": entries})  # fmt: skip
+        atomic_write_json(index_file, {"format": FORMAT, "side": side, "interpolation": interpolation,
+                                       "key": str(key), "entries": entries})  # fmt: skip
+    if group is not None:
+        group.barrier()  # the file and its index are in place for every rank
     mapped = np.memmap(data_file, dtype=np.uint8, mode="r", shape=(count, 3, side, side))[: len(paths)]
     if in_memory:
         return DecodedCache(np.array(mapped), side, "memory", data_file, decoded, len(paths) - decoded)
@@ -219,10 +239,41 @@ class _Build:
         keep = [(n, e) for n, e in old_entries.items() if n not in asked]
         self.keep = [(n, e) for n, e in keep if Path(n).is_file() and _stat(Path(n)) == list(e[1:])]
 
-    def write(self, data_file: Path, prefix: str, num_workers: int, progress) -> tuple[int, dict, int]:
-        """Write the file (temp file, then `os.replace`); returns (images in it, its index entries, decoded)."""
+    def write(
+        self, data_file: Path, prefix: str, num_workers: int, progress, group: CacheGroup | None = None
+    ) -> tuple[int, dict, int]:
+        """Write the file (temp file, then `os.replace`); returns (images in it, its index entries, decoded). In a
+        `group`, rank 0 creates the temp file, each rank decodes its share into it, and rank 0 replaces."""
         n, side = len(self.paths), self.side
         count = n + len(self.keep)
+        todo = [i for i, s in enumerate(self.slots) if s is None]
+        rank, world = (group.rank, group.world) if group is not None else (0, 1)
+        tmp = self._new_file(prefix, count) if rank == 0 else None
+        if group is not None:
+            tmp = Path(group.broadcast(str(tmp)))
+        try:
+            out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(max(1, count), 3, side, side))
+            share = (lambda done, total: progress(min(len(todo), done * world), len(todo))) if progress else None
+            self._decode_into(out, todo[rank::world], num_workers, share)
+            out.flush()
+            del out
+            if group is not None:
+                group.barrier()  # every share is in the file
+            if rank == 0:
+                with open(tmp, "r+b") as f:  # count == 0 still allocated one slot; trim to the exact size
+                    f.truncate(count * 3 * side * side)
+                os.replace(tmp, data_file)
+        except BaseException:
+            if rank == 0:
+                tmp.unlink(missing_ok=True)
+            raise
+        entries = {name: [i, *self.stamps[i]] for i, name in enumerate(self.names)}
+        entries.update({name: [n + j, *e[1:]] for j, (name, e) in enumerate(self.keep)})
+        return count, entries, len(todo)
+
+    def _new_file(self, prefix: str, count: int) -> Path:
+        """A temp file of `count` slots holding the images already cached (old slots still valid, kept ones)."""
+        n, side = len(self.paths), self.side
         fd, tmp_name = tempfile.mkstemp(dir=cache_dir(), prefix=f".{prefix}-", suffix=".u8.tmp")
         os.close(fd)
         tmp = Path(tmp_name)
@@ -233,19 +284,12 @@ class _Build:
                     out[i] = self.old[s]
             for j, (_, e) in enumerate(self.keep):
                 out[n + j] = self.old[int(e[0])]
-            todo = [i for i, s in enumerate(self.slots) if s is None]
-            self._decode_into(out, todo, num_workers, progress)
             out.flush()
             del out
-            with open(tmp, "r+b") as f:  # count == 0 still allocated one slot; trim to the exact size
-                f.truncate(count * 3 * side * side)
-            os.replace(tmp, data_file)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        entries = {name: [i, *self.stamps[i]] for i, name in enumerate(self.names)}
-        entries.update({name: [n + j, *e[1:]] for j, (name, e) in enumerate(self.keep)})
-        return count, entries, len(todo)
+        return tmp
 
     def _decode_into(self, out: np.ndarray, todo: list[int], num_workers: int, progress) -> None:
         if not todo:

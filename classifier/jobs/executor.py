@@ -1,8 +1,8 @@
 """What the app and the command line talk to: the `Executor` protocol, a run's `JobStatus`, and the files beside
 each run dir that belong to the job system (request, log, cancel flag).
 
-`default_executor()` (in `classifier.jobs`) is the local one; any executor that implements this protocol (a cluster
-executor, say) can replace it, because pages and the CLI use nothing else.
+`default_executor()` (in `classifier.jobs`) is the local one unless `CLASSIFIER_EXECUTOR=ray` picks the Ray cluster's
+(`classifier.jobs.ray`); pages, the search driver and the CLI use nothing but this protocol.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Executor(Protocol):
     def delete(self, run_id: str) -> None: ...
     def resume(self, run_id: str) -> None: ...
     def history(self, run_id: str) -> Sequence[dict]: ...  # per-epoch rows reported so far
+    def logs(self, run_id: str) -> str: ...  # the job's output so far (every attempt)
 
 
 def cancel_flag_path(run_id: str) -> Path:
@@ -65,6 +66,11 @@ def request_path(run_id: str) -> Path:
 def log_path(run_id: str) -> Path:
     # Next to the run dir, not in it: fit refuses a run dir that already has files.
     return runs_dir() / f"{run_id}.log"
+
+
+def job_path(run_id: str) -> Path:
+    """A cluster executor's record of the job(s) it submitted for the run (e.g. Ray submission ids)."""
+    return runs_dir() / f"{run_id}.job.json"
 
 
 def new_run_id() -> str:

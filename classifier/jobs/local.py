@@ -11,6 +11,9 @@ the run outlives reruns, closed tabs and the server itself. That child calls `ru
 A run whose process is gone while its row still says queued/running is marked "interrupted" by the next
 `status`/`list` call. `resume` starts an interrupted (or cancelled, or failed) run's process again with
 `train --resume RUN_DIR`: same run id, same run dir, continuing from its last checkpoint.
+
+A DDP run (`nproc`) holds the device lock in the job's process, which launches the ranks through torchrun; rank 0
+reports to the store, and the job's process records a failed rank's error (or "interrupted" for a killed one).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from classifier.jobs.executor import (
     JobStatus,
     cancel_flag_path,
     check_run_id,
+    job_path,
     log_path,
     new_run_id,
     request_path,
@@ -45,6 +49,7 @@ from classifier.jobs.executor import (
 from classifier.jobs.launcher import launch, reap
 from classifier.store import ACTIVE, RESUMABLE, RunStore
 from classifier.training.config import TrainConfig
+from classifier.training.distributed import RankInterrupted
 from classifier.training.events import Callback, FitState
 from classifier.workspace import runs_dir, workspace_dir
 
@@ -70,12 +75,12 @@ class LocalProcessExecutor(Executor):
 
     def submit(self, config: TrainConfig, name: str | None = None) -> str:
         """Queue `config` and start its process; returns the run id immediately."""
-        cfg = _resolve(config)
+        cfg = resolve_config(config)
         device = pick_device(cfg.device)  # an unavailable --device cuda fails here, not later in the log
         run_id = new_run_id()
         run_dir = runs_dir() / run_id
         request = atomic_write_json(request_path(run_id), cfg.to_dict())
-        self.store.create(run_id, name or _default_name(cfg), cfg.to_dict(), str(run_dir), device=device.type)
+        self.store.create(run_id, name or default_name(cfg), cfg.to_dict(), str(run_dir), device=device.type)
         self._launch(run_id, ["--config-json", str(request), "--out", str(run_dir)])
         return run_id
 
@@ -86,7 +91,7 @@ class LocalProcessExecutor(Executor):
         `python -m classifier train --resume RUN_DIR --run-id ID`.
         """
         row = self._row(run_id)
-        if not resumable(_job_status(row)):
+        if not resumable(job_status(row)):
             why = "it has no checkpoint to continue from" if row["status"] in RESUMABLE else f"it is {row['status']}"
             raise RunError(f"run {run_id} cannot be resumed: {why}")
         cancel_flag_path(run_id).unlink(missing_ok=True)  # an old cancel request must not stop the new process
@@ -110,11 +115,11 @@ class LocalProcessExecutor(Executor):
         self.store.update(run_id, pid=proc.pid)
 
     def status(self, run_id: str) -> JobStatus:
-        return _job_status(self._row(run_id))
+        return job_status(self._row(run_id))
 
     def list(self, limit: int | None = None) -> list[JobStatus]:
         reap()
-        return [_job_status(self._reconcile(row)) for row in self.store.list(limit)]
+        return [job_status(self._reconcile(row)) for row in self.store.list(limit)]
 
     def cancel(self, run_id: str) -> None:
         """Ask a queued or running job to stop; a finished one is left as it is."""
@@ -152,6 +157,14 @@ class LocalProcessExecutor(Executor):
         """The job's stdout/stderr (tracebacks end up here)."""
         return log_path(run_id)
 
+    def logs(self, run_id: str) -> str:
+        """The job's output so far (every process of the run, resumes included); "" before it wrote any."""
+        check_run_id(run_id)
+        try:
+            return log_path(run_id).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def _row(self, run_id: str) -> dict:
         check_run_id(run_id)
         reap()
@@ -162,7 +175,7 @@ class LocalProcessExecutor(Executor):
 
     def _reconcile(self, row: dict) -> dict:
         """Mark a queued/running row "interrupted" when its process is gone."""
-        if row["status"] not in ACTIVE:
+        if row["status"] not in ACTIVE or job_path(row["id"]).exists():  # (a cluster executor's run: not ours)
             return row
         pid = row.get("pid")
         if pid is None:
@@ -235,7 +248,8 @@ def _process_alive(pid: int, run_id: str) -> bool:
         return False
 
 
-def _job_status(row: dict) -> JobStatus:
+def job_status(row: dict) -> JobStatus:
+    """A store row as the `JobStatus` pages and the CLI read (any executor's rows)."""
     return JobStatus(
         run_id=row["id"],
         name=row["name"] or row["id"],
@@ -251,14 +265,16 @@ def _job_status(row: dict) -> JobStatus:
     )
 
 
-def _resolve(config: TrainConfig) -> TrainConfig:
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """`config.resolved()`, its bad settings as a user error (every executor checks before submitting)."""
     try:
         return config.resolved()
     except ValueError as e:
         raise ClassifierError(str(e)) from e
 
 
-def _default_name(cfg: TrainConfig) -> str:
+def default_name(cfg: TrainConfig) -> str:
+    """A run's name when the user gives none: backbone, mode and dataset."""
     data = "demo" if cfg.data == "demo" else (Path(cfg.data).name or cfg.data)
     return f"{cfg.backbone} {cfg.mode} on {data}"
 
@@ -272,12 +288,13 @@ def load_config_json(path: str | Path) -> TrainConfig:
     if not isinstance(d, dict):
         raise ClassifierError(f"{path}: expected a JSON object with TrainConfig fields")
     try:
-        return _resolve(TrainConfig.from_dict(d))
+        return resolve_config(TrainConfig.from_dict(d))
     except TypeError as e:  # wrong value types make the dataclass or resolved() fail
         raise ClassifierError(f"{path}: {e}") from e
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """A failure as one line for the run's record: a user error's own message, else the exception type and text."""
     msg = " ".join(str(e).split())
     return msg if isinstance(e, ClassifierError) and msg else f"{type(e).__name__}: {msg}".rstrip(": ")
 
@@ -316,6 +333,7 @@ def run_job(
     store: RunStore | None = None,
     *,
     resume: bool = False,
+    argv: Sequence[str] | None = None,
 ) -> FitResult | None:
     """Train run `run_id` in this process, recording everything in the store (the child side of `submit`).
 
@@ -324,7 +342,8 @@ def run_job(
     `FitResult`, or None when the run was cancelled (or deleted) before training started. Any exception is
     recorded as status "failed" with a one-line message, then re-raised so the exit code tells too.
     `resume=True` continues the run in `out_dir` from its checkpoint (`config` may then be None: the run
-    dir's config.json is used).
+    dir's config.json is used). A DDP run (`nproc`) re-launches the train command's `argv` through torchrun once it
+    holds the device; a rank killed by a signal leaves the run "interrupted".
     """
     check_run_id(run_id)
     store = store if store is not None else RunStore()
@@ -339,12 +358,7 @@ def run_job(
     try:
         from classifier.training.run import fit
 
-        if isinstance(config, TrainConfig):
-            cfg = _resolve(config)
-        elif config is not None:
-            cfg = load_config_json(config)
-        else:
-            cfg = _resolve(TrainConfig.from_dict(_saved_train_config(out_dir)))
+        cfg = job_config(config, out_dir)
         device = pick_device(cfg.device)
         store.update(run_id, config=cfg.to_dict(), device=device.type)
 
@@ -359,20 +373,42 @@ def run_job(
                 return None
             if not store.transition(run_id, ("queued",), status="running", started_at=now, pid=os.getpid()):
                 return None  # cancelled or deleted while we waited
+            if cfg.nproc is not None:
+                return launch_ranks(cfg, out_dir, argv)
             cb = StoreCallback(store, run_id)
             return fit(cfg, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)
+    except RankInterrupted as e:  # a rank was killed: resumable, like a killed single-process run
+        store.transition(run_id, (*ACTIVE, "failed"), status="interrupted", error=str(e), ended_at=time.time())
+        raise
     except Exception as e:
         # fit's own failure path already wrote "failed"; overwrite with the user-facing one-line message.
-        store.transition(run_id, (*ACTIVE, "failed"), status="failed", error=_one_line(e), ended_at=time.time())
+        store.transition(run_id, (*ACTIVE, "failed"), status="failed", error=one_line(e), ended_at=time.time())
         raise
     except BaseException as e:  # KeyboardInterrupt, SystemExit: not the run's fault
-        store.transition(run_id, ACTIVE, status="interrupted", error=_one_line(e) or INTERRUPTED_ERROR,
+        store.transition(run_id, ACTIVE, status="interrupted", error=one_line(e) or INTERRUPTED_ERROR,
                          ended_at=time.time())  # fmt: skip
         raise
 
 
-def _saved_train_config(run_dir: str | Path) -> dict:
-    return rundir.read_config(run_dir)["train"]
+def launch_ranks(cfg: TrainConfig, out_dir: str | Path, argv: Sequence[str] | None) -> FitResult:
+    """Train a DDP run: the train command's `argv` again in `cfg.nproc` processes through torchrun (rank 0
+    reports); the result is read back from the run dir."""
+    from classifier.training.distributed import launch
+    from classifier.training.run import result_from_run_dir
+
+    if argv is None:
+        raise RunError("a DDP run (nproc) re-launches the train command: run it with python -m classifier train")
+    launch(int(cfg.nproc), argv)
+    return result_from_run_dir(Path(out_dir))
+
+
+def job_config(config: TrainConfig | str | Path | None, out_dir: str | Path) -> TrainConfig:
+    """A job's resolved config: given, from its JSON request file, or (None: resuming) the run dir's own."""
+    if isinstance(config, TrainConfig):
+        return resolve_config(config)
+    if config is not None:
+        return load_config_json(config)
+    return resolve_config(TrainConfig.from_dict(rundir.read_config(out_dir)["train"]))
 
 
 class StoreCallback(Callback):
@@ -423,7 +459,7 @@ class StoreCallback(Callback):
             status=state.status,
             ended_at=time.time(),
             error=state.error,
-            metrics=_metrics_summary(state.out_dir),
+            metrics=metrics_summary(state.out_dir),
             progress=progress,
         )
 
@@ -450,7 +486,8 @@ def progress_dict(state: FitState) -> dict[str, Any]:
     }
 
 
-def _metrics_summary(run_dir: Path) -> dict[str, Any] | None:
+def metrics_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The headline metrics (`SUMMARY_KEYS`) a run list shows, from metrics.json; None before it exists."""
     # fit writes metrics.json just before on_fit_end; a run stopped before its first epoch has none.
     try:
         m = rundir.read_metrics(run_dir)

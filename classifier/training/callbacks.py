@@ -144,7 +144,7 @@ class Throughput(Callback):
 
     def on_batch_end(self, state: FitState) -> None:
         now = time.time()
-        ips = int(state.y.shape[0]) / max(now - self.last, 1e-6)
+        ips = int(state.y.shape[0]) * state.world / max(now - self.last, 1e-6)
         self.last = now
         if self.images:
             state.images_per_sec = 0.8 * state.images_per_sec + 0.2 * ips if state.images_per_sec else ips
@@ -162,16 +162,21 @@ class Throughput(Callback):
 
 class SaveBest(Callback):
     """The best epoch by validation accuracy (ties: lower loss) goes to model.safetensors; its validation
-    probabilities are kept for metrics.json and val_predictions.csv."""
+    probabilities are kept for metrics.json and val_predictions.csv. `write=False` (DDP ranks other than 0) keeps
+    track of the best epoch without writing the file."""
 
     order = -5
+
+    def __init__(self, write: bool = True):
+        self.write = write
 
     def on_epoch_end(self, state: FitState) -> None:
         val = state.val
         score = (val["acc"], -val["loss"])
         if math.isfinite(val["loss"]) and score > state.best_score:
             state.best_score, state.best_epoch, state.best_val = score, state.epoch, val
-            rundir.save_weights(state.out_dir, state.model.state_dict(), state.epoch)
+            if self.write:
+                rundir.save_weights(state.out_dir, state.model.state_dict(), state.epoch)
 
 
 class CancelCallback(Callback):

@@ -8,6 +8,10 @@ one stays); deleted when the run completes. The file format and the replayable b
 `Resume` restores a checkpoint in two steps on purpose: counters, history and the best score at `on_fit_start`
 (the run store then sees the checkpoint's history), the optimizer, grad scaler and RNG states at `on_train_start`,
 the RNG last, right before the first batch is drawn, because everything before it is deterministic without it.
+
+In a DDP run every rank runs both: each restores its own RNG states, and at a checkpoint every rank hands its RNG
+states to rank 0, which alone writes the file; when a step's checkpoint is due is rank 0's call, agreed through
+`classifier.training.distributed.RankSync`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from classifier import rundir
 from classifier.errors import RunError
 from classifier.io import json_safe
 from classifier.training.events import Callback, FitState, fresh_position
-from classifier.training.resume import ResumeState, restore_rng, save_resume
+from classifier.training.resume import ResumeState, capture_rng, rank_prefix, restore_rng, save_resume
 
 CHECKPOINT_INTERVAL_S = 120.0  # checkpoint_every_steps=None: a mid-epoch checkpoint after this much training
 log = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ class Resume(Callback):
         state.best_epoch = int(m["best_epoch"])
         state.best_score = tuple(m["best_score"]) if m["best_score"] else state.best_score
         state.batch_size = int(m["batch_size"])
-        state.steps_per_epoch = math.ceil(state.n_train / state.batch_size)
+        state.steps_per_epoch = math.ceil(state.n_train / (state.batch_size * state.world))
         state.planned_steps = m["planned_steps"]
         state.oom_events = list(m["oom_events"])
         state.lr = float(m["lr"])
@@ -66,7 +70,9 @@ class Resume(Callback):
         state.optimizer.load_state_dict(self.ckpt.optimizer_state())
         if self.ckpt.meta.get("scaler") and state.scaler.is_enabled():
             state.scaler.load_state_dict(self.ckpt.meta["scaler"])
-        restore_rng(self.ckpt.meta["rng"], self.ckpt.tensors)  # last: right before the first batch
+        rank = state.ranks.rank if state.ranks is not None else 0
+        meta = self.ckpt.meta["rng"] if rank == 0 else self.ckpt.meta["rng_ranks"][rank - 1]
+        restore_rng(meta, self.ckpt.tensors, rank_prefix(rank))  # last: right before the first batch
         self.ckpt = None  # the tensors are in the model and optimizer now
 
 
@@ -84,11 +90,15 @@ class Checkpointer(Callback):
 
     # --- write ---
 
-    def on_batch_end(self, state: FitState) -> None:
+    def due(self, state: FitState) -> bool:
+        """Whether this step's mid-epoch checkpoint is due (in DDP rank 0 decides and RankSync tells the others)."""
         every = state.config.checkpoint_every_steps
-        due = time.time() - self.last_write >= CHECKPOINT_INTERVAL_S if every is None else every > 0 and (
-            state.step % every == 0
-        )  # fmt: skip
+        if every is None:
+            return time.time() - self.last_write >= CHECKPOINT_INTERVAL_S
+        return every > 0 and state.step % every == 0
+
+    def on_batch_end(self, state: FitState) -> None:
+        due = self.due(state) if state.ranks is None else state.ranks.agreed.get("checkpoint", False)
         if due and state.position["samples"] < state.n_train:  # (the epoch-end checkpoint follows anyway)
             self.save(state, state.epoch, state.batch, state.position)
 
@@ -104,7 +114,7 @@ class Checkpointer(Callback):
             self.save(state, state.epoch, state.batch, state.position)
 
     def on_fit_end(self, state: FitState) -> None:
-        if state.status == "completed":
+        if state.status == "completed" and (state.ranks is None or state.ranks.main):
             rundir.resume_path(state.out_dir).unlink(missing_ok=True)  # several times the model's size
 
     def save(self, state: FitState, next_epoch: int, batch: int, position: dict[str, Any]) -> None:
@@ -112,6 +122,11 @@ class Checkpointer(Callback):
             log.warning("not writing a checkpoint at step %d: the weights are no longer finite", state.step)
             return  # keep the last good one
         self.generation += 1
+        rng_ranks: list = []
+        if state.ranks is not None:
+            rng_ranks = state.ranks.gather(capture_rng(rank_prefix(state.ranks.rank)))[1:]  # a collective
+            if not state.ranks.main:
+                return  # rank 0 writes
         best = state.best_val
         meta = {
             "generation": self.generation,
@@ -135,5 +150,8 @@ class Checkpointer(Callback):
             "train": state.config.to_dict(),
         }
         extra = {"best.val_probs": torch.from_numpy(np.ascontiguousarray(best["probs"]))} if best else {}
+        if rng_ranks:  # every other rank's RNG states, for an exact resume of each
+            meta["rng_ranks"] = [m for m, _ in rng_ranks]
+            extra.update({k: v for _, tensors in rng_ranks for k, v in tensors.items()})
         save_resume(rundir.resume_path(state.out_dir), state.model, state.optimizer, meta, extra)
         self.last_write = time.time()

@@ -162,6 +162,12 @@ class TrainConfig:
         False, "CUDA: the largest batch size from the batch size upwards (at most 512) whose training step fits in "
         "memory", "runtime", label="Automatic batch size",
     )  # fmt: skip
+    nproc: int | None = _field(
+        None, "processes training together with DistributedDataParallel, launched through torchrun (one GPU each "
+        "on CUDA, gloo on the CPU); each takes batch size images per step, so a step trains on nproc x batch size "
+        "images", "runtime", label="Processes / GPUs", unit="processes", min=1, max=64,
+        auto="one process, without DDP",
+    )  # fmt: skip
     # output
     checkpoint_every_steps: int | None = _field(
         None, "write the resume checkpoint (last.safetensors) every this many optimizer steps as well as at every "
@@ -188,6 +194,8 @@ class TrainConfig:
             out.lr = 3e-3 if out.mode == "linear" else 5e-4
         if out.epochs < 1 or out.batch_size < 1 or out.lr <= 0:
             raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+        if out.nproc is not None and out.nproc < 1:
+            raise ValueError("nproc must be at least 1 (or left out for one process without DDP)")
         if out.checkpoint_every_steps is not None and out.checkpoint_every_steps < 0:
             raise ValueError("checkpoint_every_steps must be 0 (epoch ends only) or a positive number of steps")
         return out

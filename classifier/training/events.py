@@ -112,6 +112,7 @@ class FitState:
     seconds_before: float = 0.0  # training seconds of earlier processes of this run (resume)
     training_started: bool = False  # the first batch may have been drawn (a cancel then saves a checkpoint)
     crashed: bool = False  # ended by an unexpected exception (re-raised after on_fit_end)
+    ranks: Any = None  # a DDP run's process group (classifier.training.distributed.Ranks); None: one process
     optimizer: torch.optim.Optimizer | None = None
     scaler: Any = None  # torch.amp.GradScaler
     x: Any = None  # the batch in progress (on_batch_start may replace x, y and target)
@@ -124,6 +125,11 @@ class FitState:
     @property
     def total_steps(self) -> int:
         return self.planned_steps if self.planned_steps is not None else self.epochs * self.steps_per_epoch
+
+    @property
+    def world(self) -> int:
+        """Processes training together (1 without DDP): a step trains on batch_size x world images."""
+        return self.ranks.world if self.ranks is not None else 1
 
     @property
     def fraction_done(self) -> float:

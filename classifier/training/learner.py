@@ -107,7 +107,7 @@ class Learner:
             return
         self._phase("val")
         vt = time.time()
-        s.val = self.evaluate(self.val_loader)
+        s.val = self.setup.gather_val(self.evaluate(self.val_loader))  # the whole validation set, also in DDP
         pos = s.position
         s.history.append({
             "epoch": epoch,

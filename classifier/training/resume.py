@@ -44,13 +44,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class EpochSampler(Sampler[int]):
     """A shuffled (or class-balanced, with replacement) order per epoch that can start part-way through.
 
+    With `world` > 1 (a DDP run) it yields rank `rank`'s share of that same order (`shard`): the order is cut into
+    global batches of `per_rank x world` samples and this rank takes its slice of each, so N ranks with batch B/N
+    train on exactly the batches one process with batch B would. `start` always counts samples of the whole order.
+
     >>> s = EpochSampler([0, 1, 0, 1], seed=0)
     >>> s.set_epoch(1, start=2)
     >>> len(list(s))
     2
     """
 
-    def __init__(self, labels: Sequence[int], seed: int, balanced: bool = False):
+    def __init__(self, labels: Sequence[int], seed: int, balanced: bool = False, rank: int = 0, world: int = 1):
         self.n = len(labels)
         self.seed = seed
         self.weights = None
@@ -58,6 +62,8 @@ class EpochSampler(Sampler[int]):
             counts = np.bincount(np.asarray(labels, dtype=np.int64)).astype(np.float64)
             self.weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.float64)
         self.epoch, self.start = 1, 0
+        self.rank, self.world = rank, world
+        self.per_rank = 1  # the loader's batch size (setup.loaders sets it); only used when world > 1
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -68,11 +74,35 @@ class EpochSampler(Sampler[int]):
             return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         return torch.randperm(self.n, generator=g).tolist()
 
+    def _indices(self) -> list[int]:
+        order = self.order(self.epoch)
+        if self.world == 1:
+            return order[self.start :]
+        return shard(order, self.start, self.per_rank, self.world, self.rank)
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch)[self.start :])
+        return iter(self._indices())
 
     def __len__(self) -> int:
-        return max(0, self.n - self.start)
+        return max(0, self.n - self.start) if self.world == 1 else len(self._indices())
+
+
+def shard(order: Sequence[int], start: int, per_rank: int, world: int, rank: int) -> list[int]:
+    """Rank `rank`'s samples of `order[start:]`: every global batch of `per_rank x world` samples is split into
+    `world` equal slices in rank order. The last, short batch is split into equal slices too, padded with samples
+    from the start of the order (as torch's DistributedSampler pads), so every rank takes the same number of steps.
+
+    >>> shard(list(range(10)), 0, 2, 2, 1)  # batches [0 1 | 2 3], [4 5 | 6 7], [8 | 9]
+    [2, 3, 6, 7, 9]
+    """
+    out: list[int] = []
+    step = per_rank * world
+    for g in range(start, len(order), step):
+        chunk = list(order[g : g + step])
+        size = -(-len(chunk) // world)
+        chunk += [order[i % len(order)] for i in range(size * world - len(chunk))]
+        out += chunk[rank * size : (rank + 1) * size]
+    return out
 
 
 @dataclass
@@ -131,8 +161,8 @@ def resume_point(run_dir: str | Path) -> dict[str, Any] | None:
     return {k: meta.get(k) for k in ("epoch", "batch", "step", "generation")}
 
 
-def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Python and NumPy RNG states as JSON lists; torch CPU (and CUDA) states as uint8 tensors."""
+def capture_rng(prefix: str = "rng.") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Python and NumPy RNG states as JSON lists; torch CPU (and CUDA) states as uint8 tensors named `prefix`..."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     meta = {
@@ -140,23 +170,28 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
         "cuda_devices": 0,
     }
-    tensors = {"rng.torch": torch.get_rng_state()}
+    tensors = {f"{prefix}torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states = torch.cuda.get_rng_state_all()
         meta["cuda_devices"] = len(states)
-        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(states)})
+        tensors.update({f"{prefix}cuda.{i}": s for i, s in enumerate(states)})
     return meta, tensors
 
 
-def restore_rng(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def rank_prefix(rank: int) -> str:
+    """The tensor-name prefix of a DDP rank's RNG states in a checkpoint (rank 0 keeps the plain `rng.`)."""
+    return "rng." if rank == 0 else f"rng.rank{rank}."
+
+
+def restore_rng(meta: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str = "rng.") -> None:
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["rng.torch"])
+    torch.set_rng_state(tensors[f"{prefix}torch"])
     n = int(meta.get("cuda_devices", 0))
     if n and torch.cuda.is_available() and torch.cuda.device_count() == n:
-        torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(n)])
+        torch.cuda.set_rng_state_all([tensors[f"{prefix}cuda.{i}"] for i in range(n)])
 
 
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

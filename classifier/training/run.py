@@ -9,11 +9,17 @@ Every `checkpoint_every_steps` steps and at every epoch end the whole training s
 learning rates and weights as an uninterrupted run (bit for bit on a CPU with `num_workers=0`; with loader workers
 the batches are the same but augmentation draws may differ). An out-of-memory error in a training step frees what
 the step held, halves the batch size and retries the same samples (`OutOfMemoryBackoff`).
+
+With `nproc` set, the run trains in that many processes with DistributedDataParallel
+(`classifier.training.distributed`): called outside torchrun, `fit` launches them (`python -m classifier train`
+through torchrun) and reads the result from the run dir; inside a rank it joins the process group and trains its
+share, rank 0 writing every file.
 """
 
 from __future__ import annotations
 
 import platform
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +30,7 @@ import torch
 
 from classifier import rundir
 from classifier.data.dataset import DatasetIndex, check_trainable, load_dataset
-from classifier.device import seed_everything
+from classifier.device import pick_device, seed_everything
 from classifier.errors import RunError
 from classifier.models import build_model
 from classifier.models.factory import model_from_run_config, set_trainable
@@ -43,6 +49,7 @@ from classifier.training.callbacks import (
 )
 from classifier.training.checkpoint import Checkpointer, Resume
 from classifier.training.config import TrainConfig
+from classifier.training.distributed import Ranks, RankSync, env_rank, in_rank, join
 from classifier.training.events import Callback, FitState
 from classifier.training.learner import Learner
 from classifier.training.resume import ResumeState, can_resume, load_resume
@@ -84,40 +91,94 @@ def fit(
     out_dir = Path(out_dir)
     saved, ckpt = open_resume(config, out_dir) if resume else (None, None)
     cfg = _run_config(config, saved, out_dir)
+    if cfg.nproc is not None and not in_rank():
+        if callbacks or should_cancel is not None or index is not None:
+            raise RunError(
+                "a DDP run (nproc) reports through its run dir: fit takes no callbacks, should_cancel or index "
+                "then; use the job system (python -m classifier jobs) to watch and cancel it"
+            )
+        return _launch(cfg, out_dir, resume)
     index = index if index is not None else load_dataset(cfg.data)
     check_trainable(index)
+    ranks = join(cfg.nproc, pick_device(cfg.device))
+    try:
+        return _fit(cfg, out_dir, callbacks, index, should_cancel, resume, saved, ckpt, ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _fit(
+    cfg: TrainConfig,
+    out_dir: Path,
+    callbacks: Sequence[Callback],
+    index: DatasetIndex,
+    should_cancel: Callable[[], bool] | None,
+    resume: bool,
+    saved: dict[str, Any] | None,
+    ckpt: ResumeState | None,
+    ranks: Ranks | None,
+) -> FitResult:
+    """fit's body in this process (one process, or one rank of a DDP run: rank 0 alone writes files)."""
+    main = ranks is None or ranks.main
     if resume:
         out_dir.mkdir(parents=True, exist_ok=True)
-    else:
+    elif main:
         rundir.prepare_new(out_dir)
     seed_everything(cfg.seed)
     data = split_data(index, cfg)
-    run_config, setup = _start(cfg, data, out_dir, saved, ckpt)
-    state = FitState(
-        cfg, out_dir, setup.model, cfg.epochs, 0, len(data.train), len(data.val), batch_size=cfg.batch_size
-    )
-    state.schedule = schedule_spec(cfg.scheduler, cfg.lr, cfg.epochs, len(data.train), cfg.batch_size,
+    run_config, setup = _start(cfg, data, out_dir, saved, ckpt, ranks)
+    state = FitState(cfg, out_dir, setup.model, cfg.epochs, 0, len(data.train), len(data.val),
+                     batch_size=cfg.batch_size, ranks=ranks)  # fmt: skip
+    state.schedule = schedule_spec(cfg.scheduler, cfg.lr, cfg.epochs, len(data.train), cfg.batch_size * state.world,
                                    cfg.warmup_epochs)  # fmt: skip
     state.steps_per_epoch = state.schedule["steps_per_epoch"]
     files = RunFiles(data, run_config, setup.runtime if ckpt is None else None)
+    checkpointer = Checkpointer(ckpt)
+    if ranks is not None:
+        steer = [RankSync(ranks, should_cancel, checkpointer.due)]
+    else:
+        steer = [OutOfMemoryBackoff(), *([CancelCallback(should_cancel)] if should_cancel else [])]
     cbs = [
         *callbacks,
         *shared_callbacks(cfg, setup),
         Schedule(),
         Throughput(images=not setup.use_features),
-        SaveBest(),
-        HistoryWriter(),
-        OutOfMemoryBackoff(),
-        Checkpointer(ckpt),
+        SaveBest(write=main),
+        checkpointer,
         *([Resume(ckpt)] if ckpt is not None else []),
-        files,
+        *([files, HistoryWriter()] if main else []),
         *([EarlyStopping(cfg.early_stopping)] if cfg.early_stopping else []),
-        *([CancelCallback(should_cancel)] if should_cancel else []),
+        *steer,
     ]
     Learner(setup, state, cbs).fit()
     return FitResult(
         state.status, out_dir, files.metrics, state.history, state.best_epoch, state.seconds(), state.error
     )
+
+
+def _launch(cfg: TrainConfig, out_dir: Path, resume: bool) -> FitResult:
+    """Train `cfg` in `cfg.nproc` DDP processes (`python -m classifier train` through torchrun); the result comes
+    from the run dir they wrote."""
+    from classifier.io import atomic_write_json
+    from classifier.training.distributed import launch
+
+    with tempfile.TemporaryDirectory(prefix="classifier-ddp-") as tmp:
+        request = atomic_write_json(Path(tmp) / "config.json", cfg.to_dict())
+        args = ["--resume", str(out_dir)] if resume else ["--config-json", str(request), "--out", str(out_dir)]
+        launch(cfg.nproc, ["train", *args, "--quiet"])
+    return result_from_run_dir(out_dir)
+
+
+def result_from_run_dir(out_dir: Path) -> FitResult:
+    """How a run that trained in other processes ended, read from its files (metrics.json, history.csv)."""
+    metrics = rundir.read_metrics(out_dir)
+    table = rundir.read_history(out_dir)
+    history = table.to_dict("records") if table is not None else []
+    status = metrics.get("status", "completed") if metrics else "cancelled"  # no metrics: stopped before an epoch
+    seconds = float(metrics.get("train_seconds", 0.0)) if metrics else 0.0
+    best = int(metrics.get("best_epoch", 0)) if metrics else 0
+    return FitResult(status, out_dir, metrics, history, best, seconds)
 
 
 def shared_callbacks(cfg: TrainConfig, setup: TrainingSetup) -> list[Callback]:
@@ -142,7 +203,12 @@ def _run_config(config: TrainConfig | None, saved: dict[str, Any] | None, out_di
 
 
 def _start(
-    cfg: TrainConfig, data: SplitData, out_dir: Path, saved: dict[str, Any] | None, ckpt: ResumeState | None
+    cfg: TrainConfig,
+    data: SplitData,
+    out_dir: Path,
+    saved: dict[str, Any] | None,
+    ckpt: ResumeState | None,
+    ranks: Ranks | None = None,
 ) -> tuple[dict[str, Any], TrainingSetup]:
     """The model and the run's config.json and split.csv: new, or (resuming) rebuilt from the checkpoint and
     checked against the data."""
@@ -176,18 +242,22 @@ def _start(
         run_config = saved
         model = model_from_run_config(run_config, ckpt.model, source=str(rundir.resume_path(out_dir)))
         data_config = run_config["data_config"]
-    setup = TrainingSetup(cfg, data, model, data_config)
-    if ckpt is None:
+    setup = TrainingSetup(cfg, data, model, data_config, ranks)
+    main = ranks is None or ranks.main
+    if ckpt is None and main:
         run_config["device"] = str(setup.device)
         rundir.write_config(out_dir, run_config)
         rundir.write_split(out_dir, data.split_rows())
     if cfg.auto_batch_size and setup.device.type == "cuda" and not setup.use_features:
-        _auto_batch_size(cfg, setup, run_config, out_dir, saved)
+        _auto_batch_size(cfg, setup, run_config, out_dir, saved, ranks)
     return run_config, setup
 
 
-def _auto_batch_size(cfg: TrainConfig, setup: TrainingSetup, run_config: dict, out_dir: Path, saved) -> None:
-    """CUDA: the largest batch size (<= the configured one x 2^k) whose training step fits in memory."""
+def _auto_batch_size(
+    cfg: TrainConfig, setup: TrainingSetup, run_config: dict, out_dir: Path, saved, ranks: Ranks | None = None
+) -> None:
+    """CUDA: the largest batch size (<= the configured one x 2^k) whose training step fits in memory (in DDP the
+    smallest any rank found, so all take the same steps)."""
     if saved is not None:
         cfg.batch_size = int(saved["train"]["batch_size"])  # the size found when the run started
     else:
@@ -196,9 +266,11 @@ def _auto_batch_size(cfg: TrainConfig, setup: TrainingSetup, run_config: dict, o
         shape = tuple(int(v) for v in setup.data_config["input_size"])
         top = max(1, min(AUTO_BATCH_MAX, len(setup.data.train) // 4))
         step = probe_step(setup.model, shape, len(setup.data.classes), setup.device, setup.precision)
-        cfg.batch_size = find_batch_size(step, cfg.batch_size, top, device=setup.device)
+        found = find_batch_size(step, cfg.batch_size, top, device=setup.device)
+        cfg.batch_size = min(ranks.gather(found)) if ranks is not None else found
         run_config["train"] = cfg.to_dict()
-        rundir.write_config(out_dir, run_config)
+        if ranks is None or ranks.main:
+            rundir.write_config(out_dir, run_config)
     setup.runtime["batch_size_found"] = cfg.batch_size
 
 
@@ -221,7 +293,8 @@ def open_resume(config: TrainConfig | None, out_dir: Path) -> tuple[dict[str, An
             raise RunError(f"nothing to resume in {out_dir}: it has no {rundir.CONFIG} (is it a run dir?)")
         return None, None  # stopped before writing anything: start over in place
     saved = rundir.read_config(out_dir)
-    rundir.remove_partial_writes(out_dir)
+    if env_rank() == 0:  # in a DDP run rank 0 alone touches the run dir
+        rundir.remove_partial_writes(out_dir)
     path = rundir.resume_path(out_dir)
     if path.is_file():
         return saved, load_resume(path)

@@ -9,6 +9,10 @@ both build it here, so a range test uses exactly what a run with the same settin
 
 A linear probe without augmentation (`use_features`) runs the frozen backbone once over every image and trains
 the head on the stored features, which takes seconds on a CPU.
+
+In a DDP run (`ranks`, see `classifier.training.distributed`) the model is on this rank's device and wrapped in
+DistributedDataParallel, the sampler yields this rank's slice of each global batch, decoding and features are shared
+out between the ranks, and validation scores this rank's slice (`gather_val` puts the slices back together).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from classifier.data.transforms import TensorPipeline, eval_transform, train_tra
 from classifier.device import Precision, default_workers, loader_kwargs, pick_device
 from classifier.models import extract_features, freeze_bn_stats, set_trainable
 from classifier.training.config import TrainConfig
+from classifier.training.distributed import Ranks
 from classifier.training.resume import EpochSampler
 
 Items = list[tuple[Path, int]]
@@ -89,24 +94,35 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 class TrainingSetup:
     """The model, data path, optimizer and loss for one config; `prepare` does the work that takes time."""
 
-    def __init__(self, cfg: TrainConfig, data: SplitData, model: nn.Module, data_config: dict[str, Any]):
-        self.cfg, self.data, self.model, self.data_config = cfg, data, model, data_config
-        self.device = pick_device(cfg.device)
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: SplitData,
+        model: nn.Module,
+        data_config: dict[str, Any],
+        ranks: Ranks | None = None,
+    ):
+        self.cfg, self.data, self.model, self.data_config, self.ranks = cfg, data, model, data_config, ranks
+        self.device = pick_device(cfg.device) if ranks is None else ranks.device(pick_device(cfg.device))
         self.precision = Precision.for_device(self.device, cfg.amp)
         self.precision.prepare(model)
         self.workers = cfg.num_workers if cfg.num_workers is not None else default_workers(self.device)
         self.use_features = uses_features(cfg)
         side = cache_side(data_config)
         self.cache_mode = cfg.cache if side is not None else "off"
+        if self.cache_mode == "auto" and ranks is not None and ranks.world > 1:
+            self.cache_mode = "disk"  # one memory-mapped file in the page cache, not a copy per rank
         self.cache_side = side
         train_labels = [y for _, y in data.train]
-        self.sampler = EpochSampler(train_labels, cfg.seed, balanced=cfg.imbalance == "sampler")
+        rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
+        self.sampler = EpochSampler(train_labels, cfg.seed, balanced=cfg.imbalance == "sampler", rank=rank, world=world)
         self.loader_gen = torch.Generator()  # the loader's own seed source, so it never draws from the global RNG
         self.runtime: dict[str, Any] = {
             "device": str(self.device),
             "amp": self.precision.amp_name,
             "channels_last": self.precision.channels_last,
             "compile": bool(cfg.compile),
+            **({"nproc": world, "backend": ranks.backend} if ranks is not None else {}),
         }
         self._loss = nn.CrossEntropyLoss(weight=self._class_weights(train_labels), label_smoothing=cfg.label_smoothing)
         self.train_prep: Callable | None = None
@@ -152,9 +168,19 @@ class TrainingSetup:
         else:
             self.train_ds, self.val_ds = train_src, val_src
             self.params = list(self.model.parameters())
-            set_trainable(self.model, self.cfg.mode == "finetune" and self.cfg.head_warmup_epochs == 0)
-            self._forward = torch.compile(self.model) if self.cfg.compile else self.model  # weights stay the model's
+            self._forward = self._wrap_model()
         self.optimizer = optimizer_for(self.cfg, self.params)
+
+    def _wrap_model(self) -> nn.Module:
+        """What trains: the model (compiled when asked; its weights stay the model's), in DDP for several ranks."""
+        finetune, warmup = self.cfg.mode == "finetune", self.cfg.head_warmup_epochs > 0
+        module: nn.Module = self.model
+        if self.ranks is not None:
+            # DDP syncs the parameters that train when it is built: with a head warm-up the backbone joins later.
+            set_trainable(self.model, finetune)
+            module = self.ranks.wrap(self.model, find_unused=finetune and warmup)
+        set_trainable(self.model, finetune and not warmup)
+        return torch.compile(module) if self.cfg.compile else module
 
     def _open_cache(self, items: list[tuple[Path, int]], emit: Callable[[str, int, int], None]):
         emit("cache", 0, len(items))
@@ -166,6 +192,7 @@ class TrainingSetup:
             mode=self.cache_mode,
             num_workers=self.workers,
             progress=lambda done, total: emit("cache", done, total),
+            group=self.ranks,
         )
         self.runtime.update(cache.describe())
         self.runtime["num_workers"] = 0
@@ -205,34 +232,55 @@ class TrainingSetup:
         self._head = self.model.get_classifier()
         self._dropout = nn.Dropout(self.cfg.drop_rate)
         self.params = list(self._head.parameters())
+        if self.ranks is not None:
+            self._head = self.ranks.wrap(self._head)
 
     @torch.no_grad()
     def _features(self, dataset: Dataset, progress: Callable[[int], None]) -> torch.Tensor:
-        """Pre-logit features of the frozen backbone over `dataset` (through the evaluation view), on the CPU."""
+        """Pre-logit features of the frozen backbone over `dataset` (through the evaluation view), on the CPU; in a
+        DDP run each rank computes a contiguous slice and every rank gets them all, in order."""
         self.model.eval()
+        total, world = len(dataset), self.ranks.world if self.ranks is not None else 1
+        part = Subset(dataset, self.ranks.share(total)) if self.ranks is not None else dataset
         # Its own generator: an iterator over a loader without one draws a seed from the global RNG, and a run must
         # train the same whether its features were computed now or read from the cache.
-        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, generator=torch.Generator(), **self._data_kw)
+        loader = DataLoader(part, batch_size=self.cfg.batch_size, generator=torch.Generator(), **self._data_kw)
         done, out = 0, []
         for x, _ in loader:
             x = self.prep_val(x)
             with self.precision.autocast():
                 out.append(extract_features(self.model, x).float().cpu())
             done += x.shape[0]
-            progress(done)
-        return torch.cat(out) if out else torch.empty(0)
+            progress(min(total, done * world))  # rank 0's share, as an estimate of the whole
+        mine = torch.cat(out) if out else torch.empty(0)
+        if self.ranks is None:
+            return mine
+        return torch.cat([t for t in self.ranks.gather(mine) if t.numel()])
 
     # --- what the learner calls every step ---------------------------------------------------------------------
 
     def loaders(self, batch_size: int) -> tuple[DataLoader, DataLoader | None]:
         """Train loader (the epoch sampler's order) and validation loader for `batch_size`."""
+        self.sampler.per_rank = batch_size
         train = DataLoader(self.train_ds, batch_size=batch_size, sampler=self.sampler, generator=self.loader_gen,
                            **self._data_kw)  # fmt: skip
         if self.val_ds is None:
             return train, None
         # Validation needs no gradients: larger batches (features are tiny, so larger still).
         val_bs = batch_size * (4 if self.use_features else 2)
-        return train, DataLoader(self.val_ds, batch_size=val_bs, **self._data_kw)
+        val = self.val_ds if self.ranks is None else Subset(self.val_ds, self.ranks.share(len(self.val_ds)))
+        return train, DataLoader(val, batch_size=val_bs, **self._data_kw)
+
+    def gather_val(self, val: dict[str, Any]) -> dict[str, Any]:
+        """One validation result from every rank's slice (in order): loss, accuracy and probabilities of the whole
+        validation set, as one process scoring the same weights gets them. Unchanged without DDP."""
+        if self.ranks is None:
+            return val
+        parts = self.ranks.gather((val["loss"] * len(val["probs"]), val["probs"]))
+        probs = np.concatenate([p for _, p in parts if len(p)]) if any(len(p) for _, p in parts) else val["probs"]
+        labels = np.array([y for _, y in self.data.val], dtype=np.int64)
+        acc = float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0
+        return {"loss": sum(s for s, _ in parts) / max(1, len(labels)), "acc": acc, "probs": probs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_features:

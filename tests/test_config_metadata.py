@@ -27,6 +27,7 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 # The flags as they were written by hand before they were generated: scripts, docs and classifier.jobs use them.
 FLAGS = {
     "data": "--data",
+    "data_version": "--data-version",
     "val_split": "--val-split",
     "test_split": "--test-split",
     "img_size": "--img-size",

@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier {train,evaluate,predict,explain,summary,demo-data,backbones} ...`.
+"""Command line: `python -m classifier {train,evaluate,predict,explain,summary,issues,versions,demo-data,...} ...`.
 
 Thin by design: it parses arguments, calls the package and prints. A user error (bad dataset, unknown
 backbone, bad weights file, existing run dir) prints one line `error: ...` and exits with code 2.
@@ -21,12 +21,14 @@ from classifier.cli import (
     evaluate,
     explain,
     export,
+    issues,
     lr_find,
     predict,
     report,
     search,
     summary,
     train,
+    versions,
 )
 from classifier.cli.common import EXIT_USER_ERROR
 from classifier.errors import ClassifierError
@@ -41,6 +43,8 @@ COMMANDS = {  # command name -> its module, in the order `--help` lists them
         predict,
         explain,
         summary,
+        issues,
+        versions,
         demo_data,
         export,
         lr_find,

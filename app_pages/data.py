@@ -21,6 +21,7 @@ from classifier.data.transforms import AUGMENT_PRESETS, augment_preview
 from classifier.figures import class_histogram
 from ui import state
 from ui.cache import dataset_index, thumbnail
+from ui.quality import issues_tab
 from ui.widgets import dataset_problems, user_errors
 
 state.init_state()
@@ -94,12 +95,13 @@ if not ss[state.DATASET]:
 path = ss[state.DATASET]
 st.divider()
 st.header(f"Dataset: {Path(path).name}")
-st.caption(path)
 index = None
 with user_errors("Could not read the dataset"):
     index = dataset_index(path)
 if index is None:
     st.stop()
+edits = f": {len(index.relabelled)} relabelled, {len(index.excluded)} excluded" if index.version else " (the files)"
+st.caption(f"{path} · version {index.version}{edits}")
 for warning in index.warnings:
     st.warning(warning)
 with user_errors("This dataset cannot be trained on yet"):
@@ -108,40 +110,46 @@ if not index.samples:
     st.dataframe(pd.DataFrame([vars(s) for s in index.skipped], columns=["path", "reason"]), hide_index=True)
     st.stop()
 
-st.subheader("Split")
-c1, c2, c3 = st.columns(3)
-ss[state.VAL_SPLIT] = c1.slider("Validation fraction", 0.05, 0.5, ss[state.VAL_SPLIT], 0.05, key="w_val")
-ss[state.TEST_SPLIT] = c2.slider("Test fraction", 0.0, 0.4, ss[state.TEST_SPLIT], 0.05, key="w_test")
-ss[state.SPLIT_SEED] = int(c3.number_input("Split seed", 0, 2**31 - 1, ss[state.SPLIT_SEED], key="w_seed"))
-if index.has_splits:
-    st.caption("This dataset has its own train/val folders or split column; those are used as given.")
-splits = []
-with user_errors():
-    splits = assign_splits(index, ss[state.VAL_SPLIT], ss[state.TEST_SPLIT], ss[state.SPLIT_SEED])
-summary = index.summary(splits or None)
-counts = pd.DataFrame(summary["counts"]).reindex(index.classes).fillna(0).astype(int)
-counts["total"] = counts.sum(axis=1)
-m1, m2, m3 = st.columns(3)
-m1.metric("Images", summary["n_images"], border=True)
-m2.metric("Classes", len(index.classes), border=True)
-m3.metric("Skipped files", len(summary["skipped"]), border=True)
-st.plotly_chart(class_histogram(summary["counts"]))
-st.dataframe(counts)
-dataset_problems(summary, counts["total"])
-
-st.subheader("Samples")
-for label, cls in enumerate(index.classes):
-    paths = [index.path_of(s) for s in index.samples if s.label == label][:6]
-    st.caption(f"**{cls}** — {int(counts.loc[cls, 'total'])} images")
+overview, issues = st.tabs(["Overview", "Issues"])
+with overview:
+    st.subheader("Split")
+    c1, c2, c3 = st.columns(3)
+    ss[state.VAL_SPLIT] = c1.slider("Validation fraction", 0.05, 0.5, ss[state.VAL_SPLIT], 0.05, key="w_val")
+    ss[state.TEST_SPLIT] = c2.slider("Test fraction", 0.0, 0.4, ss[state.TEST_SPLIT], 0.05, key="w_test")
+    ss[state.SPLIT_SEED] = int(c3.number_input("Split seed", 0, 2**31 - 1, ss[state.SPLIT_SEED], key="w_seed"))
+    if index.has_splits:
+        st.caption("This dataset has its own train/val folders or split column; those are used as given.")
+    splits = []
     with user_errors():
-        st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=128)
+        splits = assign_splits(index, ss[state.VAL_SPLIT], ss[state.TEST_SPLIT], ss[state.SPLIT_SEED])
+    summary = index.summary(splits or None)
+    counts = pd.DataFrame(summary["counts"]).reindex(index.classes).fillna(0).astype(int)
+    counts["total"] = counts.sum(axis=1)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Images", summary["n_images"], border=True)
+    m2.metric("Classes", len(index.classes), border=True)
+    m3.metric("Skipped files", len(summary["skipped"]), border=True)
+    st.plotly_chart(class_histogram(summary["counts"]))
+    st.dataframe(counts)
+    dataset_problems(summary, counts["total"])
 
-st.subheader("Augmentation preview")
-a1, a2 = st.columns(2)
-pick = a1.selectbox("Image", range(len(index.samples)), format_func=lambda i: index.samples[i].path, key="w_aug_img")
-preset = a2.selectbox(
-    "Preset", list(AUGMENT_PRESETS), index=1, format_func=lambda p: f"{p}: {AUGMENT_PRESETS[p]}", key="w_preset"
-)
-with user_errors():
-    views = augment_preview(load_image(index.path_of(index.samples[pick])), preset, n=8, size=160)
-    st.image(views, width=110, clamp=True)
+    st.subheader("Samples")
+    for label, cls in enumerate(index.classes):
+        paths = [index.path_of(s) for s in index.samples if s.label == label][:6]
+        st.caption(f"**{cls}** — {int(counts.loc[cls, 'total'])} images")
+        with user_errors():
+            st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=128)
+
+    st.subheader("Augmentation preview")
+    a1, a2 = st.columns(2)
+    pick = a1.selectbox(
+        "Image", range(len(index.samples)), format_func=lambda i: index.samples[i].path, key="w_aug_img"
+    )
+    preset = a2.selectbox(
+        "Preset", list(AUGMENT_PRESETS), index=1, format_func=lambda p: f"{p}: {AUGMENT_PRESETS[p]}", key="w_preset"
+    )
+    with user_errors():
+        views = augment_preview(load_image(index.path_of(index.samples[pick])), preset, n=8, size=160)
+        st.image(views, width=110, clamp=True)
+with issues:
+    issues_tab(path, index)

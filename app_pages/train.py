@@ -6,6 +6,7 @@ import streamlit as st
 
 from classifier.data.dataset import check_trainable
 from classifier.data.ingest import workspace_datasets
+from classifier.data.versions import DatasetVersions
 from classifier.errors import WeightsError
 from classifier.models import default_weights, list_backbones, weight_sources
 from classifier.training import TrainConfig
@@ -54,6 +55,8 @@ data = st.selectbox(
 )
 if data != "demo":
     ss[state.DATASET] = data  # the Data page shows the same dataset
+    if latest := DatasetVersions(data).latest():
+        st.caption(f"Trains on dataset version {latest}, the latest (edits from the Data page's Issues tab).")
 
 infos = {b.name: b for b in list_backbones()}
 c1, c2, c3 = st.columns(3)

@@ -75,14 +75,14 @@ def find_issues(features: np.ndarray, probs: np.ndarray, labels: np.ndarray, cla
 def overlapping_classes(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> pd.DataFrame:
     """Pairs of classes with at least one image estimated to carry the other's label: class_a, class_b, images (that
     estimate) and score (cleanlab's joint probability: the share of the dataset swapped between the two), most
-    overlapping first."""
+    overlapping first. None for multi-label data."""
     from cleanlab.dataset import find_overlapping_classes
 
-    multi = labels.ndim == 2
-    given = [np.flatnonzero(r).tolist() for r in labels] if multi else labels
+    if labels.ndim == 2:  # multi-label: classes may rightly share an image, so swapped pairs are not a thing
+        return pd.DataFrame(columns=["class_a", "class_b", "images", "score"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = find_overlapping_classes(labels=given, pred_probs=probs, multi_label=multi)
+        table = find_overlapping_classes(labels=labels, pred_probs=probs)
     rows = [
         (class_names[int(r["Class Index A"])], class_names[int(r["Class Index B"])],
          int(r["Num Overlapping Examples"]), float(r["Joint Probability"]))

@@ -57,8 +57,16 @@ def out_of_sample_probs(
     progress: Callable[[int, int], None] | None = None,
 ) -> ProbeResult:
     """K-fold out-of-sample probabilities of a logistic-regression probe; `labels` holds class indices (n,), or a
-    0/1 matrix (n, classes) for multi-label data. `progress(done, total)` counts the heads trained."""
+    0/1 matrix (n, classes) for multi-label data. `progress(done, total)` counts the heads trained.
+
+    The regularisation grid is walked from strong to weak, each fold's head starting from its solution at the
+    previous C (warm start: 9 lbfgs iterations instead of 13-16 at C >= 1 on hymenoptera), and stops once the
+    log loss has risen twice in a row past the best.
+
+    BLAS runs single-threaded here: with OpenBLAS's two threads on a busy 2-core machine (load 8) one head on the
+    397 hymenoptera images took 1.47 s, with one thread 0.05 s; the matrices are too small to share out."""
     from sklearn.model_selection import KFold, StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     x = unit_rows(np.asarray(features, dtype=np.float64))
     multi = labels.ndim == 2
@@ -66,41 +74,70 @@ def out_of_sample_probs(
     splitter = KFold(k, shuffle=True, random_state=seed) if multi else StratifiedKFold(k, shuffle=True,
                                                                                       random_state=seed)  # fmt: skip
     parts = list(splitter.split(x, labels if not multi else None))
-    total, done = len(C_GRID) * k, 0
+    heads = [_Head(n_classes, seed) for _ in parts]
+    total, done, worse = len(C_GRID) * k, 0, 0
     best: ProbeResult | None = None
+    limits = threadpool_limits(1)
     for c in C_GRID:
         probs = np.zeros((len(x), n_classes))
-        for train, held in parts:
-            probs[held] = _fit_predict(x[train], labels[train], x[held], n_classes, c, seed)
+        for head, (train, held) in zip(heads, parts):
+            probs[held] = head.fit(x[train], labels[train], c).predict(x[held])
             done += 1
             if progress:
                 progress(done, total)
         loss = _log_loss(probs, labels)
         if best is None or loss < best.log_loss:
-            best = ProbeResult(probs, c, loss, _accuracy(probs, labels), k)
+            best, worse = ProbeResult(probs, c, loss, _accuracy(probs, labels), k), 0
+        else:
+            worse += 1
+            if worse == 2:
+                break
+    limits.restore_original_limits()
+    if progress:
+        progress(total, total)
     assert best is not None
     return best
 
 
-def _fit_predict(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, n_classes: int, c: float, seed: int) -> np.ndarray:
-    """One head: trained on the other folds, probabilities for the held-out one in all `n_classes` columns (a
-    class missing from the training folds gets probability 0)."""
-    from sklearn.linear_model import LogisticRegression
+class _Head:
+    """One fold's head: logistic regression (one binary head per class for multi-label), warm-started across C;
+    probabilities in all `n_classes` columns (a class missing from the training folds gets 0)."""
 
-    out = np.zeros((len(x_held), n_classes))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence notes on tiny folds; the log loss judges the result
-        if y.ndim == 2:  # multi-label: one binary head per class
-            for j in range(n_classes):
+    def __init__(self, n_classes: int, seed: int):
+        self.n_classes, self.seed = n_classes, seed
+        self.models: dict[int, object] = {}
+
+    def _model(self, j: int, c: float):
+        from sklearn.linear_model import LogisticRegression
+
+        model = self.models.get(j) or LogisticRegression(max_iter=1000, warm_start=True, random_state=self.seed)
+        model.set_params(C=c)
+        self.models[j] = model
+        return model
+
+    def fit(self, x: np.ndarray, y: np.ndarray, c: float) -> _Head:
+        self.constant: dict[int, float] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence notes on tiny folds; the log loss judges the result
+            if y.ndim == 1:
+                self._model(-1, c).fit(x, y)
+                return self
+            for j in range(self.n_classes):  # multi-label
                 if y[:, j].min() == y[:, j].max():
-                    out[:, j] = float(y[0, j])
-                    continue
-                head = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, y[:, j])
-                out[:, j] = head.predict_proba(x_held)[:, 1]
+                    self.constant[j] = float(y[0, j])
+                else:
+                    self._model(j, c).fit(x, y[:, j])
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x), self.n_classes))
+        if -1 in self.models:
+            model = self.models[-1]
+            out[:, model.classes_] = model.predict_proba(x)
             return out
-        head = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, y)
-        out[:, head.classes_] = head.predict_proba(x_held)
-    return out
+        for j in range(self.n_classes):
+            out[:, j] = self.constant[j] if j in self.constant else self.models[j].predict_proba(x)[:, 1]
+        return out
 
 
 def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:

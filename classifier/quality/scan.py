@@ -92,6 +92,8 @@ def scan_dataset(
     `config.backbone` / `config.weights` / `config.img_size`; splits as a run with `config` would draw them (for
     duplicates across train and validation). A result cached for the same images, model, folds and seed is read
     back unless `refresh`."""
+    import torch
+
     from classifier.data.dataset import check_trainable, load_dataset
     from classifier.data.features import feature_identity
     from classifier.data.splits import assign_splits
@@ -104,7 +106,9 @@ def scan_dataset(
     index = load_dataset(cfg.data, cfg.data_version)
     check_trainable(index)
     splits = assign_splits(index, cfg.val_split, cfg.test_split, cfg.seed)
-    built = build_model(cfg.backbone, len(index.classes), cfg.weights, img_size=cfg.img_size)
+    with torch.random.fork_rng(devices=[]):  # seeded random weights (weights none), without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        built = build_model(cfg.backbone, len(index.classes), cfg.weights, img_size=cfg.img_size)
     samples = [(s.path, s.sha1, index.classes[s.label], sp) for s, sp in zip(index.samples, splits)]
     identity = feature_identity(built.model, built.data_config, grayscale=cfg.grayscale)
     key = _key({"identity": identity, "samples": samples, "folds": folds, "seed": cfg.seed, "c": C_GRID})

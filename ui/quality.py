@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -128,7 +129,7 @@ def _gallery(issue: str, rows: pd.DataFrame, images: pd.DataFrame, versions: Dat
         st.rerun()
 
 
-def _card(issue: str, r, info: pd.Series, versions: DatasetVersions, index: DatasetIndex, draft: Edits) -> None:
+def _card(issue: str, r: Any, info: pd.Series, versions: DatasetVersions, index: DatasetIndex, draft: Edits) -> None:
     with user_errors():
         st.image(thumbnail(Path(index.root) / r.path, 200), width=200)
     what = f"**{r.given_label}** → **{r.suggested_label}**" if issue == "label" else f"**{r.given_label}**"

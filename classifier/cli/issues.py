@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from classifier.cli.config_flags import add_config_flag, config_from_args
 from classifier.errors import ClassifierError
 from classifier.training.config import config_field
+
+if TYPE_CHECKING:
+    from classifier.quality.scan import ScanResult
 
 NAME = "issues"
 SCAN_FIELDS = ("data_version", "val_split", "test_split", "backbone", "weights", "img_size", "grayscale", "seed",
@@ -61,7 +66,7 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
-def format_scan(result, reviewed, out: str | None) -> str:
+def format_scan(result: ScanResult, reviewed: Iterable[str], out: str | None) -> str:
     """A few lines: what was scanned, how long it took, counts and the top issues of each type."""
     m = result.meta
     feats = m.get("features", {})
@@ -93,7 +98,7 @@ class _Bars:
     LABELS = {"cache": "decoding images", "features": "features", "probe": "probe heads", "issues": "cleanlab"}
 
     def __init__(self, quiet: bool):
-        self.quiet, self.bars = quiet, {}
+        self.quiet, self.bars = quiet, {}  # phase -> its tqdm bar
 
     def __enter__(self) -> _Bars:
         return self

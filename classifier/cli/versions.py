@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 
+from classifier.data.versions import Edits
 from classifier.errors import DatasetError
 
 NAME = "versions"
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(a: argparse.Namespace) -> int:
     from classifier.data.dataset import save_version
     from classifier.data.demo import ensure_demo_dataset
-    from classifier.data.versions import DatasetVersions, Edits, parse_relabels
+    from classifier.data.versions import DatasetVersions, parse_relabels
 
     data = str(ensure_demo_dataset()) if a.data == "demo" else a.data
     versions = DatasetVersions(data)
@@ -69,10 +70,8 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
-def edits_from_issues(path: str, accept: list[str], top: int | None) -> object:
+def edits_from_issues(path: str, accept: list[str], top: int | None) -> Edits:
     """Edits from an issues.csv: label issues relabelled as suggested, outliers excluded (as `accept` says)."""
-    from classifier.data.versions import Edits
-
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))

@@ -28,7 +28,7 @@ import pandas as pd
 
 from classifier.io import atomic_write_json, atomic_write_text, csv_text
 from classifier.quality.find import ISSUE_TYPES, find_issues
-from classifier.quality.probe import C_GRID, out_of_sample_probs
+from classifier.quality.probe import C_GRID, REPEATS, out_of_sample_probs
 from classifier.training.config import TrainConfig
 from classifier.workspace import cache_dir
 
@@ -111,7 +111,9 @@ def scan_dataset(
         built = build_model(cfg.backbone, len(index.classes), cfg.weights, img_size=cfg.img_size)
     samples = [(s.path, s.sha1, index.classes[s.label], sp) for s, sp in zip(index.samples, splits)]
     identity = feature_identity(built.model, built.data_config, grayscale=cfg.grayscale)
-    key = _key({"identity": identity, "samples": samples, "folds": folds, "seed": cfg.seed, "c": C_GRID})
+    key = _key(
+        {"identity": identity, "samples": samples, "folds": folds, "seed": cfg.seed, "c": C_GRID, "repeats": REPEATS}
+    )
     cached = None if refresh else _read(key)
     if cached is not None:
         # The same images with the same labels (a version that only marked images reviewed, say): read back.

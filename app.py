@@ -1,9 +1,14 @@
-"""Streamlit entry point: page config and the navigation router, nothing else (pages live in app_pages/)."""
+"""Streamlit entry point: page config and the navigation router, nothing else (pages live in app_pages/).
+
+`ui.shell.page_run` around the page keeps every page's settings across page switches and reloads, and shows an
+unexpected error as a short message with an id in the server log."""
 
 import streamlit as st
 
+from ui.shell import page_run
+
 st.set_page_config(page_title="Image classifier workbench", page_icon="🖼️", layout="wide")
-st.navigation(
+page = st.navigation(
     {
         "": [st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)],
         "Data": [st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:")],
@@ -19,4 +24,6 @@ st.navigation(
             st.Page("app_pages/runs.py", title="Runs", icon=":material/history:"),
         ],
     }
-).run()
+)
+with page_run(page.url_path):
+    page.run()

@@ -18,11 +18,12 @@ from classifier.data.ingest import (
 )
 from classifier.data.splits import assign_splits
 from classifier.data.transforms import AUGMENT_PRESETS, augment_preview
+from classifier.errors import ClassifierError
 from classifier.figures import class_histogram
 from ui import state
 from ui.cache import dataset_index, thumbnail
 from ui.quality import issues_tab
-from ui.widgets import dataset_problems, user_errors
+from ui.widgets import dataset_problems, literal, user_errors
 
 state.init_state()
 ss = st.session_state
@@ -38,7 +39,7 @@ if source == "Workspace datasets":
     current = Path(ss[state.DATASET]).name if ss[state.DATASET] else None
     picked = st.selectbox("Datasets saved in the workspace", list(names), index=None, placeholder=current or "Choose…")
     if picked:
-        ss[state.DATASET] = str(names[picked])
+        state.use_dataset(str(names[picked]))
 elif source == "Upload a .zip":
     up = st.file_uploader(
         f"A .zip of class folders (or train/ and val/ folders), up to {max_mb} MB",
@@ -46,9 +47,14 @@ elif source == "Upload a .zip":
         help="One subfolder per class with images inside; a wrapping top folder is fine.",
     )
     if up is not None and up.file_id not in ss[state.DONE_UPLOADS]:
-        with user_errors(up.name), st.spinner(f"Extracting {up.name}…"):
-            root, report = ingest_zip(up.getvalue(), up.name, max_mb * 1024 * 1024)
-            ss[state.DONE_UPLOADS][up.file_id] = ss[state.DATASET] = str(root)
+        with st.spinner(f"Extracting {up.name}…"):
+            try:
+                root, report = ingest_zip(up.getvalue(), up.name, max_mb * 1024 * 1024)
+            except ClassifierError as e:  # named by the upload; the previous dataset is not shown as if it were this
+                st.error(literal(f"{up.name}: {e}" if up.name not in str(e) else str(e)), icon="🚫")
+                st.stop()
+            ss[state.DONE_UPLOADS][up.file_id] = str(root)
+            state.use_dataset(str(root))
             if report and report.refused:
                 st.warning(f"{len(report.refused)} archive entries were refused (unsafe names or links).")
                 st.dataframe(pd.DataFrame(report.refused, columns=["entry", "reason"]), hide_index=True)
@@ -59,7 +65,7 @@ elif source == "Images per class":
         left, right = st.columns([1, 3])
         cls = left.text_input(f"Class {i + 1}", key=f"w_class_{i}", placeholder="e.g. cats")
         files = right.file_uploader(
-            f"Images of class {i + 1}", type=image_types, accept_multiple_files=True, key=f"w_files_{i}"
+            f"Images of class {i + 1}", type=image_types, accept_multiple_files=True, key=f"u_files_{i}"
         )
         if cls.strip() and files:
             groups.append((cls.strip(), [(f.name, f.getvalue()) for f in files]))
@@ -70,7 +76,7 @@ elif source == "Images per class":
     if right.button("Save dataset", type="primary", disabled=len(groups) < 2, help="Needs two named classes"):
         with user_errors("Could not save the dataset"):
             root, saved, bad = build_dataset(name, groups)
-            ss[state.DATASET] = str(root)
+            state.use_dataset(str(root))
             st.success(f"Saved {saved} images to {root.name}.")
             if bad:
                 st.warning(f"{len(bad)} files are not usable images and were left out:")
@@ -79,7 +85,7 @@ elif source == "Demo dataset":
     st.write("Five shape classes (circle, square, triangle, star, cross) on cluttered backgrounds, 60 images each.")
     if st.button("Use the demo dataset", type="primary"):
         with user_errors("Could not prepare the demo dataset"), st.spinner("Generating (once)…"):
-            ss[state.DATASET] = str(ensure_demo_dataset())
+            state.use_dataset(str(ensure_demo_dataset()))
 else:
     root = allowed_data_root()
     if root is None:
@@ -88,20 +94,21 @@ else:
         folder = st.text_input(f"Folder or CSV under `{root}`", placeholder="e.g. hymenoptera")
         if st.button("Use this folder", disabled=not folder):
             with user_errors():
-                ss[state.DATASET] = str(resolve_server_folder(folder))
+                state.use_dataset(str(resolve_server_folder(folder)))
 
 if not ss[state.DATASET]:
     st.stop()
 path = ss[state.DATASET]
 st.divider()
-st.header(f"Dataset: {Path(path).name}")
+st.header(f"Dataset: {literal(Path(path).name)}")
+st.caption(path)
 index = None
 with user_errors("Could not read the dataset"):
     index = dataset_index(path)
 if index is None:
     st.stop()
-edits = f": {len(index.relabelled)} relabelled, {len(index.excluded)} excluded" if index.version else " (the files)"
-st.caption(f"{path} · version {index.version}{edits}")
+if index.version:  # the latest dataset version (Issues tab); the files themselves are never changed
+    st.caption(f"Version {index.version}: {len(index.relabelled)} relabelled, {len(index.excluded)} excluded")
 for warning in index.warnings:
     st.warning(warning)
 with user_errors("This dataset cannot be trained on yet"):
@@ -110,46 +117,45 @@ if not index.samples:
     st.dataframe(pd.DataFrame([vars(s) for s in index.skipped], columns=["path", "reason"]), hide_index=True)
     st.stop()
 
-overview, issues = st.tabs(["Overview", "Issues"])
-with overview:
-    st.subheader("Split")
-    c1, c2, c3 = st.columns(3)
-    ss[state.VAL_SPLIT] = c1.slider("Validation fraction", 0.05, 0.5, ss[state.VAL_SPLIT], 0.05, key="w_val")
-    ss[state.TEST_SPLIT] = c2.slider("Test fraction", 0.0, 0.4, ss[state.TEST_SPLIT], 0.05, key="w_test")
-    ss[state.SPLIT_SEED] = int(c3.number_input("Split seed", 0, 2**31 - 1, ss[state.SPLIT_SEED], key="w_seed"))
-    if index.has_splits:
-        st.caption("This dataset has its own train/val folders or split column; those are used as given.")
-    splits = []
-    with user_errors():
-        splits = assign_splits(index, ss[state.VAL_SPLIT], ss[state.TEST_SPLIT], ss[state.SPLIT_SEED])
-    summary = index.summary(splits or None)
-    counts = pd.DataFrame(summary["counts"]).reindex(index.classes).fillna(0).astype(int)
-    counts["total"] = counts.sum(axis=1)
-    m1, m2, m3 = st.columns(3)
-    m1.metric("Images", summary["n_images"], border=True)
-    m2.metric("Classes", len(index.classes), border=True)
-    m3.metric("Skipped files", len(summary["skipped"]), border=True)
-    st.plotly_chart(class_histogram(summary["counts"]))
-    st.dataframe(counts)
-    dataset_problems(summary, counts["total"])
+if st.radio("View", ["Overview", "Issues"], horizontal=True, key="w_data_view") == "Issues":
+    issues_tab(path, index)  # likely label errors, duplicates, outliers; fixes become a new dataset version
+    st.stop()
+st.subheader("Split")
+c1, c2, c3 = st.columns(3)
+own = index.has_splits  # train/val folders or a split column: used as given, the fractions do not apply
+ss[state.VAL_SPLIT] = c1.slider("Validation fraction", 0.05, 0.5, ss[state.VAL_SPLIT], 0.05, key="w_val", disabled=own)
+ss[state.TEST_SPLIT] = c2.slider("Test fraction", 0.0, 0.4, ss[state.TEST_SPLIT], 0.05, key="w_test", disabled=own)
+ss[state.SPLIT_SEED] = int(c3.number_input("Split seed", 0, 2**31 - 1, ss[state.SPLIT_SEED], key="w_seed"))
+if own:
+    st.caption("This dataset has its own train/val folders or split column; those are used as given.")
+splits = []
+with user_errors():
+    splits = assign_splits(index, ss[state.VAL_SPLIT], ss[state.TEST_SPLIT], ss[state.SPLIT_SEED])
+summary = index.summary(splits or None)
+counts = pd.DataFrame(summary["counts"]).reindex(index.classes).fillna(0).astype(int)
+counts["total"] = counts.sum(axis=1)
+m1, m2, m3 = st.columns(3)
+m1.metric("Images", summary["n_images"], border=True)
+m2.metric("Classes", len(index.classes), border=True)
+m3.metric("Skipped files", len(summary["skipped"]), border=True)
+st.plotly_chart(class_histogram(summary["counts"]))
+st.dataframe(counts)
+dataset_problems(summary, counts["total"])
 
-    st.subheader("Samples")
-    for label, cls in enumerate(index.classes):
-        paths = [index.path_of(s) for s in index.samples if s.label == label][:6]
-        st.caption(f"**{cls}** — {int(counts.loc[cls, 'total'])} images")
-        with user_errors():
-            st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=128)
-
-    st.subheader("Augmentation preview")
-    a1, a2 = st.columns(2)
-    pick = a1.selectbox(
-        "Image", range(len(index.samples)), format_func=lambda i: index.samples[i].path, key="w_aug_img"
-    )
-    preset = a2.selectbox(
-        "Preset", list(AUGMENT_PRESETS), index=1, format_func=lambda p: f"{p}: {AUGMENT_PRESETS[p]}", key="w_preset"
-    )
+st.subheader("Samples")
+for label, cls in enumerate(index.classes):
+    paths = [index.path_of(s) for s in index.samples if s.label == label][:6]
+    st.caption(f"**{literal(cls)}** — {int(counts.loc[cls, 'total'])} images")
     with user_errors():
-        views = augment_preview(load_image(index.path_of(index.samples[pick])), preset, n=8, size=160)
-        st.image(views, width=110, clamp=True)
-with issues:
-    issues_tab(path, index)
+        st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=128)
+
+st.subheader("Augmentation preview")
+a1, a2 = st.columns(2)
+by_path = {s.path: s for s in index.samples}  # options are this dataset's paths: a stale pick falls back
+pick = a1.selectbox("Image", list(by_path), key="w_aug_img")
+preset = a2.selectbox(
+    "Preset", list(AUGMENT_PRESETS), index=1, format_func=lambda p: f"{p}: {AUGMENT_PRESETS[p]}", key="w_preset"
+)
+with user_errors():
+    views = augment_preview(load_image(index.path_of(by_path[pick])), preset, n=8, size=160)
+    st.image(views, width=110, clamp=True)

@@ -84,7 +84,7 @@ if source == VAL:
         image_key = ("val", str(path), file_mtime(path))
         stem = Path(rel).stem
 else:
-    up = st.file_uploader("Image", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="x_upload")
+    up = st.file_uploader("Image", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="u_explain_upload")
     if up is not None:
         data = up.getvalue()
         with user_errors(up.name):
@@ -183,5 +183,5 @@ for start in range(0, len(tiles), per_row):
                 mime="image/png",
                 on_click="ignore",
                 icon=":material/download:",
-                key=f"x_dl_{name}",
+                key=f"b_dl_{name}",
             )

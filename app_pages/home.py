@@ -3,6 +3,7 @@
 import streamlit as st
 
 from classifier.data.demo import ensure_demo_dataset
+from classifier.device import pick_device
 from ui import state
 from ui.widgets import jobs, runs_table, user_errors
 
@@ -16,7 +17,9 @@ st.markdown(
 
 if st.button("Try it on the demo dataset", type="primary", icon=":material/rocket_launch:"):
     with user_errors("Could not prepare the demo dataset"), st.spinner("Generating the demo dataset (once)…"):
-        st.session_state[state.DATASET] = str(ensure_demo_dataset())
+        state.use_dataset(str(ensure_demo_dataset()))
+        if pick_device("auto").type == "cpu":  # a fine-tune takes many minutes on a CPU; a linear probe about a minute
+            st.session_state["w_mode"] = "linear"
         st.switch_page("app_pages/train.py")
 st.caption("Five shape classes on cluttered backgrounds, generated on the spot; nothing is downloaded.")
 

@@ -10,11 +10,12 @@ from classifier.data.images import IMAGE_EXTENSIONS, load_image
 from classifier.ensemble import Ensemble
 from classifier.errors import ImageError
 from classifier.figures import topk_bar
+from classifier.io import spreadsheet_safe
 from classifier.predict import format_prediction, predict_images
 from ui import state
 from ui.cache import loaded_run
 from ui.ensemble import is_ensemble, loaded_ensemble
-from ui.widgets import jobs, run_label, run_picker, user_errors
+from ui.widgets import jobs, literal, run_label, run_picker, user_errors
 
 state.init_state()
 st.title("Predict")
@@ -50,15 +51,15 @@ how = (
     if isinstance(run, Ensemble)
     else "the run's exact evaluation transform"
 )
-st.caption(f"{len(classes)} classes: {', '.join(classes)}. Predictions use {how}.")
+st.caption(f"{len(classes)} classes: {literal(', '.join(classes))}. Predictions use {how}.")
 
 top_k = st.slider("Classes to show per image", 1, min(10, len(classes)), min(3, len(classes)), key="w_topk")
 files = st.file_uploader(
-    "Images", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), accept_multiple_files=True, key="w_pred_files"
+    "Images", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), accept_multiple_files=True, key="u_pred_files"
 )
 files = list(files or [])
 if st.toggle("Take a photo with the camera", key="w_camera_on"):
-    photo = st.camera_input("Photo", key="w_camera")
+    photo = st.camera_input("Photo", key="u_camera")
     if photo is not None:
         files.append(photo)
 if not files:
@@ -71,7 +72,7 @@ for f in files:
         images.append(load_image(f.getvalue(), name=f.name))
         names.append(f.name)
     except ImageError as e:
-        st.error(f"{f.name}: {e.reason} — skipped; the other images are still predicted.", icon="🚫")
+        st.error(f"{literal(f.name)}: {literal(e.reason)} — skipped; the other images are still predicted.", icon="🚫")
 if not images:
     st.stop()
 with st.spinner(f"Predicting {len(images)} image(s)…"):
@@ -90,7 +91,7 @@ if len(results) > 1:
     st.dataframe(table, hide_index=True)
     st.download_button(
         "Download predictions (CSV)",
-        table.to_csv(index=False).encode(),
+        table.map(spreadsheet_safe).to_csv(index=False).encode(),  # file and class names never run as formulas
         file_name=f"predictions-{tag}.csv",
         mime="text/csv",
         on_click="ignore",
@@ -100,5 +101,5 @@ if len(results) > 1:
 for n, (image, r) in enumerate(zip(images, results)):
     left, right = st.columns([1, 2])
     left.image(image, caption=r["path"], width="stretch")
-    right.markdown(f"**{r['label']}** — {r['probability']:.1%}")
+    right.markdown(f"**{literal(r['label'])}** — {r['probability']:.1%}")
     right.plotly_chart(topk_bar([label for label, _ in r["top_k"]], [p for _, p in r["top_k"]]), key=f"topk_{n}")

@@ -12,6 +12,7 @@ from classifier.rundir import run_zip
 from classifier.store import ACTIVE
 from ui import state
 from ui.cache import executor
+from ui.config_form import apply_config
 from ui.export import export_section
 from ui.widgets import report_button, run_label, runs_table, sticky_select, user_errors
 
@@ -47,6 +48,12 @@ if job.error:
     st.error(job.error)
 left, right = st.columns(2)
 with left:
+    if job.status not in ACTIVE and st.button(
+        "Train again with these settings", key=f"b_again_{job.run_id}", icon=":material/content_copy:",
+        help="Puts this run's settings into the Train page's fields.",
+    ):  # fmt: skip
+        apply_config(job.config)
+        st.switch_page("app_pages/train.py")
     st.markdown("**Download**")
     if rundir.has_weights(job.run_dir):
         st.download_button(
@@ -70,7 +77,7 @@ with left:
 with right:
     st.markdown("**Delete**")
     active = job.status in ACTIVE
-    confirm = st.checkbox(f"Yes, delete “{job.name}” and all its files", key=f"w_confirm_{job.run_id}", disabled=active)
+    confirm = st.checkbox(f"Yes, delete “{job.name}” and all its files", key=f"c_confirm_{job.run_id}", disabled=active)
     if active:
         st.caption("Cancel the run on the Train page and wait until it stops before deleting it.")
     if st.button("Delete run", type="primary", disabled=not confirm or active, icon=":material/delete:"):
@@ -109,7 +116,7 @@ if saved:
     with e_left:
         st.caption("Evaluate and Predict pick saved ensembles like runs. Deleting one keeps its member runs.")
     with e_right:
-        sure = st.checkbox(f"Yes, delete the ensemble “{ens.name}”", key=f"w_confirm_{ens.run_id}")
+        sure = st.checkbox(f"Yes, delete the ensemble “{ens.name}”", key=f"c_confirm_{ens.run_id}")
         if st.button("Delete ensemble", type="primary", disabled=not sure, icon=":material/delete:"):
             with user_errors("Could not delete the ensemble"):
                 delete_ensemble(ens.run_dir)

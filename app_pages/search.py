@@ -1,18 +1,15 @@
 """Search: a hyperparameter search (grid, random, TPE) whose trials are queued runs; live table and chart."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from classifier import search
 from classifier.data.dataset import check_trainable
-from classifier.data.ingest import workspace_datasets
 from classifier.models import list_backbones
 from classifier.training import TrainConfig
 from ui import state
 from ui.cache import dataset_index
 from ui.search import searches_section, space_form
-from ui.widgets import user_errors
+from ui.widgets import dataset_picker, user_errors
 
 state.init_state()
 ss = st.session_state
@@ -23,14 +20,8 @@ st.caption(
 )
 
 with st.expander("New search", expanded=not search.list_searches()):
-    datasets = ["demo"] + [str(d) for d in workspace_datasets()]
-    if ss[state.DATASET] and ss[state.DATASET] not in datasets:
-        datasets.append(ss[state.DATASET])
     b = st.columns(5)
-    data = b[0].selectbox(
-        "Dataset", datasets, index=datasets.index(ss[state.DATASET]) if ss[state.DATASET] in datasets else 0,
-        format_func=lambda d: "Built-in demo dataset (shapes)" if d == "demo" else Path(d).name, key="w_s_data",
-    )  # fmt: skip
+    data = dataset_picker(b[0], "Dataset", "w_s_data")
     backbone = b[1].selectbox("Base backbone", [x.name for x in list_backbones()], key="w_s_backbone")
     mode = b[2].radio("Mode", ["linear", "finetune"], key="w_s_mode", help="linear: frozen backbone (fast)")
     img_size = b[3].number_input("Image size", 16, 1024, None, key="w_s_img", placeholder="backbone default")

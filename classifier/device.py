@@ -116,3 +116,20 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new training process can still use on `device`: free GPU memory, or the kernel's MemAvailable for
+    the CPU; None where it cannot be told (no /proc, MPS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

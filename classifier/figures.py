@@ -49,8 +49,9 @@ def class_histogram(counts: Mapping[str, Mapping[str, int]] | pd.DataFrame, *, s
     return _style(fig, "Images per class", "class", "images")
 
 
-def history_curves(history: pd.DataFrame) -> go.Figure:
-    """Loss and accuracy per epoch side by side; train solid, validation dashed.
+def history_curves(history: pd.DataFrame, best_epoch: int | None = None) -> go.Figure:
+    """Loss and accuracy per epoch side by side; train solid, validation dashed; `best_epoch` (the weights the run
+    kept) marked with a dotted line and a star on the validation accuracy.
 
     Missing columns are skipped and NaN cells (a running history, or val metrics not yet computed) are dropped
     per series, so the figure can be redrawn after every epoch.
@@ -87,6 +88,15 @@ def history_curves(history: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", row=1, col=2)
+    if best_epoch and "val_acc" in history.columns and (epochs == best_epoch).any():
+        acc = float(pd.to_numeric(history.loc[epochs == best_epoch, "val_acc"], errors="coerce").iloc[0])
+        for col in (1, 2):
+            fig.add_vline(x=best_epoch, line_dash="dot", line_color="#2ca02c", row=1, col=col)
+        fig.add_trace(
+            go.Scatter(x=[best_epoch], y=[acc], mode="markers", name=f"best epoch ({best_epoch})",
+                       marker={"symbol": "star", "size": 14, "color": "#2ca02c"}),
+            row=1, col=2,
+        )  # fmt: skip
     return _style(fig, "Training history")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -71,6 +72,31 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets treat as the start of a formula
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text instead of running it: text starting with = + - @ (or a tab or
+    carriage return) gets a leading apostrophe, as OWASP advises for CSV injection; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/inf turned into None (they are not JSON) and numpy/torch scalars into plain numbers,
+    recursively through dicts, lists and tuples: for files and rows any JSON reader can read."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return json_safe(value.item())
+    return value
 
 
 def _jsonable(o: Any) -> Any:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from classifier.errors import RunError
-from classifier.io import atomic_save_safetensors, atomic_write_json, atomic_write_text, csv_text
+from classifier.io import atomic_save_safetensors, atomic_write_json, atomic_write_text, csv_text, spreadsheet_safe
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -366,12 +366,19 @@ def remove_partial_writes(run_dir: str | Path) -> None:
 
 
 def run_zip(run_dir: str | Path, folder: str | None = None) -> bytes:
-    """The run's files (model, config, metrics, history, split, predictions) as one zip under `folder/`."""
+    """The run's files (model, config, metrics, history, split, predictions) as one zip under `folder/`; text cells of
+    its CSV files that a spreadsheet would run as a formula start with an apostrophe there."""
     run_dir = Path(run_dir)
     folder = folder or run_dir.name
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in DOWNLOAD_FILES:
-            if (run_dir / name).is_file():
+            if not (run_dir / name).is_file():
+                continue
+            if name.endswith(".csv"):  # opened in a spreadsheet: a class or file name must not run as a formula
+                rows = list(csv.reader(io.StringIO((run_dir / name).read_text(encoding="utf-8"))))
+                safe = [[spreadsheet_safe(c) for c in row] for row in rows]
+                zf.writestr(f"{folder}/{name}", csv_text(safe[0], safe[1:]) if safe else "")
+            else:
                 zf.write(run_dir / name, f"{folder}/{name}")
     return buf.getvalue()

@@ -12,13 +12,14 @@ and processes, and `timeout=30` makes a writer wait for the lock instead of fail
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
+
+from classifier.io import json_safe
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -159,22 +160,12 @@ def _check_status(status: str) -> None:
 
 def _dumps(value: Any) -> str:
     # NaN/inf are not JSON; store them as null so any JSON reader (not only Python's) can read the row.
-    return json.dumps(_finite(value), allow_nan=False, default=_plain)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json.dumps(json_safe(value), allow_nan=False, default=_plain)
 
 
 def _plain(o: Any) -> Any:
     # numpy scalars and arrays (metrics, history rows) become plain numbers and lists.
-    return _finite(o.tolist()) if hasattr(o, "tolist") else str(o)
+    return json_safe(o.tolist()) if hasattr(o, "tolist") else str(o)
 
 
 def _decode(row: sqlite3.Row) -> dict:

@@ -34,3 +34,28 @@ def cache_dir() -> Path:
     path = workspace_dir() / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def user_settings_path(user: str) -> Path:
+    """`workspace/settings/<user>.json`: the settings a user last left in the app (their user name made file-safe)."""
+    safe = "".join(c if c.isalnum() or c in "._@-" else "_" for c in user).lstrip(".") or "local"
+    path = workspace_dir() / "settings"
+    path.mkdir(parents=True, exist_ok=True)
+    return path / f"{safe[:100]}.json"
+
+
+def read_user_settings(user: str) -> dict:
+    """The user's saved settings; {} when there are none or the file is unreadable (settings are a convenience)."""
+    import json
+
+    try:
+        data = json.loads(user_settings_path(user).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_user_settings(user: str, settings: dict) -> None:
+    from classifier.io import atomic_write_json
+
+    atomic_write_json(user_settings_path(user), settings)

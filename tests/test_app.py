@@ -172,9 +172,9 @@ def test_build_dataset_from_images_per_class() -> None:
     at.radio(key="w_source").set_value("Images per class").run()
     for i, (cls, n) in enumerate((("apples", 4), ("pears", 3))):
         at.text_input(key=f"w_class_{i}").set_value(cls)
-        at.file_uploader(key=f"w_files_{i}").set_value([(f"{cls}{j}.png", png_bytes(i * 100 + j), "image/png")
+        at.file_uploader(key=f"u_files_{i}").set_value([(f"{cls}{j}.png", png_bytes(i * 100 + j), "image/png")
                                                         for j in range(n)])  # fmt: skip
-    at.file_uploader(key="w_files_1").upload("fake.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")
+    at.file_uploader(key="u_files_1").upload("fake.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")
     at.run()
     at.button[[b.label for b in at.button].index("Save dataset")].click().run()
     assert not at.exception, at.exception
@@ -242,7 +242,7 @@ def test_cancel_stops_a_running_job(shapes: Path) -> None:
 
 def test_predict_labels_an_uploaded_image(completed_run: str) -> None:
     at = open_page("app_pages/predict.py")
-    at.file_uploader(key="w_pred_files").set_value(
+    at.file_uploader(key="u_pred_files").set_value(
         [
             ("a.png", png_bytes(1, 40), "image/png"),
             ("bad.png", b"nope", "image/png"),
@@ -263,7 +263,7 @@ def test_predict_from_a_camera_photo(completed_run: str) -> None:
     Image.open(io.BytesIO(png_bytes(5, 48))).save(buf, "JPEG")
     at = open_page("app_pages/predict.py")
     at.toggle(key="w_camera_on").set_value(True).run()
-    at.camera_input(key="w_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
+    at.camera_input(key="u_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
     assert not at.exception, at.exception
     assert any(m.value.split("**")[1] in {"circle", "square", "cross"} for m in at.markdown if m.value.startswith("**"))
 
@@ -277,10 +277,46 @@ def test_untrainable_dataset_is_refused_before_submitting() -> None:
         (datasets_dir() / "lonely" / "only" / f"{i}.png").write_bytes(png_bytes(i))
     at = open_page("app_pages/train.py")
     at.selectbox(key="w_data").set_value(str(datasets_dir() / "lonely")).run()
-    at.button[[b.label for b in at.button].index("Start training")].click().run()
     assert not at.exception, at.exception
-    assert any("at least two classes" in e.value for e in at.error)
+    assert any("Dataset" in w.value and "at least two classes" in w.value for w in at.warning)
+    assert at.button[[b.label for b in at.button].index("Start training")].disabled
     assert default_executor().list() == []
+
+
+def test_runs_that_cannot_work_are_not_started(shapes: Path, monkeypatch) -> None:
+    """Offline hub weights: the weight source defaults to one that works; choosing the hub anyway marks the field,
+    keeps Start off and offers the fix. A size the architecture cannot take and a batch that does not fit in memory
+    are marked the same way, worded as settings (no command-line flags)."""
+    from classifier.models import weights as W
+    from classifier.training import preflight
+
+    monkeypatch.setattr(W, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(W, "hub_cached", lambda name: False)
+    at = open_page("app_pages/train.py")
+    at.selectbox(key="w_data").set_value(str(shapes)).run()
+    at.selectbox(key="w_backbone").set_value("resnet18").run()
+    assert at.selectbox(key="w_weights_resnet18").value == "none" and not at.warning
+    start = lambda: at.button[[b.label for b in at.button].index("Start training")]  # noqa: E731
+    assert not start().disabled
+    at.selectbox(key="w_weights_resnet18").set_value("hub").run()
+    [warning] = at.warning
+    assert "Weights" in warning.value and "cannot be reached" in warning.value and "--" not in warning.value
+    assert start().disabled
+    at.button(key="b_fix_weights_0").click().run()
+    assert at.selectbox(key="w_weights_resnet18").value == "none" and not at.warning and not start().disabled
+
+    at.selectbox(key="w_backbone").set_value("inception_v3").run()
+    at.selectbox(key="w_weights_inception_v3").set_value("none").run()
+    at.number_input(key="w_img").set_value(64).run()
+    assert any("Image size" in w.value and "cannot take 64 px" in w.value for w in at.warning) and start().disabled
+
+    monkeypatch.setattr(preflight, "available_memory", lambda device: 2_000_000_000)
+    at.number_input(key="w_img").set_value(299).run()
+    at.number_input(key="w_batch").set_value(256).run()
+    [warning] = at.warning
+    assert "Batch size" in warning.value and "needs about" in warning.value and start().disabled
+    at.button(key="b_fix_batch_size_0").click().run()
+    assert at.number_input(key="w_batch").value < 256
 
 
 def test_runs_page_deletes_after_confirmation(completed_run: str) -> None:
@@ -289,7 +325,7 @@ def test_runs_page_deletes_after_confirmation(completed_run: str) -> None:
     at = open_page("app_pages/runs.py")
     delete = at.button[[b.label for b in at.button].index("Delete run")]
     assert delete.disabled
-    at.checkbox(key=f"w_confirm_{completed_run}").check().run()
+    at.checkbox(key=f"c_confirm_{completed_run}").check().run()
     at.button[[b.label for b in at.button].index("Delete run")].click().run()
     assert not at.exception, at.exception
     assert default_executor().list() == []
@@ -351,11 +387,71 @@ def test_explain_page_methods_targets_and_upload(completed_run: str) -> None:
     assert not at.exception, at.exception
 
     at.segmented_control(key="x_source").set_value("Upload").run()
-    at.file_uploader(key="x_upload").set_value([("mine.png", png_bytes(7, 40), "image/png")]).run()
+    at.file_uploader(key="u_explain_upload").set_value([("mine.png", png_bytes(7, 40), "image/png")]).run()
     assert not at.exception, at.exception
     assert "**Original** · 40×40 px" in [c.value for c in at.caption]  # the upload, not the 32 px val image
     assert len(at.get("download_button")) == 4
     assert not any(t.startswith("true: ") for t in at.selectbox(key="x_target").options)
-    at.file_uploader(key="x_upload").set_value([("broken.png", b"not an image", "image/png")]).run()
+    at.file_uploader(key="u_explain_upload").set_value([("broken.png", b"not an image", "image/png")]).run()
     assert not at.exception, at.exception
     assert any("broken.png" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize(
+    ("button", "title"), [("Evaluate", "Evaluate"), ("Explain", "Explain"), ("Predict", "Predict"), ("Export", "Runs")]
+)
+def test_next_step_buttons_open_the_right_page_on_the_run(completed_run: str, shapes: Path, button, title) -> None:
+    from classifier.jobs import new_run_id, run_job
+    from classifier.training import TrainConfig
+    from classifier.workspace import runs_dir
+
+    other = new_run_id()  # a second, newer run: the pickers would show it first
+    run_job(other, TrainConfig(data=str(shapes), backbone="simple_cnn", weights="none", epochs=1, img_size=32,
+                               batch_size=8), runs_dir() / other)  # fmt: skip
+    at = open_page("app_pages/train.py")
+    at.selectbox(key="w_watch").set_value(completed_run).run()
+    at.button(key=f"b_next_{button}_{completed_run}").click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == title
+    key = "w_runs_pick" if title == "Runs" else "w_run_picker"
+    assert at.selectbox(key=key).value == completed_run
+
+
+def test_train_again_puts_the_run_settings_into_the_train_page(shapes: Path) -> None:
+    from classifier.jobs import new_run_id, run_job
+    from classifier.training import TrainConfig
+    from classifier.workspace import runs_dir
+
+    run_id = new_run_id()
+    cfg = TrainConfig(data=str(shapes), backbone="simple_cnn", weights="none", epochs=1, img_size=40, batch_size=4,
+                      lr=0.0123, optimizer="sgd", augment="strong")  # fmt: skip
+    run_job(run_id, cfg, runs_dir() / run_id)
+    at = open_page("app_pages/runs.py")
+    at.button(key=f"b_again_{run_id}").click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Train"
+    assert at.selectbox(key="w_data").value == str(shapes) and at.selectbox(key="w_backbone").value == "simple_cnn"
+    assert at.number_input(key="w_epochs_finetune").value == 1 and at.number_input(key="w_img").value == 40
+    assert at.number_input(key="w_batch").value == 4 and at.number_input(key="w_lr_finetune").value == 0.0123
+    assert at.selectbox(key="w_opt").value == "sgd" and at.selectbox(key="w_aug_finetune").value == "strong"
+
+
+def test_a_failed_run_offers_a_retry_that_fixes_its_cause(shapes: Path) -> None:
+    from classifier.jobs import default_executor
+    from classifier.store import RunStore
+    from classifier.training import TrainConfig
+    from classifier.workspace import runs_dir
+
+    cfg = TrainConfig(data=str(shapes), backbone="simple_cnn", weights="none", epochs=1, img_size=32, batch_size=8)
+    store = RunStore()
+    store.create("r-oom", "big batch", cfg.resolved().to_dict(), str(runs_dir() / "r-oom"), status="failed")
+    store.update("r-oom", error="out of memory at batch size 8 on cpu (epoch 1 step 1); try a smaller image size")
+    at = open_page("app_pages/train.py")
+    at.selectbox(key="w_watch").set_value("r-oom").run()
+    retry = at.button(key="b_retry_r-oom")
+    assert retry.label == "Retry with batch size 4"
+    retry.click().run()
+    assert not at.exception, at.exception
+    [new] = [j for j in default_executor().list() if j.run_id != "r-oom"]
+    assert new.config["batch_size"] == 4 and new.name == "big batch (retry)"
+    default_executor().cancel(new.run_id)

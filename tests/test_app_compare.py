@@ -110,7 +110,7 @@ def test_compare_a_run_that_is_still_training(two_jobs: list[str], monkeypatch) 
 def test_ensemble_on_evaluate_then_predict(two_jobs: list[str]) -> None:
     at = page("app_pages/evaluate.py")
     at.multiselect(key="w_ens_runs").set_value(two_jobs).run()
-    at.button(key="w_ens_save").click().run()
+    at.button(key="b_ens_save").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     picked = at.selectbox(key="w_run_picker")
@@ -124,7 +124,7 @@ def test_ensemble_on_evaluate_then_predict(two_jobs: list[str]) -> None:
     at.switch_page("app_pages/predict.py").run()
     at.selectbox(key="w_run_picker").set_value(ens_id).run()  # the saved ensemble is a run-like entry here too
     files = [("a.png", png_bytes(1, 40), "image/png"), ("b.png", png_bytes(2, 32), "image/png")]
-    at.file_uploader(key="w_pred_files").set_value(files).run()
+    at.file_uploader(key="u_pred_files").set_value(files).run()
     assert not at.exception, at.exception
     assert any("mean of 2 runs" in c.value for c in at.caption)
     saved = frame_with(at, "file")

@@ -43,7 +43,7 @@ def build(at: AppTest, run_id: str, fmt: str, int8: bool = False) -> None:
     at.radio(key=f"w_export_format_{run_id}").set_value(fmt).run()
     if int8:
         at.checkbox(key=f"w_export_int8_{run_id}").check().run()
-    at.button(key=f"w_export_build_{run_id}").click().run()
+    at.button(key=f"b_export_build_{run_id}").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
 
@@ -121,7 +121,7 @@ def test_export_failure_shows_an_error_not_a_traceback(completed_run: str, monke
     monkeypatch.setattr(export, "export_onnx", fails)
     at = runs_page()
     at.radio(key=f"w_export_format_{completed_run}").set_value("ONNX").run()
-    at.button(key=f"w_export_build_{completed_run}").click().run()
+    at.button(key=f"b_export_build_{completed_run}").click().run()
     assert not at.exception, at.exception
     assert any(e.value.startswith("Export failed: could not export") for e in at.error), [e.value for e in at.error]
     assert not bundle_buttons(at)

@@ -57,7 +57,7 @@ def test_train_page_lr_finder_plots_and_applies_the_suggestion(shapes: Path) -> 
     at.number_input(key="w_lrf_end").set_value(1.0)
     at.number_input(key="w_lrf_steps").set_value(8)
     assert at.number_input(key="w_lr_finetune").value == pytest.approx(5e-4)
-    at.button(key="w_lrf_run").click().run()
+    at.button(key="b_lrf_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     result = at.session_state[state.LR_FIND]
@@ -65,7 +65,7 @@ def test_train_page_lr_finder_plots_and_applies_the_suggestion(shapes: Path) -> 
     assert 1e-5 <= result["suggestion"] <= 1.0 and len(result["lrs"]) >= 2
     charts = at.get("plotly_chart")
     assert any("Learning-rate finder" in json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts)
-    use = at.button(key="w_lrf_use")
+    use = at.button(key="b_lrf_use")
     assert use.label.startswith("Use this learning rate")
     use.click().run()
     assert not at.exception, at.exception
@@ -78,7 +78,7 @@ def test_lr_finder_shows_a_bad_setting_as_an_error(shapes: Path) -> None:
     at.selectbox(key="w_backbone").set_value("simple_cnn").run()
     at.number_input(key="w_lrf_start").set_value(1.0)
     at.number_input(key="w_lrf_end").set_value(0.1)
-    at.button(key="w_lrf_run").click().run()
+    at.button(key="b_lrf_run").click().run()
     assert not at.exception, at.exception
     assert any("0 < start" in e.value for e in at.error), [e.value for e in at.error]
 
@@ -141,7 +141,7 @@ def test_search_page_starts_a_search_and_shows_ranked_trials(monkeypatch, shapes
     assert list(table["accuracy"]) == [0.9, 0.6, 0.3] and list(table["rank"]) == [1, 2, 3]
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert any(d.get("type") == "parcoords" for c in charts for d in c["data"])
-    assert at.button(key="w_search_best").label.startswith("Open best in Evaluate (trial 2")
+    assert at.button(key="b_search_best").label.startswith("Open best in Evaluate (trial 2")
 
 
 def test_search_page_bad_space_is_an_error_not_a_traceback() -> None:
@@ -173,7 +173,7 @@ def test_open_best_trial_in_evaluate(shapes: Path) -> None:
     assert at.selectbox(key="w_run_picker").value == other
     at.switch_page("app_pages/search.py").run()
     assert not at.exception, at.exception
-    at.button(key="w_search_best").click().run()
+    at.button(key="b_search_best").click().run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Evaluate"
     assert at.selectbox(key="w_run_picker").value == best

@@ -168,8 +168,10 @@ def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, s
     assert_clean(page)
     page.get_by_role("button", name="Try it on the demo dataset").click()
     heading(page, "Train").wait_for(timeout=SLOW_MS)
-    expect(page).to_have_url(f"{url}/train")
-    expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("demo-seed0", timeout=STEP_MS)
+    expect(page).to_have_url(re.compile(rf"^{re.escape(url)}/train(\?.*)?$"))  # the URL carries ?dataset=...
+    expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value(
+        "Built-in demo dataset (shapes)", timeout=STEP_MS
+    )
     assert_clean(page)
 
     # 2. A short linear probe on EfficientNet-Lite0 (bundled weights, offline).
@@ -265,7 +267,7 @@ def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, s
     assert_clean(page)
     page.get_by_role("button", name="Explain").first.click()
     heading(page, "Explain").wait_for(timeout=STEP_MS)
-    expect(page).to_have_url(f"{url}/explain")
+    expect(page).to_have_url(re.compile(rf"^{re.escape(url)}/explain(\?.*)?$"))
     expect(page.get_by_role("combobox", name=re.compile(r"^Validation image"))).to_have_value(
         re.compile("^" + re.escape(first_path))
     )
@@ -329,3 +331,84 @@ def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, s
         f"(Data, Evaluate, Train while training: {running_during})"
     )
     assert max(switch_s) < 5.0, f"page switches too slow: {switches}"  # target < 2 s; slack for a loaded CI box
+
+
+def shapes_zip() -> bytes:
+    """Two classes of generated photos-like images, zipped the way users upload them (one folder per class)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for cls, color in (("ants", (120, 60, 20)), ("bees", (230, 190, 40))):
+            for i in range(6):
+                image = Image.effect_noise((64, 64), 30 + i).convert("RGB")
+                ImageDraw.Draw(image).ellipse((12 + i, 16, 44 + i, 40), fill=color)
+                data = io.BytesIO()
+                image.save(data, "PNG")
+                zf.writestr(f"insects/{cls}/{cls}_{i}.png", data.getvalue())
+    return buf.getvalue()
+
+
+def test_settings_stay_through_page_switches_and_a_reload(server: Server, browser: sync_api.Browser) -> None:
+    """Upload a zip, set non-default Train settings, switch pages, reload the tab: every field keeps its value, the
+    URL carries the dataset, and a backbone whose hub weights are not on this offline machine cannot be started."""
+    url = server.url
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(f"{url}/data")
+    heading(page, "Data").wait_for(timeout=SLOW_MS)
+    page.locator('[data-testid="stRadioOption"]', has_text="Upload a .zip").click()
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        files=[{"name": "insects.zip", "mimeType": "application/zip", "buffer": shapes_zip()}]
+    )
+    expect(page.get_by_role("heading", name=re.compile(r"^Dataset: insects-"))).to_be_visible(timeout=SLOW_MS)
+    dataset = page.get_by_role("heading", name=re.compile(r"^Dataset: insects-")).inner_text().split(": ", 1)[1]
+    assert_clean(page)
+
+    switch_to(page, url, "train", "Train")
+    expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value(dataset, timeout=STEP_MS)
+    page.locator('[data-testid="stRadioOption"]', has_text="Linear probe").click()
+    expect(field(page, "Epochs")).to_have_value("20", timeout=STEP_MS)
+    wanted = {"Epochs": "5", "Learning rate": "0.010000", "Image size": "96", "Run name (optional)": "kept-run"}
+    for label, value in wanted.items():
+        box = field(page, label)
+        box.fill(value)
+        box.press("Enter")
+        expect(box).to_have_value(value, timeout=STEP_MS)
+        page.wait_for_timeout(500)
+
+    def check_fields() -> None:
+        expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value(dataset, timeout=STEP_MS)
+        expect(page.locator('[data-testid="stRadioOption"][data-selected="true"]')).to_have_text(
+            re.compile("Linear probe"), timeout=STEP_MS
+        )
+        for label, value in wanted.items():
+            expect(field(page, label)).to_have_value(value, timeout=STEP_MS)
+
+    for slug, title in (("data", "Data"), ("evaluate", "Evaluate"), ("runs", "Runs"), ("train", "Train")):
+        switch_to(page, url, slug, title)
+        assert_clean(page)
+    check_fields()
+    page.reload()
+    heading(page, "Train").wait_for(timeout=SLOW_MS)
+    check_fields()
+    assert f"dataset={dataset}" in page.url, page.url
+
+    # resnet18's ImageNet weights are not cached here and the Hub cannot be reached (no internet on this machine):
+    # the weight source starts on one that works; choosing the Hub marks the field and keeps Start off.
+    backbone = page.get_by_role("combobox", name="Backbone", exact=True)
+    backbone.click()
+    page.get_by_role("option", name="resnet18", exact=True).click()
+    weights = page.get_by_role("combobox", name="Weights", exact=True)
+    expect(weights).to_have_value("None (train from scratch)", timeout=STEP_MS)
+    weights.click()
+    page.get_by_role("option", name="ImageNet from the Hugging Face Hub").click()
+    expect(page.locator('[data-testid="stAlertContentWarning"]', has_text="cannot be reached")).to_be_visible(
+        timeout=STEP_MS
+    )
+    expect(page.get_by_role("button", name="Start training")).to_be_disabled()
+    page.get_by_role("button", name=re.compile("^Use weights none")).click()
+    expect(weights).to_have_value("None (train from scratch)", timeout=STEP_MS)
+    expect(page.get_by_role("button", name="Start training")).to_be_enabled()
+    assert_clean(page)
+    context.close()

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
 from classifier.cli import main
-from classifier.errors import WeightsError
+from classifier.errors import DatasetError, WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -151,6 +151,20 @@ def test_row04_zip_bomb_upload_stops_with_clear_error_no_temp_files_earlier_data
     assert _fingerprint(workspace_dir()) == before  # no partial dataset, no temporary copy, earlier data as it was
     assert at.session_state["dataset_path"] is None
     assert files_under(earlier)  # still there
+
+
+def test_bad_zip_error_names_the_upload_only_and_hides_the_previous_dataset() -> None:
+    from classifier.data.demo import make_demo_dataset
+    from classifier.workspace import datasets_dir
+
+    earlier = make_demo_dataset(datasets_dir() / "earlier", n_per_class=3, size=24, seed=1, classes=("star", "cross"))
+    at = open_data_page()
+    at.selectbox[0].set_value(earlier.name).run()  # the workspace dataset, shown below the picker
+    assert [h.value for h in at.header] == ["Dataset: earlier"]
+    errors = _upload(at, "holiday photos.zip", b"PK\x03\x04 this is not really a zip")
+    assert len(errors) == 1 and errors[0].startswith("holiday photos.zip"), errors
+    assert ".tmp" not in errors[0] and "tmp" not in errors[0].replace("holiday photos.zip", ""), errors
+    assert [h.value for h in at.header] == []  # the earlier dataset is not shown under the error as if it were new
 
 
 @pytest.mark.parametrize(
@@ -412,7 +426,7 @@ def test_row21_unknown_backbone_and_offline_weights_exit_2_with_choices(tmp_path
             "--img-size", "32", "--epochs", "1", "--device", "cpu", "--workers", "0", "--quiet"]  # fmt: skip
     assert main(argv) != 0
     err = capsys.readouterr().err
-    assert "--weights none" in err and "bundled" in err and "Traceback" not in err, err
+    assert "'none' (train from scratch)" in err and "'bundled'" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -568,3 +582,116 @@ def test_row20_two_sessions_see_their_own_uploads_and_their_runs_queue() -> None
     assert states == {"run-a": "completed", "run-b": "completed"} and seen_queue
     for name, path in (("run-a", paths[0]), ("run-b", paths[1])):
         assert Path(ex.status(runs[name]).config["data"]).resolve() == Path(path).resolve()
+
+
+# --- rows 23, 24 and 29 (on a shared server): links out of a dataset, huge or repetitive CSVs, hostile names --------
+
+
+def test_row23_links_out_of_a_dataset_are_listed_and_never_followed(tmp_path) -> None:
+    from classifier.data.dataset import LINK, index_dataset
+
+    outside = tmp_path / "secret"
+    _photos(outside, classes=("private",), n=3)
+    (outside / "notes.jpg").write_bytes(encode(noisy(99), "JPEG"))
+    root = tmp_path / "ds"
+    _photos(root)
+    (root / "stolen").symlink_to(outside / "private", target_is_directory=True)  # a class folder that is a link
+    (root / "cats" / "peek.jpg").symlink_to(outside / "notes.jpg")  # a file that is a link
+    (root / "dogs" / "deeper").symlink_to(outside, target_is_directory=True)  # a folder inside a class
+    index = index_dataset(root)
+    assert index.classes == ["cats", "dogs"] and len(index.samples) == 6
+    assert {s.path: s.reason for s in index.skipped} == {
+        "cats/peek.jpg": LINK, "dogs/deeper": LINK, "stolen": LINK,
+    }  # fmt: skip
+    assert not any("private" in s.path or "notes" in s.path for s in index.samples)
+    assert "3 symbolic links were not followed" in index.warnings
+
+    # A CSV row through a linked folder is skipped the same way; a '..' path is refused naming the line.
+    (root / "list.csv").write_text("path,label\ncats/0.jpg,cats\nstolen/0.jpg,cats\ndogs/1.jpg,dogs\ncats/1.jpg,cats\n")
+    index = index_dataset(root / "list.csv")
+    assert [s.path for s in index.skipped] == ["stolen/0.jpg"] and index.skipped[0].reason == LINK
+    (root / "bad.csv").write_text("path,label\ncats/0.jpg,cats\n../secret/private/0.jpg,cats\n")
+    with pytest.raises(DatasetError, match=r"bad\.csv, line 3: path '\.\./secret.*points outside"):
+        index_dataset(root / "bad.csv")
+
+
+def test_row24_a_csv_listing_one_file_thousands_of_times_is_merged_in_seconds(tmp_path, monkeypatch) -> None:
+    import time
+
+    from classifier.data import dataset as dataset_mod
+    from classifier.data.dataset import index_dataset
+
+    root = tmp_path / "ds"
+    _photos(root)
+    rows = "".join("cats/0.jpg,cats\n" for _ in range(2000)) + "dogs/0.jpg,dogs\ndogs/1.jpg,dogs\ncats/1.jpg,cats\n"
+    (root / "many.csv").write_text("path,label\n" + rows)
+    start = time.monotonic()
+    index = index_dataset(root / "many.csv")
+    seconds = time.monotonic() - start
+    assert len(index.samples) == 4 and seconds < 5, seconds
+    assert any("1999 rows repeated a path already listed with the same label; merged" in w for w in index.warnings)
+    (root / "conflict.csv").write_text("path,label\ncats/0.jpg,cats\ndogs/0.jpg,dogs\ncats/0.jpg,dogs\n")
+    with pytest.raises(DatasetError, match=r"lines 2 and 4: 'cats/0\.jpg' is listed as 'cats' and as 'dogs'"):
+        index_dataset(root / "conflict.csv")
+    monkeypatch.setattr(dataset_mod, "MAX_CSV_ROWS", 100)
+    (root / "huge.csv").write_text("path,label\n" + "".join(f"x/{i}.jpg,x\n" for i in range(101)))
+    with pytest.raises(DatasetError, match="more than 100 rows"):
+        index_dataset(root / "huge.csv")
+    monkeypatch.setattr(dataset_mod, "MAX_FILE_BYTES", 100)
+    index = index_dataset(root)
+    assert all(s.reason.startswith("file larger than") for s in index.skipped) and not index.samples
+
+
+def test_row29_control_characters_in_zip_names_are_refused(tmp_path) -> None:
+    from classifier.data.archive import extract_zip
+
+    archive = tmp_path / "names.zip"
+    archive.write_bytes(zip_of({"cats/ok.png": encode(noisy(1), "PNG"), "cats/bell\x07.png": encode(noisy(2), "PNG"),
+                                "cats/new\nline.png": encode(noisy(3), "PNG")}))  # fmt: skip
+    report = extract_zip(archive, tmp_path / "out")
+    assert files_under(tmp_path / "out") == {"cats/ok.png"}
+    assert sorted(reason for _, reason in report.refused) == ["control character in name"] * 2
+
+
+def test_row29_names_are_shown_literally_and_downloads_cannot_run_formulas(tmp_path) -> None:
+    import csv as csv_mod
+
+    from classifier.io import spreadsheet_safe
+    from classifier.rundir import run_zip, write_split, write_val_predictions
+    from ui.widgets import literal
+
+    assert [spreadsheet_safe(v) for v in ("=SUM(A1)", "+1", "-x", "@cmd", "cats", 0.5, "-0.5")] == [
+        "'=SUM(A1)", "'+1", "'-x", "'@cmd", "cats", 0.5, "'-0.5",
+    ]  # fmt: skip
+    run = tmp_path / "run"
+    names = ['=HYPERLINK("http://x")', "@evil", "cats"]
+    write_split(run, [("=cmd|' /C calc'!A0.png", names[0], "val"), ("b.png", names[2], "train")])
+    write_val_predictions(run, ["=cmd|' /C calc'!A0.png"], [0], np.array([[0.7, 0.2, 0.1]]), names)
+    with zipfile.ZipFile(io.BytesIO(run_zip(run, "r"))) as zf:
+        for member in ("r/split.csv", "r/val_predictions.csv"):
+            cells = [c for row in csv_mod.reader(io.StringIO(zf.read(member).decode())) for c in row]
+            assert not any(c.startswith(("=", "+", "-", "@")) for c in cells), cells
+    assert (run / "split.csv").read_text().splitlines()[1].startswith("=cmd")  # the run's own file is unchanged
+    shown = literal("**bold** :red[x] <b>html</b> $x$ [link](http://e) a\x07b")
+    assert shown.startswith(r"\*\*bold\*\*") and r"\:red\[x\]" in shown and r"\$x\$" in shown
+    assert "\x07" not in shown and r"\\x07" in shown  # the control character shown as an escape, not sent
+
+
+def test_row30_an_unexpected_error_is_a_short_message_with_an_id_in_the_server_log(monkeypatch, caplog) -> None:
+    import ui.widgets
+
+    assert 'showErrorDetails = "none"' in (REPO / ".streamlit" / "config.toml").read_text()
+    secret = str(REPO / "classifier" / "store.py")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"disk full while writing {secret}")
+
+    monkeypatch.setattr(ui.widgets, "jobs", broken)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    with caplog.at_level("ERROR", logger="classifier.app"):
+        at.run()
+    assert not at.exception, at.exception
+    [error] = [e.value for e in at.error]
+    error_id = error.split("(error ", 1)[1].split(")", 1)[0]
+    assert len(error_id) == 8 and secret not in error and "Traceback" not in error
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)

@@ -325,3 +325,59 @@ def test_catalogue_lists_runs_ensembles_and_searches_as_one_kind_of_entry(two_ru
     assert [e.kind for e in entries(("ensemble", "search"))] == ["ensemble", "search"]
     with pytest.raises(ValueError, match="unknown catalogue kinds"):
         entries(("runs",))
+
+
+HUNG = textwrap.dedent("""
+    import fcntl, signal, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a process that ignores the polite stop as well
+    lock = open(sys.argv[1], "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    print("holding", flush=True)
+    time.sleep(600)  # run id in argv: {run_id}
+""")
+
+
+def test_cancel_escalates_to_terminate_then_kill_and_frees_the_device_lock(monkeypatch, tmp_path):
+    import fcntl
+
+    from classifier.jobs import local
+
+    monkeypatch.setattr(local, "CANCEL_GRACE_S", 0.5)
+    ex = LocalProcessExecutor()
+    lock = workspace_dir() / "locks" / "cpu.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "hung.py"
+    script.write_text(HUNG.format(run_id="r-hung"))
+    proc = subprocess.Popen([sys.executable, str(script), str(lock), "r-hung"], stdout=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == b"holding"
+    ex.store.create("r-hung", "hung", {}, str(runs_dir() / "r-hung"), status="running")
+    ex.store.update("r-hung", pid=proc.pid)
+    ex.cancel("r-hung")
+    assert ex.status("r-hung").status == "running"  # within the grace period: asked, not forced
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        ex.status("r-hung")  # each look escalates as time passes: SIGTERM (ignored), then SIGKILL
+        time.sleep(0.2)
+    assert proc.returncode == -signal.SIGKILL
+    assert ex.status("r-hung").status == "cancelled"
+    with open(lock, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the device lock is free again
+
+
+def test_delete_moves_into_the_trash_and_refuses_folders_outside_the_workspace(tmp_path):
+    ex = LocalProcessExecutor()
+    inside = runs_dir() / "r-done"
+    (inside / "sub").mkdir(parents=True)
+    (inside / "model.safetensors").write_bytes(b"x")
+    ex.store.create("r-done", "done", {}, str(inside), status="completed")
+    ex.delete("r-done")
+    assert not inside.exists() and ex.store.get("r-done") is None
+    assert list((workspace_dir() / "trash").iterdir()) == []  # moved there, then removed
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    ex.store.create("r-evil", "tampered", {}, str(outside), status="completed")
+    with pytest.raises(ClassifierError, match="not inside the workspace; nothing was deleted"):
+        ex.delete("r-evil")
+    assert (outside / "keep.txt").read_text() == "mine" and ex.store.get("r-evil") is not None

@@ -226,23 +226,24 @@ def test_issues_tab_scans_and_its_actions_become_a_new_version(tmp_path):
     at.run()
     at.switch_page("app_pages/data.py").run()
     assert not at.exception
-    assert any("version 1" in c.value for c in at.caption)
+    assert any("Version 1: 6 relabelled" in c.value for c in at.caption)
+    at.radio(key="w_data_view").set_value("Issues").run()
     at.selectbox(key="w_scan_backbone").set_value("simple_cnn").run()
-    at.button(key="w_scan").click().run()
+    at.button(key="b_scan").click().run()
     assert not at.exception, at.exception
-    cards = [b.key.removeprefix("w_relabel_label_") for b in at.button if (b.key or "").startswith("w_relabel_label_")]
+    cards = [b.key.removeprefix("b_relabel_label_") for b in at.button if (b.key or "").startswith("b_relabel_label_")]
     assert len(cards) >= 3 and set(cards[:3]) <= set(noisy)
     relabel, exclude, reviewed = cards[:3]
-    at.button(key=f"w_relabel_label_{relabel}").click().run()
-    at.button(key=f"w_exclude_label_{exclude}").click().run()
-    at.button(key=f"w_reviewed_label_{reviewed}").click().run()
+    at.button(key=f"b_relabel_label_{relabel}").click().run()
+    at.button(key=f"b_exclude_label_{exclude}").click().run()
+    at.button(key=f"b_reviewed_label_{reviewed}").click().run()
     assert not at.exception, at.exception
     draft = DatasetVersions(root).draft()
     assert set(draft.relabel) == {relabel}
     assert draft.relabel[relabel] != noisy[relabel] and draft.exclude == {exclude} and draft.reviewed == {reviewed}
     assert not any((b.key or "").endswith(reviewed) for b in at.button)  # pending images have no buttons left
-    at.text_input(key="w_version_note").input("fixes from the scan")
-    at.button(key="w_save_version").click().run()
+    at.text_input(key="e_version_note").input("fixes from the scan")
+    at.button(key="b_save_version").click().run()
     assert not at.exception, at.exception
     assert any("Saved version 2" in s.value for s in at.success)
     v2 = DatasetVersions(root).get(2)

@@ -92,3 +92,21 @@ def test_report_of_an_ensemble(two_runs, tmp_path) -> None:
     metrics = build_ensemble(list(two_runs), tmp_path / "ens", name="pair")
     page = report_html(tmp_path / "ens")
     assert "<h1>pair</h1>" in page and f"{metrics['accuracy']:.1%}" in page and "members" in page
+
+
+def test_report_escapes_hostile_class_and_file_names(tmp_path) -> None:
+    """Row 29: a class named like a script tag or a formula appears as text in the report, never as markup."""
+    import numpy as np
+
+    from classifier import rundir
+
+    run = tmp_path / "run"
+    names = ["<script>alert(1)</script>", "=1+1", "**bold**"]
+    rundir.write_config(run, {"backbone": "simple_cnn", "timm_name": "simple_cnn", "num_classes": 3,
+                              "class_names": names, "data_config": {}, "train": {"epochs": 1},
+                              "dataset": {"root": str(tmp_path)}})  # fmt: skip
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    rundir.write_val_predictions(run, ["<img src=x onerror=alert(2)>.png", "b.png", "c.png"], [0, 1, 2], probs, names)
+    page = report_html(run)
+    assert "<script>alert(1)</script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -17,6 +17,20 @@ from classifier.training.config import (
     per_mode_fields,
 )
 
+HYPERPARAMETERS = {  # TrainConfig field -> the Train page's widget key (tests and open sessions use them)
+    "epochs": "w_epochs",
+    "batch_size": "w_batch",
+    "lr": "w_lr",
+    "optimizer": "w_opt",
+    "scheduler": "w_sched",
+    "weight_decay": "w_wd",
+    "label_smoothing": "w_ls",
+    "augment": "w_aug",
+    "imbalance": "w_imb",
+    "early_stopping": "w_es",
+    "img_size": "w_img",
+    "seed": "w_train_seed",
+}
 _FIELD_DEFAULT = object()  # field_input's `default` when the caller gives none: the field's own default
 
 
@@ -86,3 +100,27 @@ def config_inputs(columns: Sequence[Any], keys: dict[str, str], mode: str) -> di
         name: field_input(columns[i % len(columns)], name, widget_key(name, key, mode), getattr(defaults, name))
         for i, (name, key) in enumerate(keys.items())
     }
+
+
+def apply_config(train: dict[str, Any]) -> None:
+    """Put a run's settings (its TrainConfig dict) into the Train page's widgets: "Train again with these settings".
+    The page draws them on its next run."""
+    from ui import state
+
+    ss = st.session_state
+    cfg = TrainConfig.from_dict(train)
+    mode = cfg.mode
+    if cfg.data and cfg.data != "demo":
+        state.use_dataset(cfg.data)
+    ss["w_backbone"], ss["w_mode"] = cfg.backbone, mode
+    if cfg.weights in (None, "bundled", "hub", "none"):
+        if cfg.weights:
+            ss[f"w_weights_{cfg.backbone}"] = cfg.weights
+    else:
+        ss[f"w_weights_{cfg.backbone}"], ss["w_weights_path"] = "file", cfg.weights
+    defaults = TrainConfig(mode=mode).resolved()
+    for name, key in HYPERPARAMETERS.items():
+        value = getattr(cfg, name)
+        ss[widget_key(name, key, mode)] = getattr(defaults, name) if value is None and name != "img_size" else value
+    ss[state.VAL_SPLIT] = ss["w_val"] = cfg.val_split
+    ss[state.TEST_SPLIT] = ss["w_test"] = cfg.test_split

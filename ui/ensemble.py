@@ -51,7 +51,7 @@ def ensemble_builder() -> None:
             "Their probabilities are averaged; each run keeps its own preprocessing.",
         )
         name = st.text_input("Ensemble name (optional)", key="w_ens_name")
-        if st.button("Evaluate and save the ensemble", disabled=len(picked) < 2, key="w_ens_save",
+        if st.button("Evaluate and save the ensemble", disabled=len(picked) < 2, key="b_ens_save",
                      icon=":material/join:"):  # fmt: skip
             with user_errors("Cannot build this ensemble"):
                 bar = st.progress(0.0, text="Loading the models…")

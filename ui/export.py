@@ -49,7 +49,7 @@ def export_section(job: Any) -> None:
     quantize = "int8" if int8 and fmt == "onnx" else None
     bundle = default_export_path(job.run_dir, fmt, quantize)
     report_path = bundle.with_suffix(".json")
-    if st.button("Build export", key=f"w_export_build_{job.run_id}", icon=":material/package_2:"):
+    if st.button("Build export", key=f"b_export_build_{job.run_id}", icon=":material/package_2:"):
         # user_errors outside the status box: a failure shows as an error box, not inside a collapsed status
         with user_errors("Export failed"), st.status("Exporting…", expanded=False) as box:
             report = export_run(job.run_dir, fmt, bundle, quantize=quantize, progress=lambda msg: box.update(label=msg))
@@ -71,7 +71,7 @@ def export_section(job: Any) -> None:
         mime="application/zip",
         on_click="ignore",
         icon=":material/download:",
-        key=f"w_export_download_{job.run_id}",
+        key=f"b_export_download_{job.run_id}",
         help="The model file, config.json (classes, preprocessing), MODEL_CARD.md and a predict script",
     )
 

@@ -39,7 +39,7 @@ def lr_finder_section(make_config: Callable[[], TrainConfig], lr_key: str) -> No
         start = c[0].number_input("Start learning rate", 1e-9, 1.0, 1e-7, format="%.1e", key="w_lrf_start")
         end = c[1].number_input("End learning rate", 1e-6, 100.0, 10.0, format="%.1e", key="w_lrf_end")
         steps = c[2].number_input("Steps", 5, 300, None, key="w_lrf_steps", placeholder="auto (30 or 60)")
-        if st.button("Run LR finder", icon=":material/insights:", key="w_lrf_run"):
+        if st.button("Run LR finder", icon=":material/insights:", key="b_lrf_run"):
             with user_errors("Cannot run the LR finder", also=(ValueError,)):
                 config = make_config()
                 bar = st.progress(0.0, text="Preparing…")
@@ -71,7 +71,7 @@ def lr_finder_section(make_config: Callable[[], TrainConfig], lr_key: str) -> No
         st.button(
             f"Use this learning rate ({result.suggestion:.2g})",
             icon=":material/check:",
-            key="w_lrf_use",
+            key="b_lrf_use",
             on_click=_apply,
             args=(lr_key, result.suggestion),
             help="Sets the Learning rate field above.",

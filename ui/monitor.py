@@ -1,4 +1,5 @@
-"""Live view of background training runs: progress bar, loss/accuracy curves, cancel and resume, run list.
+"""Live view of background training runs: progress per phase with time left, loss/accuracy curves with the best
+epoch, cancel and resume, next steps (open the run on another page, train again, retry), the run list.
 
 The run's process writes progress into the run store; this view only reads it. While a run is queued or
 running, `runs_section` draws inside an `st.fragment(run_every=...)` so only this part of the page re-runs.
@@ -14,9 +15,12 @@ import streamlit as st
 from classifier.figures import history_curves
 from classifier.jobs import resumable, resume_info
 from classifier.store import ACTIVE
+from classifier.training import TrainConfig
+from classifier.training.preflight import retry_fix
 from ui import state
 from ui.cache import executor
-from ui.widgets import STATUS_ICONS, jobs, metric_cards, run_label, runs_table, sticky_select, user_errors
+from ui.config_form import apply_config
+from ui.widgets import STATUS_ICONS, jobs, literal, metric_cards, run_label, runs_table, sticky_select, user_errors
 
 POLL_SECONDS = 1.0
 
@@ -31,25 +35,43 @@ def duration(seconds: float | None) -> str:
     return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+PHASES = {
+    "setup": "Preparing",
+    "cache": "Decoding images (once: later epochs and runs read the cache)",
+    "features": "Computing features (once: later runs, the LR finder and search trials reuse them)",
+    "train": "Training",
+    "val": "Validating",
+    "final": "Final evaluation of the best epoch",
+}
+
+
+def phase_eta(p: dict[str, Any]) -> float | None:
+    """Seconds left in the current phase, from its measured pace (done items over the seconds it has run)."""
+    done, total, seconds = p.get("phase_done") or 0, p.get("phase_total") or 0, p.get("phase_seconds")
+    if not (done and total and seconds) or done >= total:
+        return None
+    return seconds / done * (total - done)
+
+
 def progress_text(p: dict[str, Any]) -> str:
-    """One line: phase, epoch, step, speed and time left."""
-    parts = []
-    if p.get("phase") in ("setup", "cache", "features", "val"):
-        label = {"setup": "Preparing", "cache": "Decoding images (once; later epochs and runs read the cache)",
-                 "features": "Computing features", "val": "Validating"}[p["phase"]]  # fmt: skip
-        done, total = p.get("phase_done"), p.get("phase_total")
-        parts.append(f"{label} {done}/{total}" if total else label)
+    """One line: the phase with its own progress and time left; in training, epoch, step, loss and images/s."""
+    phase = p.get("phase")
+    if phase in ("cache", "features", "setup", "final") or (phase is None and not p.get("step")):
+        label, done, total = PHASES.get(phase or "setup", "Preparing"), p.get("phase_done"), p.get("phase_total")
+        left = phase_eta(p)
+        return label + (f" · {done}/{total}" if total else "") + (f" · about {duration(left)} left" if left else "")
+    parts = [PHASES.get(phase, "Training")]
     if p.get("epochs"):
         parts.append(f"epoch {p.get('epoch', 0)}/{p['epochs']}")
-    if p.get("total_steps"):
+    if p.get("total_steps") and phase == "train":
         parts.append(f"step {p.get('step', 0)}/{p['total_steps']}")
     if p.get("loss") is not None:
         parts.append(f"loss {p['loss']:.3f}")
     if p.get("images_per_sec"):
-        parts.append(f"{p['images_per_sec']:.0f} images/s")
+        parts.append(f"{p['images_per_sec']:.1f} images/s")
     if p.get("eta_seconds") is not None:
-        parts.append(f"ETA {duration(p['eta_seconds'])}")
-    return " · ".join(parts) or "Waiting to start…"
+        parts.append(f"about {duration(p['eta_seconds'])} left")
+    return " · ".join(parts)
 
 
 def history(run_id: str) -> pd.DataFrame:
@@ -57,28 +79,75 @@ def history(run_id: str) -> pd.DataFrame:
     return pd.DataFrame(executor().history(run_id))
 
 
-def _draw(job: Any) -> None:
-    st.markdown(f"**{job.name or job.run_id}** — {STATUS_ICONS.get(job.status, '')} {job.status}")
+def _progress(job: Any, others: list[Any]) -> None:
     p = job.progress or {}
+    if job.status == "queued":
+        ahead = [o for o in others if o.status == "running"]
+        etas = [o.progress.get("eta_seconds") for o in ahead if (o.progress or {}).get("eta_seconds") is not None]
+        when = f"; starts in about {duration(max(etas))}" if etas else ""
+        st.progress(0.0, text=f"Queued: waiting for the device ({len(ahead)} run ahead{when})")
+        return
+    fraction = float(p.get("fraction") or 0.0)
+    if p.get("phase") in ("cache", "features") and p.get("phase_total"):
+        # A linear probe spends most of its time here, before the first optimizer step.
+        fraction = float(p.get("phase_done") or 0) / float(p["phase_total"])
+    st.progress(min(1.0, max(0.0, fraction)), text=progress_text(p))
+
+
+def _draw(job: Any, others: list[Any]) -> None:
+    st.markdown(f"**{literal(job.name or job.run_id)}** — {STATUS_ICONS.get(job.status, '')} {job.status}")
     if job.status in ACTIVE:
-        fraction = float(p.get("fraction") or 0.0)
-        if p.get("phase") in ("cache", "features") and p.get("phase_total"):
-            # A linear probe spends most of its time here, before the first optimizer step.
-            fraction = float(p.get("phase_done") or 0) / float(p["phase_total"])
-        st.progress(min(1.0, max(0.0, fraction)), text=progress_text(p))
+        _progress(job, others)
     elif job.status == "failed":
-        st.error(f"The run failed: {job.error or 'no error message was recorded'}")
+        st.error(f"The run failed: {literal(job.error or 'no error message was recorded')}")
     elif job.status in ("cancelled", "interrupted"):
-        st.warning(f"The run was {job.status}. " + (job.error or "The best checkpoint so far, if any, was kept."))
+        kept = literal(job.error or "The best checkpoint so far, if any, was kept.")
+        st.warning(f"The run was {job.status}. {kept}")
     elif job.status == "completed":
         metric_cards(job.metrics)
     if resumable(job):
         at = resume_info(job)
         where = f"epoch {at['epoch']}, step {at['step']}" if at else "the start (no checkpoint was written yet)"
         st.caption(f"**Resume** continues this run from its last checkpoint: {where}.")
+    next_steps(job)
     hist = history(job.run_id)
     if not hist.empty:
-        st.plotly_chart(history_curves(hist), key=f"history_{job.run_id}")
+        best = (job.metrics or {}).get("best_epoch")
+        st.plotly_chart(history_curves(hist, best_epoch=best), key=f"history_{job.run_id}")
+
+
+NEXT_PAGES = {  # button -> (page, what it opens)
+    "Evaluate": ("app_pages/evaluate.py", ":material/analytics:"),
+    "Explain": ("app_pages/explain.py", ":material/visibility:"),
+    "Predict": ("app_pages/predict.py", ":material/image_search:"),
+    "Export": ("app_pages/runs.py", ":material/package_2:"),
+}
+
+
+def next_steps(job: Any) -> None:
+    """What to do with a run now: open it on another page, train again with its settings, retry a failed one."""
+    cols = st.columns(6)
+    i = 0
+    if job.status == "completed":
+        for i, (label, (page, icon)) in enumerate(NEXT_PAGES.items()):
+            if cols[i].button(label, key=f"b_next_{label}_{job.run_id}", icon=icon, width="stretch"):
+                st.session_state[state.RUN_ID] = job.run_id
+                st.switch_page(page)
+        i += 1
+    if job.status == "failed" and (fix := retry_fix(job.config, job.error)) is not None:
+        what, changes = fix
+        if cols[i].button(f"Retry with {what}", key=f"b_retry_{job.run_id}", icon=":material/replay:"):
+            with user_errors("Cannot start the retry"):
+                new_id = executor().submit(TrainConfig.from_dict({**job.config, **changes}), name=f"{job.name} (retry)")
+                st.session_state[state.WATCH_RUN] = new_id
+                st.rerun()
+        i += 1
+    if job.status not in ACTIVE and cols[i].button(
+        "Train again" if job.status == "completed" else "Edit settings and retry", key=f"b_again_{job.run_id}",
+        icon=":material/content_copy:", help="Puts this run's settings into the Train page's fields.",
+    ):  # fmt: skip
+        apply_config(job.config)
+        st.switch_page("app_pages/train.py")
 
 
 def runs_section() -> None:
@@ -102,7 +171,7 @@ def runs_section() -> None:
         st.subheader("Runs")
         labels = {i: run_label(j) for i, j in all_jobs.items()}
         job = all_jobs[sticky_select("Show run", list(all_jobs), state.WATCH_RUN, "w_watch", format_func=labels.get)]
-        _draw(job)
+        _draw(job, [j for j in all_jobs.values() if j.run_id != job.run_id])
         if job.status in ACTIVE and st.button("Cancel run", icon=":material/stop_circle:", key=f"cancel_{job.run_id}"):
             executor().cancel(job.run_id)
             st.toast("Cancelling after the current batch…")

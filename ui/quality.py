@@ -23,7 +23,7 @@ from classifier.training import TrainConfig
 from ui import state
 from ui.cache import dataset_index, thumbnail
 from ui.monitor import duration
-from ui.widgets import user_errors
+from ui.widgets import literal, user_errors
 
 PER_PAGE = 8  # images per issue type shown at once (most likely first); "Show more" adds as many again
 TITLES = {"label": "Likely label errors", "duplicate": "Near duplicates", "outlier": "Outliers"}
@@ -54,7 +54,7 @@ def issues_tab(path: str, index: DatasetIndex) -> None:
                             help="efficientnet_lite0's weights ship with the tool (offline).")  # fmt: skip
     folds = int(c2.number_input("Folds", 2, 20, 5, key="w_scan_folds"))
     c3.write("")
-    if c3.button("Scan", type="primary", icon=":material/troubleshoot:", key="w_scan"):
+    if c3.button("Scan", type="primary", icon=":material/troubleshoot:", key="b_scan"):
         config = TrainConfig(data=path, data_version=index.version, backbone=backbone, val_split=ss[state.VAL_SPLIT],
                              test_split=ss[state.TEST_SPLIT], seed=ss[state.SPLIT_SEED])  # fmt: skip
         with user_errors("Cannot scan the dataset", also=(ValueError,)):
@@ -109,15 +109,15 @@ def _results(result: ScanResult, versions: DatasetVersions, index: DatasetIndex)
         if len(rows):
             _gallery(issue, rows, images, versions, index, draft)
     st.download_button("Download issues.csv", table.to_csv(index=False).encode(), "issues.csv", "text/csv",
-                       icon=":material/download:", key="w_issues_csv")  # fmt: skip
+                       icon=":material/download:", key="b_issues_csv")  # fmt: skip
 
 
 def _gallery(issue: str, rows: pd.DataFrame, images: pd.DataFrame, versions: DatasetVersions,
              index: DatasetIndex, draft: Edits) -> None:  # fmt: skip
     """Ranked images of one issue type, four a row, each with its actions."""
     ss = st.session_state
-    more_key = f"w_more_{issue}"
-    limit = ss.get(f"{more_key}_n", PER_PAGE)
+    more_key = f"b_more_{issue}"
+    limit = ss.get(f"quality_shown_{issue}", PER_PAGE)
     st.subheader(f"{TITLES[issue]} ({len(rows)})")
     shown = rows.head(limit)
     for start in range(0, len(shown), 4):
@@ -125,29 +125,30 @@ def _gallery(issue: str, rows: pd.DataFrame, images: pd.DataFrame, versions: Dat
             with col.container(border=True):
                 _card(issue, r, images.loc[r.path], versions, index, draft)
     if len(rows) > limit and st.button(f"Show more ({len(rows) - limit} left)", key=more_key):
-        ss[f"{more_key}_n"] = limit + PER_PAGE
+        ss[f"quality_shown_{issue}"] = limit + PER_PAGE
         st.rerun()
 
 
 def _card(issue: str, r: Any, info: pd.Series, versions: DatasetVersions, index: DatasetIndex, draft: Edits) -> None:
     with user_errors():
         st.image(thumbnail(Path(index.root) / r.path, 200), width=200)
-    what = f"**{r.given_label}** → **{r.suggested_label}**" if issue == "label" else f"**{r.given_label}**"
-    st.caption(f"{r.path} ({info['split']}) · {what} · score {r.score:.3f}")
+    given, suggested = literal(r.given_label), literal(r.suggested_label)
+    what = f"**{given}** → **{suggested}**" if issue == "label" else f"**{given}**"
+    st.caption(f"{literal(r.path)} ({info['split']}) · {what} · score {r.score:.3f}")
     if issue == "duplicate":
         leak = " · in another split" if info["cross_split"] else ""
-        st.caption("of " + ", ".join(info["duplicate_of"][:3]) + leak)
+        st.caption("of " + ", ".join(literal(p) for p in info["duplicate_of"][:3]) + leak)
     pending = _pending(r.path, draft)
     if pending:
-        st.caption(f"Pending: {pending}")
+        st.caption(f"Pending: {literal(pending)}")
         return
     key = f"{issue}_{r.path}"
     c = st.columns(3 if issue == "label" else 2)
-    if issue == "label" and c[0].button("Relabel", key=f"w_relabel_{key}", help=f"Relabel as {r.suggested_label}"):
+    if issue == "label" and c[0].button("Relabel", key=f"b_relabel_{key}", help=f"Relabel as {r.suggested_label}"):
         _edit(versions, Edits(relabel={r.path: r.suggested_label}))
-    if c[-2].button("Exclude", key=f"w_exclude_{key}", help="Leave this image out of the new version"):
+    if c[-2].button("Exclude", key=f"b_exclude_{key}", help="Leave this image out of the new version"):
         _edit(versions, Edits(exclude={r.path}))
-    if c[-1].button("Reviewed", key=f"w_reviewed_{key}", help="Keep it as it is and stop listing it"):
+    if c[-1].button("Reviewed", key=f"b_reviewed_{key}", help="Keep it as it is and stop listing it"):
         _edit(versions, Edits(reviewed={r.path}))
 
 
@@ -176,12 +177,12 @@ def _draft_bar(path: str, versions: DatasetVersions, index: DatasetIndex) -> Non
         icon="✏️",
     )
     c1, c2, c3 = st.columns([2, 1, 1])
-    note = c1.text_input("Note for the version", key="w_version_note", placeholder="e.g. label fixes from the scan")
-    if c2.button(f"Save as version {n}", type="primary", key="w_save_version"):
+    note = c1.text_input("Note for the version", key="e_version_note", placeholder="e.g. label fixes from the scan")
+    if c2.button(f"Save as version {n}", type="primary", key="b_save_version"):
         with user_errors("Cannot save the version"):
             saved = save_version(path, note=note, index=dataset_index(path, 0))
             st.session_state[state.VERSION_SAVED] = saved
             st.rerun()
-    if c3.button("Discard edits", key="w_discard_edits"):
+    if c3.button("Discard edits", key="b_discard_edits"):
         versions.discard_draft()
         st.rerun()

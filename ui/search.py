@@ -95,7 +95,7 @@ def _draw(spec: dict[str, Any]) -> None:
     best = search.best_trial(spec)
     c1, c2 = st.columns(2)
     label = f"Open best in Evaluate (trial {best['number']}, {spec['metric']} {best['value']:.3f})" if best else ""
-    if best is not None and c1.button(label, icon=":material/analytics:", type="primary", key="w_search_best"):
+    if best is not None and c1.button(label, icon=":material/analytics:", type="primary", key="b_search_best"):
         st.session_state[state.RUN_ID] = best["run_id"]
         st.session_state.pop("w_run_picker", None)  # Evaluate's picker then takes RUN_ID
         st.switch_page("app_pages/evaluate.py")

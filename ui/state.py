@@ -1,14 +1,25 @@
-"""Every session-state key the app uses, in one place, with set-if-missing initialisation.
+"""Every session-state key the app uses, in one place, with set-if-missing initialisation, and settings that stay.
 
 Pages call `init_state()` first and then read `st.session_state[KEY]` through the names below, so a typo is
 an ImportError rather than a silent new key.
+
+Settings that stay where the user left them (the router `app.py` calls `begin_run` and `end_run` around every page):
+- across page switches: widgets whose key starts with `w_` or `x_` are re-saved at the start of every run, which
+  stops Streamlit from dropping a widget's value while its page is not shown (buttons, uploads and one-off
+  confirmations use other prefixes: `b_`, `u_`, `c_`);
+- across reloads and new sessions: those values are written to the user's file in the workspace
+  (`workspace/settings/<user>.json`) when they change and read back when a session starts; the dataset and the
+  run also go into the URL (`?dataset=...&run=...`), which wins over the file, so a shared link opens them.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
+
+from classifier.workspace import datasets_dir, read_user_settings, write_user_settings
 
 DATASET = "dataset_path"  # str | None: the dataset the Data page shows and the Train page trains on
 RUN_ID = "run_id"  # str | None: the run selected on the Evaluate, Predict and Runs pages
@@ -50,3 +61,85 @@ def init_state() -> None:
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = value.copy() if isinstance(value, (dict, list)) else value
+
+
+PERSISTED = ("w_", "x_")  # widget keys that keep their values (see the module docstring)
+_RUN_SPECIFIC = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # keys of one run's widgets are not worth saving to a file
+_STARTED = "_session_started"
+_SAVED = "_settings_saved"  # what was last written to the user's file
+
+
+def use_dataset(path: str) -> None:
+    """Make `path` the dataset of this session: the Data page shows it, Train and Search train on it."""
+    ss = st.session_state
+    ss[DATASET] = ss["w_data"] = ss["w_s_data"] = str(path)
+
+
+def current_user() -> str:
+    """Who is using the app: "local" without sign-in (a single-user local tool)."""
+    return "local"
+
+
+def begin_run() -> None:
+    """Before a page: defaults, a new session's saved settings and URL, and widget values kept alive."""
+    init_state()
+    ss = st.session_state
+    if _STARTED not in ss:
+        ss[_STARTED] = True
+        saved = read_user_settings(current_user())
+        ss[_SAVED] = dict(saved)
+        for key, value in saved.items():
+            if key.startswith(PERSISTED) and key not in ss:
+                ss[key] = value
+        _apply_query_params()
+    for key in list(ss.keys()):
+        if isinstance(key, str) and key.startswith(PERSISTED):
+            ss[key] = ss[key]  # re-saved: Streamlit keeps it while its widget is not on the page
+
+
+def end_run() -> None:
+    """After a page (also when it stopped or switched): save changed settings and put dataset and run in the URL."""
+    ss = st.session_state
+    current = {
+        k: v
+        for k, v in ss.items()
+        if isinstance(k, str) and k.startswith(PERSISTED) and not _RUN_SPECIFIC.search(k) and _plain(v)
+    }
+    if current != ss.get(_SAVED):
+        try:
+            write_user_settings(current_user(), current)
+            ss[_SAVED] = current
+        except OSError:
+            pass  # a full disk must not break the page; the settings stay in this session
+    params = {"dataset": _dataset_name(ss.get(DATASET)), "run": ss.get(RUN_ID)}
+    for name, value in params.items():
+        if value and st.query_params.get(name) != value:
+            st.query_params[name] = value
+
+
+def _apply_query_params() -> None:
+    ss = st.session_state
+    name = st.query_params.get("dataset")
+    if name:
+        path = datasets_dir() / name
+        if "/" not in name and not name.startswith(".") and path.is_dir():
+            use_dataset(str(path))
+    run = st.query_params.get("run")
+    if run:
+        ss[RUN_ID] = run
+
+
+def _dataset_name(path: str | None) -> str | None:
+    if not path:
+        return None
+    from pathlib import Path
+
+    p = Path(path)
+    return p.name if p.parent.resolve() == datasets_dir().resolve() else None
+
+
+def _plain(value: Any) -> bool:
+    """JSON-safe scalars and lists of them (what a settings file can hold)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    return isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (str, int, float, bool)) for v in value)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -26,6 +28,20 @@ STATUS_ICONS = {
 }
 
 
+# What makes Streamlit markdown format text: emphasis, code, links, HTML, headings, tables, strikethrough, math,
+# colour and emoji directives (":red[", ":smile:"), and a list marker at the start. Other punctuation stays as is,
+# so messages read the same in the page source and in tests.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>#|~$]|:(?=\w)|^[-+](?=\s))")
+
+
+def literal(text: object) -> str:
+    """`text` as it is inside markdown (st.markdown, captions, alerts): the characters that would format it
+    backslash-escaped and control characters shown as escapes, so a run, class or file name such as `**x**` or
+    `:red[x]` is printed, not rendered."""
+    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+    return _MARKDOWN.sub(r"\\\1", shown)
+
+
 @contextmanager
 def user_errors(prefix: str = "", also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
     """Show a `ClassifierError` (and the `also` types) as an `st.error` box instead of a traceback.
@@ -36,7 +52,7 @@ def user_errors(prefix: str = "", also: tuple[type[Exception], ...] = ()) -> Ite
     try:
         yield
     except (ClassifierError, *also) as e:
-        st.error(f"{prefix}: {e}" if prefix else str(e), icon="🚫")
+        st.error(literal(f"{prefix}: {e}" if prefix else str(e)), icon="🚫")
 
 
 def fmt(value: Any, pattern: str = "{:.3f}") -> str:
@@ -76,6 +92,33 @@ def dataset_problems(summary: dict[str, Any], per_class: pd.Series, max_ratio: f
     if summary["skipped"]:
         with st.expander(f"Skipped files ({len(summary['skipped'])})"):
             st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
+
+
+DEMO_LABEL = "Built-in demo dataset (shapes)"
+
+
+def dataset_picker(where: Any, label: str, key: str, help: str | None = None) -> str:
+    """A selectbox of the workspace's datasets (newest first; the demo listed once, by name) that starts on and
+    follows the session's dataset (`state.DATASET`): picking one here makes it the Data page's too."""
+    from classifier.data.demo import demo_dataset_path
+    from classifier.data.ingest import workspace_datasets
+
+    ss = st.session_state
+    demo = str(demo_dataset_path())
+    options = [str(d) for d in workspace_datasets()]
+    if demo not in options:
+        options.append("demo")  # generated into the workspace on first use
+    current = ss[state.DATASET]
+    if current and current not in options:
+        options.append(current)  # a folder on the server
+    if ss.get(key) not in options:
+        ss[key] = current if current in options else options[0]
+    value = where.selectbox(
+        label, options, key=key, help=help, format_func=lambda d: DEMO_LABEL if d in ("demo", demo) else Path(d).name
+    )
+    if value != "demo" and value != current:
+        ss[state.DATASET] = value
+    return value
 
 
 def jobs(limit: int | None = None) -> list[Any]:
@@ -121,15 +164,16 @@ def run_label(j: Any, with_accuracy: bool = False) -> str:
 
 
 def sticky_select(label: str, ids: list[str], state_key: str, widget_key: str, **kwargs: Any) -> str:
-    """A selectbox whose choice lives in `st.session_state[state_key]`, so it survives page switches.
-
-    Streamlit drops a widget's own state when a page without it runs; the choice is copied back from
-    `state_key` when the widget reappears (or when the remembered choice is gone).
-    """
+    """A selectbox whose choice lives in `st.session_state[state_key]`, shared by every page that shows one (the run
+    picked on Evaluate is the one on Runs and Predict, and a next-step button can set it for the page it opens)."""
     ss = st.session_state
-    if ss.get(widget_key) not in ids:
-        ss[widget_key] = ss.get(state_key) if ss.get(state_key) in ids else ids[0]
-    ss[state_key] = st.selectbox(label, ids, key=widget_key, **kwargs)
+    seen = ss.setdefault("_sticky_seen", {})  # widget key -> the shared choice it last showed
+    shared = ss.get(state_key)
+    if shared in ids and shared != seen.get(widget_key):  # chosen elsewhere since: follow it
+        ss[widget_key] = shared
+    elif ss.get(widget_key) not in ids:
+        ss[widget_key] = shared if shared in ids else ids[0]
+    ss[state_key] = seen[widget_key] = st.selectbox(label, ids, key=widget_key, **kwargs)
     return ss[state_key]
 
 

@@ -102,15 +102,19 @@ class _Member:
 
 
 def extract_zip(
-    archive: str | os.PathLike, dest: str | os.PathLike, limits: ArchiveLimits = ArchiveLimits()
+    archive: str | os.PathLike,
+    dest: str | os.PathLike,
+    limits: ArchiveLimits = ArchiveLimits(),
+    name: str | None = None,
 ) -> ExtractReport:
     """Extract `archive` into `dest` (which must not exist yet, or be an empty folder) within `limits`.
 
     Unsafe entries are skipped and listed in `ExtractReport.refused`; everything else that is wrong (not a zip,
     colliding names, nested archives, limits exceeded, corrupt data) raises `ArchiveError` and leaves no trace.
+    Errors name the archive as `name` (an upload's own file name rather than the temp file it was saved to).
     """
     archive, dest = Path(archive), Path(dest)
-    where = archive.name or str(archive)
+    where = name or archive.name or str(archive)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ArchiveError(
             f"{where}: cannot extract into {dest}: it already exists and is not empty; choose a new folder"
@@ -211,8 +215,8 @@ def _clean(info: zipfile.ZipInfo) -> tuple[list[str], str | None]:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         return [], "path traversal ('..' in path)"
-    if "\x00" in name:
-        return [], "NUL character in name"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return [], "control character in name"
     if name.endswith("/") or kind == stat.S_IFDIR:
         return [], None  # directory entry: folders are created as files need them
     return parts, None

@@ -10,6 +10,11 @@ Four sources are understood:
 
 Every candidate image is fully decoded once; a file that cannot be used is skipped and listed with its
 reason, never stopping the rest from loading. Exact duplicates are found by content hash.
+
+On a shared server a dataset is hostile input: symbolic links are never followed (a class or split folder, or a
+file, that is a link is skipped and listed, so nothing outside the dataset's root is read, shown or trained on);
+a CSV may list at most `MAX_CSV_ROWS` rows, rows that repeat a path with the same label are merged (a path listed
+with two labels is an error naming both rows); files larger than `MAX_FILE_BYTES` are skipped unread.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"}
+MAX_CSV_ROWS = 200_000  # a CSV dataset listing more rows is refused before any file is read
+MAX_FILE_BYTES = 100 * 1024 * 1024  # an image file above this is skipped without reading it (a photo is megabytes)
+LINK = "a symbolic link: not followed (nothing outside the dataset is read)"
 
 
 @dataclass
@@ -130,7 +138,20 @@ def _visible(p: Path) -> bool:
 
 
 def _subdirs(p: Path) -> list[Path]:
-    return sorted((d for d in p.iterdir() if d.is_dir() and _visible(d)), key=lambda d: d.name)
+    """Visible real folders: a link to a folder is not one (see `_links`)."""
+    return sorted((d for d in p.iterdir() if d.is_dir() and not d.is_symlink() and _visible(d)), key=lambda d: d.name)
+
+
+def _links(base: Path, root: Path) -> list[Skipped]:
+    """Every symbolic link below `base` (not followed), to be listed as skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        for n in sorted(dirnames + filenames):
+            p = Path(dirpath) / n
+            if p.is_symlink() and _visible(p):
+                out.append(Skipped(p.relative_to(root).as_posix(), LINK))
+        dirnames[:] = [n for n in dirnames if not (Path(dirpath) / n).is_symlink()]
+    return out
 
 
 def _unwrap(root: Path) -> Path:
@@ -167,7 +188,7 @@ def _candidates_from_class_folders(base: Path, root: Path, split: str | None) ->
     return out
 
 
-def _candidates_from_csv(csv_path: Path) -> tuple[Path, list[tuple[str, str, str | None]]]:
+def _candidates_from_csv(csv_path: Path) -> tuple[Path, list[tuple[str, str, str | None]], list[str]]:
     root = csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -177,20 +198,50 @@ def _candidates_from_csv(csv_path: Path) -> tuple[Path, list[tuple[str, str, str
                 raise DatasetError(
                     f"{csv_path}: a dataset CSV needs the columns path,label (found: {', '.join(fields) or 'none'})"
                 )
-            rows = []
-            for i, row in enumerate(reader, start=2):
-                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-                if not row.get("path") or not row.get("label"):
-                    raise DatasetError(f"{csv_path}, line {i}: empty path or label")
-                rel = Path(row["path"])
-                full = (root / rel).resolve()
-                if rel.is_absolute() or not full.is_relative_to(root.resolve()):
-                    raise DatasetError(f"{csv_path}, line {i}: path {row['path']!r} points outside the CSV's folder")
-                split = SPLIT_NAMES.get(row.get("split", "").lower()) if row.get("split") else None
-                rows.append((rel.as_posix(), row["label"], split))
+            rows, notes = _csv_rows(csv_path, reader)
     except UnicodeDecodeError as e:
         raise DatasetError(f"{csv_path}: not a UTF-8 text CSV ({e})") from e
-    return root, rows
+    return root, rows, notes
+
+
+def _csv_rows(csv_path: Path, reader: csv.DictReader) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """(path, label, split) per row, checked: paths inside the CSV's folder, at most MAX_CSV_ROWS rows, a repeated
+    path merged when its label agrees and an error naming both lines when it does not."""
+    rows: dict[str, tuple[str, str, str | None]] = {}
+    first_line: dict[str, int] = {}
+    repeated = 0
+    for i, row in enumerate(reader, start=2):
+        if i - 1 > MAX_CSV_ROWS:
+            raise DatasetError(f"{csv_path}: more than {MAX_CSV_ROWS} rows; split the dataset or raise the limit")
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        if not row.get("path") or not row.get("label"):
+            raise DatasetError(f"{csv_path}, line {i}: empty path or label")
+        rel = Path(row["path"])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise DatasetError(f"{csv_path}, line {i}: path {row['path']!r} points outside the CSV's folder")
+        key = rel.as_posix()
+        split = SPLIT_NAMES.get(row.get("split", "").lower()) if row.get("split") else None
+        if key in rows:
+            if rows[key][1] != row["label"]:
+                raise DatasetError(
+                    f"{csv_path}, lines {first_line[key]} and {i}: {key!r} is listed as {rows[key][1]!r} and as "
+                    f"{row['label']!r}; give each image one label"
+                )
+            repeated += 1
+            continue
+        rows[key], first_line[key] = (key, row["label"], split), i
+    notes = [f"{csv_path.name}: {repeated} rows repeated a path already listed with the same label; merged"]
+    return list(rows.values()), notes if repeated else []
+
+
+def _through_link(root: Path, rel: str) -> bool:
+    """Whether `root/rel` or any folder on the way to it is a symbolic link."""
+    p = root
+    for part in Path(rel).parts:
+        p = p / part
+        if p.is_symlink():
+            return True
+    return False
 
 
 PLACEHOLDER_MAX_COLOURS = 256
@@ -200,8 +251,12 @@ def _probe(root: Path, rel: str, max_pixels: int) -> tuple[str, int, int, str] |
     """(sha1, width, height, format) of a usable image, or the reason it is not usable."""
     path = root / rel
     try:
+        if _through_link(root, rel):
+            return LINK
         if not path.is_file():
             return "file not found"
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return f"file larger than {MAX_FILE_BYTES // 2**20} MB: not read"
         data = path.read_bytes()
         w, h, fmt = probe_image(path, max_pixels=max_pixels)
         return hashlib.sha1(data).hexdigest(), w, h, fmt
@@ -246,13 +301,15 @@ def index_dataset(
     ['ants', 'bees']
     """
     src = Path(source).expanduser()
+    links: list[Skipped] = []
+    notes: list[str] = []
     if not src.exists():
         raise DatasetError(f"dataset {src} does not exist; give a folder of class subfolders, a .zip or a CSV")
     root = src
     if src.is_file() and src.suffix.lower() == ".zip":
         root = _unwrap(_extract_cached(src, extract_to, limits))
     if root.is_file() and root.suffix.lower() == ".csv":
-        root, candidates = _candidates_from_csv(root)
+        root, candidates, notes = _candidates_from_csv(root)
         layout = "csv"
     elif root.is_dir():
         root = _unwrap(root)
@@ -264,11 +321,13 @@ def index_dataset(
             for split, d in sorted(split_dirs.items()):
                 candidates += _candidates_from_class_folders(d, root, split)
         elif not _subdirs(root) and len(csvs) == 1:
-            root, candidates = _candidates_from_csv(csvs[0])
+            root, candidates, notes = _candidates_from_csv(csvs[0])
             layout = "csv"
         else:
             layout = "class-folders"
             candidates = _candidates_from_class_folders(root, root, None)
+        if layout != "csv":
+            links = _links(root, root)
     else:
         raise DatasetError(f"{src}: not a folder, a .zip or a .csv dataset")
     root = root.resolve()
@@ -283,13 +342,13 @@ def index_dataset(
     results = _skip_placeholders(root, candidates, results)
     classes = sorted({c[1] for c, r in zip(candidates, results) if not isinstance(r, str)})
     class_idx = {c: i for i, c in enumerate(classes)}
-    samples, skipped = [], []
+    samples, skipped = [], list(links)
     for (rel, label, split), r in zip(candidates, results):
         if isinstance(r, str):
             skipped.append(Skipped(rel, r))
         else:
             samples.append(Sample(rel, class_idx[label], split, *r[:3]))
-    warnings = []
+    warnings = notes + ([f"{len(links)} symbolic links were not followed"] if links else [])
     empty = sorted({c[1] for c in candidates} - set(classes))
     if empty:
         warnings.append(f"class folders with no usable images were left out: {', '.join(empty)}")

@@ -173,15 +173,22 @@ def make_demo_dataset(
     return out
 
 
+def demo_dataset_path(seed: int = 0) -> Path:
+    """Where the built-in demo dataset lives in the workspace (it may not exist yet)."""
+    from classifier.workspace import datasets_dir
+
+    return datasets_dir() / f"demo-seed{seed}"
+
+
 def ensure_demo_dataset(seed: int = 0) -> Path:
     """The built-in demo dataset in the workspace (generated on first use), masks in `workspace/masks/`."""
     import os
     import shutil
     import tempfile
 
-    from classifier.workspace import datasets_dir, workspace_dir
+    from classifier.workspace import workspace_dir
 
-    out = datasets_dir() / f"demo-seed{seed}"
+    out = demo_dataset_path(seed)
     if out.is_dir():
         return out
     # Build beside the final place and rename: two sessions asking at once never see a half-written set.

@@ -52,7 +52,7 @@ def ingest_zip(data: bytes, filename: str, max_bytes: int) -> tuple[Path, Extrac
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return dest, extract_zip(tmp, dest)
+        return dest, extract_zip(tmp, dest, name=Path(filename).name)
     finally:
         os.unlink(tmp)
 

@@ -16,8 +16,10 @@ A run whose process is gone while its row still says queued/running is marked "i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +54,11 @@ if TYPE_CHECKING:
 LOCK_POLL_S = 0.5  # how often a queued run retries the device lock and looks for its cancel flag
 PROGRESS_INTERVAL_S = 0.5  # at most ~2 progress writes per second per run
 LAUNCH_GRACE_S = 60.0  # a queued row without a pid is only "interrupted" once it is this old
-SUMMARY_KEYS = ("accuracy", "macro_f1", "roc_auc_macro", "ece", "best_epoch", "n_val", "epochs_run", "train_seconds")
+CANCEL_GRACE_S = 30.0  # a cancelled run that has not stopped by then is terminated, after twice that killed
+log = logging.getLogger(__name__)
+SUMMARY_KEYS = (
+    "accuracy", "macro_f1", "roc_auc_macro", "ece", "best_epoch", "n_val", "n_train", "epochs_run", "train_seconds",
+)  # fmt: skip
 
 
 class LocalProcessExecutor(Executor):
@@ -121,7 +127,8 @@ class LocalProcessExecutor(Executor):
         self.store.transition(run_id, ("queued",), status="cancelled", ended_at=time.time())
 
     def delete(self, run_id: str) -> None:
-        """Remove a finished run: run dir, log, request, cancel flag and store row."""
+        """Remove a finished run: run dir (moved to the workspace's trash first, and only if it lies inside the
+        workspace), log, request, cancel flag and store row."""
         check_run_id(run_id)
         row = self.store.get(run_id)
         if row is not None:
@@ -129,7 +136,7 @@ class LocalProcessExecutor(Executor):
             if row["status"] in ACTIVE:
                 raise RunError(f"run {run_id} is {row['status']}; cancel it and wait until it stops before deleting")
             if row.get("run_dir") and Path(row["run_dir"]).is_dir():
-                shutil.rmtree(row["run_dir"])
+                _to_trash(Path(row["run_dir"]), run_id)
         for path in (log_path(run_id), request_path(run_id), cancel_flag_path(run_id)):
             path.unlink(missing_ok=True)
         # The launcher keeps the Popen handle: a cancelled queued run may still be exiting, and reap() must still
@@ -163,8 +170,12 @@ class LocalProcessExecutor(Executor):
             if time.time() - max(row["created_at"], row.get("updated_at") or 0) < LAUNCH_GRACE_S:
                 return row  # submit/resume is between writing the row and recording the pid
         elif _process_alive(int(pid), row["id"]):
+            self._escalate_cancel(row)
             return row
         now = time.time()
+        if cancel_flag_path(row["id"]).exists():  # it stopped (or was stopped) after a cancel: that is what it is
+            if self.store.transition(row["id"], ACTIVE, status="cancelled", ended_at=now):
+                return {**row, "status": "cancelled", "ended_at": now}
         if self.store.transition(row["id"], ACTIVE, status="interrupted", error=INTERRUPTED_ERROR, ended_at=now):
             return {**row, "status": "interrupted", "error": INTERRUPTED_ERROR, "ended_at": now}
         # The process wrote its final status after we read the row; that one is the truth.
@@ -172,6 +183,38 @@ class LocalProcessExecutor(Executor):
         if fresh is None:
             return row
         return fresh if "history" in row else {k: v for k, v in fresh.items() if k != "history"}
+
+    def _escalate_cancel(self, row: dict) -> None:
+        """A run asked to cancel stops within a batch; one that has not after `CANCEL_GRACE_S` (a hung step, a stuck
+        data read) gets SIGTERM, after twice that SIGKILL, so it cannot hold the device lock forever (the kernel
+        frees the lock when the process dies)."""
+        flag = cancel_flag_path(row["id"])
+        try:
+            waited = time.time() - flag.stat().st_mtime
+        except OSError:
+            return
+        if waited < CANCEL_GRACE_S:
+            return
+        sig = signal.SIGKILL if waited >= 2 * CANCEL_GRACE_S else signal.SIGTERM
+        log.warning("run %s has not stopped %.0f s after cancel; sending %s", row["id"], waited, sig.name)
+        try:
+            os.killpg(int(row["pid"]), sig)  # its own session: the process and any loader workers
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _to_trash(run_dir: Path, run_id: str) -> None:
+    """Move a run dir into `workspace/trash/` (one rename: it leaves the runs folder whole or not at all), then
+    remove it there. A stored path outside the workspace is refused: a tampered row must not delete other files."""
+    workspace = workspace_dir().resolve()
+    target = run_dir.resolve()
+    if not target.is_relative_to(workspace) or target == workspace:
+        raise RunError(f"run {run_id}: its folder {run_dir} is not inside the workspace; nothing was deleted")
+    trash = workspace / "trash"
+    trash.mkdir(exist_ok=True)
+    moved = trash / f"{run_id}-{time.time_ns()}"
+    os.replace(target, moved)
+    shutil.rmtree(moved, ignore_errors=True)
 
 
 def _process_alive(pid: int, run_id: str) -> bool:
@@ -401,6 +444,7 @@ def progress_dict(state: FitState) -> dict[str, Any]:
         "eta_seconds": state.eta_seconds,
         "phase_done": state.phase_done,
         "phase_total": state.phase_total,
+        "phase_seconds": round(time.time() - state.phase_started_at, 2),  # gives each phase its own ETA
         "batch_size": state.batch_size,
         "resumed_from": state.resumed_from,
     }

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -68,13 +69,24 @@ def _hub_host() -> str:
     return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
 
 
+_REACHABLE: dict[str, tuple[float, bool]] = {}  # host -> (when checked, answer)
+REACHABLE_TTL_S = 60.0  # pages ask on every rerun; a minute-old answer is good enough
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Quick check so that an offline machine fails in seconds, not after a minute of download retries."""
+    """Quick check so that an offline machine fails in seconds, not after a minute of download retries. The answer
+    is kept for `REACHABLE_TTL_S`."""
+    host = _hub_host()
+    when, answer = _REACHABLE.get(host, (0.0, False))
+    if time.monotonic() - when < REACHABLE_TTL_S:
+        return answer
     try:
-        with socket.create_connection((_hub_host(), 443), timeout=timeout):
-            return True
+        with socket.create_connection((host, 443), timeout=timeout):
+            answer = True
     except OSError:
-        return False
+        answer = False
+    _REACHABLE[host] = (time.monotonic(), answer)
+    return answer
 
 
 def hub_cached(timm_name: str) -> bool:
@@ -93,11 +105,13 @@ def hub_cached(timm_name: str) -> bool:
 
 
 def offline_hint(backbone: str) -> str:
+    """Why hub weights cannot be used, and the weight sources that work offline (in terms of the weight source
+    setting, which the Train page and the CLI share)."""
+    bundled = ", ".join(BUNDLED_TIMM_ARCH)
     return (
-        f"Pretrained weights for {backbone!r} could not be fetched from the Hugging Face Hub (no connection to "
-        f"{_hub_host()} and not in the local cache). Offline choices: --weights bundled with efficientnet_lite0 "
-        "(ImageNet weights shipped with the package), --weights PATH to a local .safetensors file, or --weights none "
-        "to train from scratch."
+        f"the ImageNet weights of {backbone} are not on this machine and the Hugging Face Hub ({_hub_host()}) "
+        f"cannot be reached. Weight sources that work offline: 'bundled' (ImageNet weights shipped with the "
+        f"package, for {bundled}), a local .safetensors file, or 'none' (train from scratch)"
     )
 
 

@@ -126,9 +126,14 @@ class OutOfMemoryBackoff(Callback):
 
 class Throughput(Callback):
     """Images per second (smoothed over each batch's wall time, loading and augmentation included) and the ETA:
-    measured seconds per step times the steps left, plus measured validation time per epoch left."""
+    measured seconds per step times the steps left, plus measured validation time per epoch left. With
+    `images=False` (a head trained on stored features) images/s is left at 0: tens of thousands of feature rows
+    per second say nothing about images."""
 
     order = -20
+
+    def __init__(self, images: bool = True):
+        self.images = images
 
     def on_train_start(self, state: FitState) -> None:
         self.t0, self.step0 = time.time(), state.step
@@ -141,7 +146,8 @@ class Throughput(Callback):
         now = time.time()
         ips = int(state.y.shape[0]) / max(now - self.last, 1e-6)
         self.last = now
-        state.images_per_sec = 0.8 * state.images_per_sec + 0.2 * ips if state.images_per_sec else ips
+        if self.images:
+            state.images_per_sec = 0.8 * state.images_per_sec + 0.2 * ips if state.images_per_sec else ips
         train_elapsed = now - self.t0 - self.val_seconds
         per_val = self.val_seconds / max(1, self.validated)
         steps_left = state.total_steps - state.step
@@ -177,7 +183,7 @@ class CancelCallback(Callback):
         self.should_cancel = should_cancel
 
     def _check(self, state: FitState) -> None:
-        if self.should_cancel():
+        if state.phase not in ("final", "done") and self.should_cancel():  # training is over: nothing to stop
             raise CancelFit()
 
     on_batch_end = on_phase = on_epoch_start = _check
@@ -232,6 +238,7 @@ class RunFiles(Callback):
         classes = self.data.classes
         metrics = compute_metrics(np.array([y for _, y in self.data.val]), probs, classes)
         metrics.update({"best_epoch": state.best_epoch, "epochs_run": len(state.history), "status": state.status,
+                        "n_train": len(self.data.train),
                         "train_seconds": round(state.seconds(), 2), "backbone": self.run_config["backbone"],
                         "mode": state.config.mode})  # fmt: skip
         root = self.data.index.root

@@ -22,6 +22,7 @@ import torch
 
 from classifier import rundir
 from classifier.errors import RunError
+from classifier.io import json_safe
 from classifier.training.events import Callback, FitState, fresh_position
 from classifier.training.resume import ResumeState, restore_rng, save_resume
 
@@ -124,7 +125,7 @@ class Checkpointer(Callback):
                 k: state.schedule[k] for k in ("kind", "base_lr", "warmup_steps", "total_steps", "step_batch_size")
             },  # fmt: skip
             "lr": state.lr,
-            "history": _json_safe(state.history),
+            "history": json_safe(state.history),
             "best_epoch": state.best_epoch,
             "best_score": list(state.best_score) if all(map(math.isfinite, state.best_score)) else None,
             "best_val": {k: best[k] for k in ("loss", "acc")} if best else None,
@@ -136,13 +137,3 @@ class Checkpointer(Callback):
         extra = {"best.val_probs": torch.from_numpy(np.ascontiguousarray(best["probs"]))} if best else {}
         save_resume(rundir.resume_path(state.out_dir), state.model, state.optimizer, meta, extra)
         self.last_write = time.time()
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value.item() if hasattr(value, "item") else value

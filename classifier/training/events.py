@@ -83,7 +83,8 @@ class FitState:
     steps_per_epoch: int
     n_train: int
     n_val: int
-    phase: str = "setup"  # setup | cache (decoding images into the cache) | features | train | val | done
+    phase: str = "setup"  # setup | cache (decoding images) | features | train | val | final (evaluation) | done
+    phase_started_at: float = field(default_factory=time.time)
     phase_done: int = 0
     phase_total: int = 0
     epoch: int = 0  # 1-based, the epoch in progress or just finished

@@ -48,9 +48,15 @@ class Learner:
         for cb in self.callbacks:
             getattr(cb, hook)(self.state)
 
-    def _phase(self, phase: str, done: int, total: int) -> None:
+    def _phase(self, phase: str, done: int = 0, total: int = 0) -> None:
+        """Enter or advance a phase; its start time gives every phase its own ETA."""
         s = self.state
+        if phase != s.phase:
+            s.phase_started_at = time.time()
         s.phase, s.phase_done, s.phase_total = phase, done, total
+
+    def _report_phase(self, phase: str, done: int = 0, total: int = 0) -> None:
+        self._phase(phase, done, total)
         self.emit("on_phase")
 
     def fit(self) -> FitState:
@@ -59,7 +65,7 @@ class Learner:
         s = self.state
         try:
             self.emit("on_fit_start")
-            self.setup.prepare(self._phase, validate=self.validate)
+            self.setup.prepare(self._report_phase, validate=self.validate)
             s.optimizer, s.scaler = self.setup.optimizer, self.setup.precision.grad_scaler()
             self.train_loader, self.val_loader = self.setup.loaders(s.batch_size)
             self.emit("on_train_start")
@@ -79,13 +85,16 @@ class Learner:
             s.phase = "done"
             self.emit("on_fit_end")
             raise
+        if s.best_val or s.history:
+            self._report_phase("final")  # metrics and predictions of the best epoch are written now
         s.phase = "done"
         self.emit("on_fit_end")
         return s
 
     def _epoch(self, epoch: int) -> None:
         s = self.state
-        s.epoch, s.phase = epoch, "train"
+        s.epoch = epoch
+        self._phase("train")
         if not s.continue_epoch:
             s.position, s.batch = fresh_position(), 0
         s.continue_epoch = False
@@ -96,7 +105,7 @@ class Learner:
         train_seconds = s.position["seconds"]
         if not self.validate:
             return
-        s.phase = "val"
+        self._phase("val")
         vt = time.time()
         s.val = self.evaluate(self.val_loader)
         pos = s.position

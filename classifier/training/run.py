@@ -109,7 +109,7 @@ def fit(
         *callbacks,
         *shared_callbacks(cfg, setup),
         Schedule(),
-        Throughput(),
+        Throughput(images=not setup.use_features),
         SaveBest(),
         HistoryWriter(),
         OutOfMemoryBackoff(),

@@ -142,13 +142,12 @@ def _card(issue: str, r: Any, info: pd.Series, versions: DatasetVersions, index:
     if pending:
         st.caption(f"Pending: {literal(pending)}")
         return
-    key = f"{issue}_{r.path}"
-    c = st.columns(3 if issue == "label" else 2)
-    if issue == "label" and c[0].button("Relabel", key=f"b_relabel_{key}", help=f"Relabel as {r.suggested_label}"):
+    key = f"{issue}_{r.path}"  # one button a line: three side by side do not fit a quarter of the page
+    if issue == "label" and st.button(f"Relabel as {suggested}", key=f"b_relabel_{key}", width="stretch"):
         _edit(versions, Edits(relabel={r.path: r.suggested_label}))
-    if c[-2].button("Exclude", key=f"b_exclude_{key}", help="Leave this image out of the new version"):
+    if st.button("Exclude", key=f"b_exclude_{key}", help="Leave this image out of the new version", width="stretch"):
         _edit(versions, Edits(exclude={r.path}))
-    if c[-1].button("Reviewed", key=f"b_reviewed_{key}", help="Keep it as it is and stop listing it"):
+    if st.button("Reviewed", key=f"b_reviewed_{key}", help="Keep it as it is; stop listing it", width="stretch"):
         _edit(versions, Edits(reviewed={r.path}))
 
 

@@ -22,6 +22,7 @@ from classifier.errors import ClassifierError
 from classifier.figures import class_histogram
 from ui import state
 from ui.cache import dataset_index, thumbnail
+from ui.quality import issues_tab
 from ui.widgets import dataset_problems, literal, user_errors
 
 state.init_state()
@@ -106,6 +107,8 @@ with user_errors("Could not read the dataset"):
     index = dataset_index(path)
 if index is None:
     st.stop()
+if index.version:  # the latest dataset version (Issues tab); the files themselves are never changed
+    st.caption(f"Version {index.version}: {len(index.relabelled)} relabelled, {len(index.excluded)} excluded")
 for warning in index.warnings:
     st.warning(warning)
 with user_errors("This dataset cannot be trained on yet"):
@@ -114,6 +117,9 @@ if not index.samples:
     st.dataframe(pd.DataFrame([vars(s) for s in index.skipped], columns=["path", "reason"]), hide_index=True)
     st.stop()
 
+if st.radio("View", ["Overview", "Issues"], horizontal=True, key="w_data_view") == "Issues":
+    issues_tab(path, index)  # likely label errors, duplicates, outliers; fixes become a new dataset version
+    st.stop()
 st.subheader("Split")
 c1, c2, c3 = st.columns(3)
 own = index.has_splits  # train/val folders or a split column: used as given, the fractions do not apply

@@ -33,7 +33,9 @@ data_slot = st.container()
 index = None
 if data != "demo":
     with user_errors("Cannot read the dataset"):
-        index = dataset_index(data)
+        index = dataset_index(data)  # the latest dataset version: what a run trains on by default
+    if index is not None and index.version:
+        data_slot.caption(f"Trains on dataset version {index.version}, the latest (edits from the Data page's Issues).")
 
 infos = {b.name: b for b in list_backbones()}
 c1, c2, c3 = st.columns(3)

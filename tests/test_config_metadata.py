@@ -27,6 +27,7 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 # The flags as they were written by hand before they were generated: scripts, docs and classifier.jobs use them.
 FLAGS = {
     "data": "--data",
+    "data_version": "--data-version",
     "val_split": "--val-split",
     "test_split": "--test-split",
     "img_size": "--img-size",
@@ -62,7 +63,8 @@ FLAGS = {
 }
 # Every field away from its default, so a flag that is dropped or mapped to the wrong field shows.
 CHANGED = TrainConfig(
-    data="shapes", val_split=0.3, test_split=0.1, img_size=64, augment="strong", mixup=0.2, cutmix=0.5, grayscale=True,
+    data="shapes", data_version=2, val_split=0.3, test_split=0.1, img_size=64, augment="strong", mixup=0.2, cutmix=0.5,
+    grayscale=True,
     imbalance="sampler", backbone="resnet18", weights="none", mode="linear", head_warmup_epochs=2, drop_rate=0.1,
     epochs=3, batch_size=8, lr=0.01, optimizer="sgd", scheduler="onecycle", warmup_epochs=1.0, weight_decay=0.01,
     label_smoothing=0.05, grad_clip=0.0, early_stopping=4, seed=7, device="cpu", amp=False, num_workers=2,

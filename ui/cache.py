@@ -16,6 +16,7 @@ import streamlit as st
 
 from classifier import rundir
 from classifier.data.dataset import DatasetIndex, index_dataset
+from classifier.data.versions import DatasetVersions
 from classifier.predict import LoadedRun, load_run
 from classifier.workspace import workspace_dir
 
@@ -59,9 +60,21 @@ def _index(path: str, mtime: float) -> DatasetIndex:
     return index_dataset(path)
 
 
-def dataset_index(path: str | Path) -> DatasetIndex:
-    """The dataset's index (every image decoded once), cached until the folder changes."""
-    return _index(str(path), stamp(path))
+@st.cache_data(show_spinner=False, max_entries=16)
+def _version(path: str, mtime: float, version: int) -> DatasetIndex:
+    from classifier.data.dataset import apply_overlay
+
+    overlay = DatasetVersions(path).get(version)
+    return apply_overlay(_index(path, mtime), version, overlay.relabel, overlay.exclude, path)
+
+
+def dataset_index(path: str | Path, version: int | None = None) -> DatasetIndex:
+    """The dataset's index at `version` (None: the latest saved; 0: the files), every image decoded once, cached
+    until the folder changes (a version's file never changes once saved)."""
+    number = DatasetVersions(path).latest() if version is None else int(version)
+    if number == 0:
+        return _index(str(path), stamp(path))
+    return _version(str(path), stamp(path), number)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

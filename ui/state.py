@@ -34,6 +34,8 @@ EXPLAIN_CACHE = "explain_cache"  # OrderedDict | None: attribution maps of this 
 CM_PICK = "cm_pick"  # tuple | None: the confusion-matrix cell last clicked on Evaluate (applied once)
 LR_FIND = "lr_find_result"  # dict | None: the Train page's last LR finder result (LRFindResult.to_dict())
 SEARCH_ID = "search_id"  # str | None: the search the Search page shows
+SCAN = "quality_scan"  # dict | None: {"path", "result": ScanResult.to_dict()}, the Issues tab's last scan
+VERSION_SAVED = "version_saved"  # int | None: the dataset version the Issues tab just saved (shown once)
 
 DEFAULTS: dict[str, Any] = {
     DATASET: None,
@@ -49,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     CM_PICK: None,
     LR_FIND: None,
     SEARCH_ID: None,
+    SCAN: None,
+    VERSION_SAVED: None,
 }
 
 

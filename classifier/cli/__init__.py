@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier {train,evaluate,predict,explain,summary,demo-data,jobs,backbones} ...`.
+"""Command line: `python -m classifier {train,evaluate,predict,explain,summary,issues,versions,jobs,...} ...`.
 
 Thin by design: it parses arguments, calls the package and prints. A user error (bad dataset, unknown
 backbone, bad weights file, existing run dir) prints one line `error: ...` and exits with code 2.
@@ -21,6 +21,7 @@ from classifier.cli import (
     evaluate,
     explain,
     export,
+    issues,
     jobs,
     lr_find,
     predict,
@@ -28,6 +29,7 @@ from classifier.cli import (
     search,
     summary,
     train,
+    versions,
 )
 from classifier.cli.common import EXIT_USER_ERROR
 from classifier.errors import ClassifierError
@@ -42,6 +44,8 @@ COMMANDS = {  # command name -> its module, in the order `--help` lists them
         predict,
         explain,
         summary,
+        issues,
+        versions,
         demo_data,
         export,
         lr_find,

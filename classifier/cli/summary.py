@@ -16,18 +16,19 @@ NAME = "summary"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(NAME, help="check a dataset: classes, counts, sizes, skipped files, duplicates")
     p.add_argument("--data", required=True)
+    add_config_flag(p, config_field("data_version"))
     add_config_flag(p, config_field("val_split"))  # the split a run with these settings would make
     add_config_flag(p, config_field("seed"))
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(a: argparse.Namespace) -> int:
-    from classifier.data.dataset import check_trainable, index_dataset
+    from classifier.data.dataset import check_trainable, load_dataset
     from classifier.data.demo import ensure_demo_dataset
     from classifier.data.splits import assign_splits
 
     data = str(ensure_demo_dataset(a.seed)) if a.data == "demo" else a.data
-    index = index_dataset(data)
+    index = load_dataset(data, a.data_version)
     problem = None
     try:
         check_trainable(index)
@@ -46,6 +47,8 @@ def run(a: argparse.Namespace) -> int:
 
 def format_summary(s: dict) -> str:
     lines = [f"dataset {s['root']} ({s['layout']}): {s['n_images']} images, {len(s['classes'])} classes"]
+    if s.get("version"):
+        lines.append(f"  version {s['version']}: {len(s['relabelled'])} relabelled, {len(s['excluded'])} excluded")
     splits = list(s["counts"])
     lines.append("  " + "class".ljust(24) + "".join(sp.rjust(8) for sp in splits))
     for c in s["classes"]:

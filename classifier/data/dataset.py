@@ -34,6 +34,7 @@ from classifier.errors import DatasetError, ImageError
 
 if TYPE_CHECKING:
     from classifier.data.archive import ArchiveLimits
+    from classifier.data.versions import Edits, Overlay
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"}
@@ -67,6 +68,10 @@ class DatasetIndex:
     layout: str = "class-folders"  # class-folders | split-folders | csv
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    version: int = 0  # the dataset version applied (classifier.data.versions); 0: the files as they are
+    excluded: list[str] = field(default_factory=list)  # paths the version leaves out
+    relabelled: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (class in the files, now)
+    base: DatasetIndex | None = None  # version 0, which splits are drawn from, so a relabel never moves an image
 
     @property
     def has_splits(self) -> bool:
@@ -122,6 +127,9 @@ class DatasetIndex:
             "duplicates": self.duplicate_groups(),
             "leakage": [list(p) for p in self.leakage(splits)],
             "warnings": list(self.warnings),
+            "version": self.version,
+            "relabelled": {p: list(v) for p, v in self.relabelled.items()},
+            "excluded": list(self.excluded),
         }
 
 
@@ -390,10 +398,69 @@ def check_trainable(index: DatasetIndex) -> None:
         )
 
 
-def load_dataset(data: str) -> DatasetIndex:
-    """Index `data`; the word "demo" means the built-in demo dataset (seed 0, generated once into the workspace)."""
+def load_dataset(data: str, version: int | None = None) -> DatasetIndex:
+    """Index `data` at dataset version `version` (None: the latest saved version; 0: the files as they are);
+    the word "demo" means the built-in demo dataset (seed 0, generated once into the workspace)."""
     if data == "demo":
         from classifier.data.demo import ensure_demo_dataset
 
         data = str(ensure_demo_dataset())
-    return index_dataset(data)
+    from classifier.data.versions import DatasetVersions
+
+    index = index_dataset(data)
+    versions = DatasetVersions(data)
+    overlay = versions.get(version)
+    if overlay.version == 0:
+        return index
+    return apply_overlay(index, overlay.version, overlay.relabel, overlay.exclude, str(versions.folder))
+
+
+def save_version(
+    data: str, edits: Edits | None = None, note: str = "", use_draft: bool = True, index: DatasetIndex | None = None
+) -> int:
+    """Save the latest version of `data` plus the draft (unless `use_draft` is False) plus `edits` as a new dataset
+    version, after checking that it applies to the files (`index`, when given, is theirs, version 0), so a relabel
+    to a class the dataset lacks fails here rather than when a run starts. The new version's number."""
+    from classifier.data.versions import DatasetVersions
+
+    versions = DatasetVersions(data)
+    files = index if index is not None else index_dataset(data)
+
+    def check(overlay: Overlay) -> None:
+        apply_overlay(files, overlay.version, overlay.relabel, overlay.exclude, str(versions.folder))
+
+    return versions.commit(edits, note, use_draft, check=check)
+
+
+def apply_overlay(
+    index: DatasetIndex, version: int, relabel: dict[str, str], exclude: set[str], where: str = ""
+) -> DatasetIndex:
+    """`index` as dataset version `version` sees it: `relabel` (path -> class name) applied, `exclude` left out.
+
+    The class list is the files' one, less classes the version leaves without images (a warning says so). A relabel
+    to a class the dataset does not have is a DatasetError; edits of images no longer in the files are ignored with
+    a warning."""
+    known = {s.path for s in index.samples}
+    unknown = sorted({c for c in relabel.values() if c not in index.classes})
+    if unknown:
+        raise DatasetError(
+            f"dataset version {version} ({where}) relabels images to {', '.join(map(repr, unknown))}, which is not "
+            f"a class of {index.source or index.root} ({', '.join(index.classes)})"
+        )
+    gone = sorted((set(relabel) | exclude) - known)
+    kept = [s for s in index.samples if s.path not in exclude]
+    names = [relabel.get(s.path, index.classes[s.label]) for s in kept]
+    classes = [c for c in index.classes if c in set(names)]
+    idx = {c: i for i, c in enumerate(classes)}
+    samples = [Sample(s.path, idx[n], s.split, s.sha1, s.width, s.height) for s, n in zip(kept, names)]
+    moved = {s.path: (index.classes[s.label], n) for s, n in zip(kept, names) if n != index.classes[s.label]}
+    warnings = list(index.warnings)
+    if gone:
+        warnings.append(f"dataset version {version} edits {len(gone)} images that are no longer there, e.g. {gone[0]}")
+    if len(classes) < len(index.classes):
+        left = ", ".join(c for c in index.classes if c not in classes)
+        warnings.append(f"dataset version {version} leaves no images in class {left}; it is left out")
+    return DatasetIndex(
+        index.root, classes, samples, index.skipped, index.layout, index.source, warnings, version,
+        sorted(exclude & known), moved, index,
+    )  # fmt: skip

@@ -21,6 +21,11 @@ def assign_splits(index: DatasetIndex, val_split: float = 0.2, test_split: float
     """
     if not 0.0 < val_split < 1.0 or not 0.0 <= test_split < 1.0 or val_split + test_split >= 1.0:
         raise DatasetError(f"invalid split fractions: val {val_split}, test {test_split} (each in [0, 1), sum below 1)")
+    if index.base is not None:
+        # A dataset version: the split of the files as they are, so relabelling or excluding an image never moves
+        # another one between train and validation, and runs before and after a fix are scored on the same images.
+        base = dict(zip((s.path for s in index.base.samples), assign_splits(index.base, val_split, test_split, seed)))
+        return [base[s.path] for s in index.samples]
     if index.has_splits:
         return [s.split or "train" for s in index.samples]
     rng = np.random.default_rng(seed)

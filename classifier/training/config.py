@@ -53,6 +53,11 @@ class TrainConfig:
         label="Dataset",
         required=True,
     )
+    data_version: int | None = _field(
+        None, "dataset version to train on: its relabels and exclusions (saved on the Data page's Issues tab or with "
+        "`python -m classifier versions`); 0 = the files as they are", "data", label="Dataset version", min=0,
+        auto="the latest version",
+    )  # fmt: skip
     val_split: float = _field(
         0.2, "share of each class held out for validation when the data has no val/ folder", "data",
         label="Validation fraction", unit="fraction",

@@ -184,7 +184,7 @@ def lr_find(
         raise ClassifierError(str(e)) from e
     t0 = time.time()
     if index is None:
-        index = load_dataset(cfg.data)
+        index = load_dataset(cfg.data, cfg.data_version)
     check_trainable(index)
     # Our own RNG stream: a range test in the app's process must not shift anyone else's random numbers.
     py_state, np_state = random.getstate(), np.random.get_state()

@@ -70,7 +70,7 @@ def preflight(config: TrainConfig, index: DatasetIndex | None = None, check_data
 
 def _data_problem(cfg: TrainConfig, index: DatasetIndex | None) -> tuple[Problem | None, DatasetIndex | None]:
     try:
-        index = index if index is not None else load_dataset(cfg.data)
+        index = index if index is not None else load_dataset(cfg.data, cfg.data_version)
         check_trainable(index)
     except ClassifierError as e:
         return Problem("data", str(e)), index

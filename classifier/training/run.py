@@ -98,7 +98,12 @@ def fit(
                 "then; use the job system (python -m classifier jobs) to watch and cancel it"
             )
         return _launch(cfg, out_dir, resume)
-    index = index if index is not None else load_dataset(cfg.data)
+    if index is None:
+        # A resumed run continues on the dataset version it started on, even if a newer one was saved since.
+        version = (
+            cfg.data_version if saved is None or cfg.data_version is not None else saved["dataset"].get("version", 0)
+        )
+        index = load_dataset(cfg.data, version)
     check_trainable(index)
     ranks = join(cfg.nproc, pick_device(cfg.device))
     try:
@@ -226,7 +231,12 @@ def _start(
             "class_names": data.classes,
             "data_config": data_config,
             "grayscale": cfg.grayscale,
-            "dataset": {"root": str(data.index.root), "source": data.index.source, "layout": data.index.layout},
+            "dataset": {
+                "root": str(data.index.root),
+                "source": data.index.source,
+                "layout": data.index.layout,
+                "version": data.index.version,
+            },
             "train": cfg.to_dict(),
             "device": None,
             "versions": _versions(),

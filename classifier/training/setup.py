@@ -18,7 +18,7 @@ out between the ranks, and validation scores this rank's slice (`gather_val` put
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,24 @@ def split_data(index: DatasetIndex, cfg: TrainConfig) -> SplitData:
         return [(index.root / s.path, s.label) for s, sp in zip(index.samples, splits) if sp == split]
 
     return SplitData(index, splits, items("train"), items("val"), items("test"))
+
+
+def frozen_features(
+    cfg: TrainConfig,
+    index: DatasetIndex,
+    model: nn.Module,
+    data_config: dict[str, Any],
+    emit: Callable[[str, int, int], None],
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Pre-logit features of every image of `index`, in its order, exactly as a linear probe with `cfg`'s backbone
+    and preprocessing computes them and through the same caches, so a probe run reuses the data-quality scan's
+    features and the scan a run's. Also the setup's `runtime` (device, cache and features computed/reused)."""
+    items = [(index.root / s.path, s.label) for s in index.samples]
+    data = SplitData(index, ["train"] * len(items), items, [], [])
+    probe = replace(cfg.resolved(), mode="linear", augment="none", mixup=0.0, cutmix=0.0)
+    setup = TrainingSetup(probe, data, model, data_config)
+    setup.prepare(emit, validate=False)
+    return setup.train_ds.tensors[0], setup.runtime  # type: ignore[union-attr]
 
 
 def uses_features(cfg: TrainConfig) -> bool:

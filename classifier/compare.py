@@ -96,6 +96,9 @@ def differing_settings(
     return out
 
 
+MULTILABEL_HEADLINE = ("task", "map", "micro_f1", "subset_accuracy", "hamming_loss")  # a multi-label run's summary
+
+
 def per_class_f1(runs: Sequence[ComparedRun]) -> dict[str, Any]:
     """{"classes": [...], "f1": {class: {run: F1}}, "no_metrics": [run, ...]}.
 
@@ -105,10 +108,11 @@ def per_class_f1(runs: Sequence[ComparedRun]) -> dict[str, Any]:
     table: dict[str, dict[str, float]] = {}
     no_metrics = []
     for run in runs:
-        if not run.metrics or not run.metrics.get("per_class"):
+        rows = (run.metrics or {}).get("per_class") or (run.metrics or {}).get("per_label")  # multi-label: per label
+        if not rows:
             no_metrics.append(run.key)
             continue
-        for row in run.metrics["per_class"]:
+        for row in rows:
             name = str(row["name"])
             if name not in table:
                 classes.append(name)
@@ -259,6 +263,11 @@ def confusion_figures(runs: Sequence[ComparedRun], normalize: bool = True) -> li
     out = []
     for run in runs:
         m = run.metrics or {}
+        if m.get("label_confusion") is not None and m.get("class_names"):  # multi-label: missed vs predicted label
+            fig = figures.label_confusion_figure(m["label_confusion"], m["class_names"])
+            fig.update_layout(title={"text": run.key})
+            out.append((run.key, fig))
+            continue
         if m.get("confusion_matrix") is None or not m.get("class_names"):
             out.append((run.key, None))
             continue
@@ -304,6 +313,7 @@ def compare_summary(runs: Sequence[ComparedRun]) -> dict[str, Any]:
                 "epochs_done": r.epochs_done,
                 "accuracy": (r.metrics or {}).get("accuracy"),
                 "macro_f1": (r.metrics or {}).get("macro_f1"),
+                **{k: (r.metrics or {}).get(k) for k in MULTILABEL_HEADLINE if (r.metrics or {}).get("task")},
                 "notes": r.notes,
             }
             for r in runs

@@ -67,3 +67,12 @@ def test_a_running_run_shows_its_latest_accuracy_and_progress(tmp_path) -> None:
     assert df.loc["live", "accuracy"] == 0.625 and df.loc["live", "progress"] == 0.4
     assert df.loc["done", "accuracy"] == 0.9 and df.loc["done", "progress"] == 1.0
     assert table(listing).set_index("run")["accuracy"].isna()["live"]  # without an executor: not guessed
+
+
+def test_a_run_that_lacks_a_setting_adds_no_column(tmp_path) -> None:
+    """A partial config (a row from an older version, or one that failed before it was resolved) lacks most keys:
+    only values that really differ make columns."""
+    listing = [_entry(tmp_path, "a", "completed", lr=1e-3), _entry(tmp_path, "b", "completed", lr=1e-2)]
+    partial = _entry(tmp_path, "old", "failed")
+    partial.config = {"backbone": "resnet18", "lr": 0.1}
+    assert table([*listing, partial]).attrs["settings"] == ["learning rate"]

@@ -10,6 +10,7 @@ alike: `run_id` (an ensemble's is "ens-<folder>", a search's "search-<id>", so t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from numbers import Real
@@ -127,11 +128,13 @@ def _image_size(entry: JobStatus) -> int | None:
 
 
 def _settings_columns(runs: Sequence[JobStatus]) -> dict[str, dict[str, Any]]:
-    """{column: {run_id: value}} for the settings that differ between `runs` (besides TABLE_SETTINGS). A column
-    of numbers stays numeric (sortable); any other is text with floats to 3 significant figures."""
+    """{column: {run_id: value}} for the settings with two or more values among `runs` (besides TABLE_SETTINGS). A
+    column of numbers stays numeric (sortable); any other is text with floats to 3 significant figures."""
     ignore = ("created_at", "runtime", *TABLE_SETTINGS, *NOT_RESULTS)
     out: dict[str, dict[str, Any]] = {}
     for key, values in differing_settings({j.run_id: j.config or {} for j in runs}, ignore=ignore).items():
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) < 2:
+            continue  # the same wherever it is set: a run that lacks it (an older or partial config) is no difference
         try:
             column = str(config_field(key).metadata.get("label") or key).lower()
         except (KeyError, ValueError):
@@ -142,8 +145,9 @@ def _settings_columns(runs: Sequence[JobStatus]) -> dict[str, dict[str, Any]]:
 
 
 def table(listing: Sequence[JobStatus], executor: Executor | None = None) -> pd.DataFrame:
-    """The Runs page's table: one row per entry with status, progress, key settings, validation metrics and a
-    column for each setting that differs between the listed runs (their names in `df.attrs["settings"]`).
+    """The Runs page's table: one row per entry with name, status, progress and validation metrics first (what a
+    narrow page shows without scrolling), then key settings and a column for each setting that differs between the
+    listed runs (their names in `df.attrs["settings"]`), kind, creation time, id and error.
 
     Missing values are None (the page shows them as "—"). A run still training has its latest epoch's validation
     accuracy in "accuracy" (read from `executor.history`) and its progress in "progress"; finished runs 1.0.
@@ -161,18 +165,18 @@ def table(listing: Sequence[JobStatus], executor: Executor | None = None) -> pd.
         fraction = 1.0 if j.status == "completed" else (j.progress or {}).get("fraction")
         rows.append(
             {
-                "run": j.run_id,
-                "kind": j.kind,
                 "name": j.name or "",
                 "status": j.status,
                 "progress": None if fraction is None else float(fraction),
+                **{col: m.get(key) for col, key in METRIC_KEYS},
                 "backbone": cfg.get("backbone"),
                 "mode": cfg.get("mode"),
                 "epochs": cfg.get("epochs"),
                 "img size": _image_size(j),
-                **{col: m.get(key) for col, key in METRIC_KEYS},
                 **{col: values.get(j.run_id) for col, values in settings.items()},
+                "kind": j.kind,
                 "created": datetime.fromtimestamp(j.created_at) if j.created_at else None,
+                "run": j.run_id,
                 "error": j.error,
             }
         )

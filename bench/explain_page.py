@@ -4,9 +4,10 @@
 
 Starts `streamlit run app.py` from this checkout (`--app-root`) on the workspace `WS` (which holds the run), opens
 /explain?run=RUN_ID in headless Chromium (Debian's /usr/bin/chromium, Playwright) and polls the page every 50 ms;
-with `--baseline-root` (another checkout, e.g. `git archive main`) it then does the same there and prints the
-ratios. Each repeat is a fresh browser session, so the per-session map cache is empty and the default maps
-(Grad-CAM, integrated gradients, saliency) of the first validation image are computed. Times are from the
+with `--baseline-root` (another checkout, e.g. a `git archive` of an earlier commit) it serves that one too on the
+next port and alternates the visits, so both see the same load, then prints the ratios. Each visit is a fresh
+browser session, so the per-session map cache is empty and the default maps (Grad-CAM, integrated gradients,
+saliency) of the first validation image are computed. Times are from the
 navigation; "original" is when the image and its prediction are shown.
 
 `--script-only`: no server and no browser; the page script's own seconds in AppTest (a fresh session per repeat,
@@ -85,36 +86,43 @@ def one_visit(browser, url: str, n_maps: int, timeout_s: float = 300) -> dict[st
             "all": times[-1] if len(times) == n_maps else nan, "order": order, "computed": computed}  # fmt: skip
 
 
-def measure(app_root: Path, a: argparse.Namespace) -> dict[str, float]:
-    """Serve `app_root`, visit the page `a.repeats` times after a warm-up; the medians."""
+def measure(roots: list[Path], a: argparse.Namespace) -> list[dict[str, float]]:
+    """Serve every checkout in `roots` (one port each), warm each up, then visit them in turn `a.repeats` times
+    (interleaved, so they share the machine's load alike); the medians per checkout."""
     from playwright.sync_api import sync_playwright
 
-    print(f"app {app_root}; load average {os.getloadavg()[0]:.1f}")
-    proc = serve(app_root.resolve(), a.workspace.resolve(), a.port, "0" if a.split_cpus else None)
+    procs = [serve(r.resolve(), a.workspace.resolve(), a.port + i, "0" if a.split_cpus else None)
+             for i, r in enumerate(roots)]  # fmt: skip
     mask = os.sched_getaffinity(0)
     if a.split_cpus:
         os.sched_setaffinity(0, {1})  # the browser Playwright starts inherits it
-    rows = []
+    rows: list[list[dict]] = [[] for _ in roots]
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-            url = f"http://127.0.0.1:{a.port}/explain?run={a.run}"
-            one_visit(browser, url, 3)  # warm-up: imports, model load, ONNX/feature caches
+            urls = [f"http://127.0.0.1:{a.port + i}/explain?run={a.run}" for i in range(len(roots))]
+            for url in urls:
+                one_visit(browser, url, 3)  # warm-up: imports, model load, caches
             for i in range(a.repeats):
-                r = one_visit(browser, url, 3)
-                rows.append(r)
-                shown = ", ".join(f"{k} ({r['computed'][k]:.2f} s)" for k in r["order"])
-                print(f"  repeat {i + 1}: original {r['original']:.1f} s, first map {r['first']:.1f} s, all three "
-                      f"{r['all']:.1f} s; shown in order {shown}")  # fmt: skip
+                for root, url, out in zip(roots, urls, rows):
+                    r = one_visit(browser, url, 3)
+                    out.append(r)
+                    shown = ", ".join(f"{k} ({r['computed'][k]:.2f} s)" for k in r["order"])
+                    print(f"{root.name} repeat {i + 1}: original {r['original']:.1f} s, first map {r['first']:.1f} s, "
+                          f"all three {r['all']:.1f} s; {shown}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
             browser.close()
     finally:
         os.sched_setaffinity(0, mask)
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-    med = {k: statistics.median(r[k] for r in rows) for k in ("original", "first", "all")}
-    print(f"  median: original {med['original']:.1f} s, first map {med['first']:.1f} s, all three {med['all']:.1f} s;"
-          f" load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    return med
+        for proc in procs:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+    meds = []
+    for root, out in zip(roots, rows):
+        med = {k: statistics.median(r[k] for r in out) for k in ("original", "first", "all")}
+        print(f"{root}: median original {med['original']:.1f} s, first map {med['first']:.1f} s, all three "
+              f"{med['all']:.1f} s")  # fmt: skip
+        meds.append(med)
+    return meds
 
 
 SCRIPT_TIMING = """
@@ -161,9 +169,10 @@ def main() -> None:
         if a.baseline_root:
             print(f"page script: {this / script_seconds(a.baseline_root, a):.2f}x the baseline's time")
         return
-    this = measure(a.app_root, a)
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    meds = measure([a.app_root, *([a.baseline_root] if a.baseline_root else [])], a)
     if a.baseline_root:
-        base = measure(a.baseline_root, a)
+        this, base = meds
         print(f"first map on screen: {base['first'] / this['first']:.2f}x sooner than the baseline; all three maps: "
               f"{this['all'] / base['all']:.2f}x the baseline's time")  # fmt: skip
 

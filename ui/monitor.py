@@ -20,7 +20,17 @@ from classifier.training.preflight import retry_fix
 from ui import state
 from ui.cache import executor
 from ui.config_form import apply_config
-from ui.widgets import STATUS_ICONS, jobs, literal, metric_cards, run_label, runs_table, sticky_select, user_errors
+from ui.widgets import (
+    STATUS_ICONS,
+    jobs,
+    literal,
+    metric_cards,
+    run_label,
+    runs_table,
+    show_runs_table,
+    sticky_select,
+    user_errors,
+)
 
 POLL_SECONDS = 1.0
 LOG_LINES = 200  # the end of the log the Train page shows
@@ -183,11 +193,7 @@ def runs_section() -> None:
             with user_errors("Cannot resume the run"):
                 executor().resume(job.run_id)
                 st.rerun()  # the whole page, so that it starts polling the run again
-        table = runs_table(list(all_jobs.values()))
-        st.dataframe(
-            table[["name", "status", "backbone", "mode", "accuracy", "created", "error"]],
-            hide_index=True,
-            column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
-        )
+        columns = ["name", "status", "progress", "backbone", "mode", "accuracy", "created", "error"]
+        show_runs_table(runs_table(list(all_jobs.values())), columns)
 
     section()

@@ -5,7 +5,7 @@ import streamlit as st
 from classifier.data.demo import ensure_demo_dataset
 from classifier.device import pick_device
 from ui import state
-from ui.widgets import jobs, runs_table, user_errors
+from ui.widgets import jobs, runs_table, show_runs_table, user_errors
 
 state.init_state()
 st.title("Image classifier workbench")
@@ -27,12 +27,7 @@ st.subheader("Recent runs")
 with user_errors("Could not list runs"):
     recent = jobs(limit=5)
     if recent:
-        table = runs_table(recent)
-        st.dataframe(
-            table[["name", "status", "backbone", "mode", "accuracy", "created"]],
-            hide_index=True,
-            column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
-        )
+        show_runs_table(runs_table(recent), ["name", "status", "progress", "backbone", "mode", "accuracy", "created"])
         st.page_link("app_pages/runs.py", label="All runs", icon=":material/history:")
     else:
         st.info("No runs yet. Prepare a dataset on **Data**, or try the demo above.")

@@ -1,5 +1,5 @@
 """Predict: run a trained model (or an ensemble of runs) on uploaded images or a camera photo; top-k per image and a
-CSV for a batch."""
+CSV for a batch (multi-label: the labels above their thresholds and per-label bars, `ui.multilabel`)."""
 
 from typing import Any
 
@@ -15,6 +15,7 @@ from classifier.predict import format_prediction, predict_images
 from ui import state
 from ui.cache import loaded_run
 from ui.ensemble import is_ensemble, loaded_ensemble
+from ui.multilabel import predict_view
 from ui.widgets import jobs, literal, run_label, run_picker, user_errors
 
 state.init_state()
@@ -46,14 +47,19 @@ else:
 if run is None:
     st.stop()
 classes = run.class_names
+multi = run.thresholds is not None  # a multi-label run or ensemble
 how = (
     f"the mean of {len(run.members)} runs' probabilities, each through its own evaluation transform"
     if isinstance(run, Ensemble)
     else "the run's exact evaluation transform"
 )
-st.caption(f"{len(classes)} classes: {literal(', '.join(classes))}. Predictions use {how}.")
+unit = (
+    "labels (multi-label: each image gets every label whose probability reaches its threshold)" if multi else "classes"
+)
+st.caption(f"{len(classes)} {unit}: {literal(', '.join(classes))}. Predictions use {how}.")
 
-top_k = st.slider("Classes to show per image", 1, min(10, len(classes)), min(3, len(classes)), key="w_topk")
+top_k = 0 if multi else st.slider("Classes to show per image", 1, min(10, len(classes)), min(3, len(classes)),
+                                  key="w_topk")  # fmt: skip
 files = st.file_uploader(
     "Images", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), accept_multiple_files=True, key="u_pred_files"
 )
@@ -77,6 +83,9 @@ if not images:
     st.stop()
 with st.spinner(f"Predicting {len(images)} image(s)…"):
     probs = run.predict_images(images) if isinstance(run, Ensemble) else predict_images(run, images)
+if multi:
+    predict_view(images, names, probs, run, tag)
+    st.stop()
 results = [format_prediction(n, p, classes, top_k) for n, p in zip(names, probs)]
 
 if len(results) > 1:

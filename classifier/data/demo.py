@@ -260,28 +260,32 @@ def make_multilabel_demo(
     return out
 
 
-def demo_dataset_path(seed: int = 0) -> Path:
-    """Where the built-in demo dataset lives in the workspace (it may not exist yet)."""
+def demo_dataset_path(seed: int = 0, multilabel: bool = False) -> Path:
+    """Where the built-in demo dataset (or its multi-label variant) lives in the workspace (it may not exist yet)."""
     from classifier.workspace import datasets_dir
 
-    return datasets_dir() / f"demo-seed{seed}"
+    return datasets_dir() / f"demo{'-multilabel' if multilabel else ''}-seed{seed}"
 
 
-def ensure_demo_dataset(seed: int = 0) -> Path:
-    """The built-in demo dataset in the workspace (generated on first use), masks in `workspace/masks/`."""
+def ensure_demo_dataset(seed: int = 0, multilabel: bool = False) -> Path:
+    """The built-in demo dataset in the workspace (generated on first use), masks in `workspace/masks/`; with
+    `multilabel`, the scenes of `make_multilabel_demo` (a folder with labels.csv) and their per-shape masks."""
     import os
     import shutil
     import tempfile
 
     from classifier.workspace import workspace_dir
 
-    out = demo_dataset_path(seed)
+    out = demo_dataset_path(seed, multilabel)
     if out.is_dir():
         return out
     # Build beside the final place and rename: two sessions asking at once never see a half-written set.
     tmp = Path(tempfile.mkdtemp(dir=workspace_dir(), prefix=".demo-"))
     try:
-        make_demo_dataset(tmp / "data", seed=seed, masks_out=tmp / "masks")
+        if multilabel:
+            make_multilabel_demo(tmp / "data", seed=seed, masks_out=tmp / "masks")
+        else:
+            make_demo_dataset(tmp / "data", seed=seed, masks_out=tmp / "masks")
         (workspace_dir() / "masks").mkdir(exist_ok=True)
         masks = workspace_dir() / "masks" / out.name
         if not masks.exists():

@@ -21,15 +21,26 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from classifier.errors import DatasetError
 from classifier.task import detect_separator, split_labels
 
-if TYPE_CHECKING:
-    from classifier.data.dataset import DatasetIndex
+
+class DatasetIndex(Protocol):
+    """What these functions read of a `classifier.data.dataset.DatasetIndex` (which imports this module)."""
+
+    root: Path
+    source: str
+    classes: list[str]
+    samples: list[Any]  # Sample: .path, .split, .labels
+    csv_lines: dict[str, int]
+
+    @property
+    def has_splits(self) -> bool: ...
+
 
 RESERVED = ("path", "split")
 ONE_HOT_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}

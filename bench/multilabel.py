@@ -65,6 +65,14 @@ def headline(run: Path) -> dict[str, float]:
     return {k: float(m[k]) for k in ("map", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")}
 
 
+def train_rate(run: Path) -> float:
+    """Mean training images/s over the run's epochs (history.csv), to scale its time to another dataset size."""
+    from classifier.rundir import read_history
+
+    history = read_history(run)
+    return float(history["images_per_sec"].mean()) if history is not None else float("nan")
+
+
 def pointing_per_label(run: Path, data: Path, masks: Path) -> tuple[dict[str, list[bool]], dict[str, list[bool]], str]:
     """Grad-CAM for every (validation image, label it carries), the label as the target; hits per label over all
     positives and over the positives the model predicts; the model's input size."""
@@ -102,8 +110,8 @@ def demo_part(work: Path, images: int) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
     secs = train(data, run, work / "demo-ws")
     m = headline(run)
-    print(f"\n(1) multi-label demo, {images} scenes at 192 px, defaults (fine-tune): trained in {secs:.0f} s, load "
-          f"average {os.getloadavg()[0]:.2f} after")  # fmt: skip
+    print(f"\n(1) multi-label demo, {images} scenes at 192 px, defaults (fine-tune): trained in {secs:.0f} s "
+          f"({train_rate(run):.1f} training images/s), load average {os.getloadavg()[0]:.2f} after")  # fmt: skip
     print(f"    mAP {m['map']:.3f} (target >= 0.95: {'met' if m['map'] >= 0.95 else 'NOT met'}), micro F1 "
           f"{m['micro_f1']:.3f}, subset accuracy {m['subset_accuracy']:.3f}")  # fmt: skip
     os.environ["CLASSIFIER_WORKSPACE"] = str(work / "demo-ws")
@@ -173,14 +181,15 @@ def photos_part(work: Path, n: int, size: int) -> None:
     counts = make_collages(data, n, size, seed=0)
     print(f"\n(2) {n} collages at {size} px from hymenoptera (80 % train / 20 % val by source photo), label sets: "
           + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))  # fmt: skip
-    print(f"    {'recipe':34s}{'wall s':>8s}{'mAP':>7s}{'micro F1':>10s}{'subset acc':>12s}{'load after':>12s}")
+    print(f"    {'recipe':30s}{'wall s':>8s}{'train img/s':>13s}{'mAP':>7s}{'micro F1':>10s}{'subset acc':>12s}"
+          f"{'load after':>12s}")  # fmt: skip
     results = {}
     for name, extra in (("defaults (fine-tune)", ()), ("linear probe (--mode linear)", ("--mode", "linear"))):
         run = work / name.split()[0]
         secs = train(data, run, work / f"ws-{name.split()[0]}", *extra)
         results[name] = m = headline(run)
-        print(f"    {name:34s}{secs:8.0f}{m['map']:7.3f}{m['micro_f1']:10.3f}{m['subset_accuracy']:12.3f}"
-              f"{os.getloadavg()[0]:12.2f}")  # fmt: skip
+        print(f"    {name:30s}{secs:8.0f}{train_rate(run):13.1f}{m['map']:7.3f}{m['micro_f1']:10.3f}"
+              f"{m['subset_accuracy']:12.3f}{os.getloadavg()[0]:12.2f}")  # fmt: skip
     d, p = results["defaults (fine-tune)"], results["linear probe (--mode linear)"]
     print(f"    defaults - probe: mAP {d['map'] - p['map']:+.3f}, micro F1 {d['micro_f1'] - p['micro_f1']:+.3f}, "
           f"subset accuracy {d['subset_accuracy'] - p['subset_accuracy']:+.3f}")  # fmt: skip
@@ -195,10 +204,10 @@ def main() -> None:
     a = ap.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
-        if a.only in (None, "demo"):
-            demo_part(Path(tmp), a.demo_images)
         if a.only in (None, "photos"):
             photos_part(Path(tmp), a.collages, a.size)
+        if a.only in (None, "demo"):
+            demo_part(Path(tmp), a.demo_images)
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def test_multilabel_loss_pos_weight_and_mixup():
     from classifier.training.setup import MultiLabelLoss, positive_weights
 
     train = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 0, 1]], dtype=np.float32)
-    assert positive_weights(train).tolist() == [3.0, 3.0, 0.0]
+    assert positive_weights(train).tolist() == [3.0, 3.0, 1.0]  # label 2 is on every image: nothing to balance
     logits, target = torch.tensor([[2.0, -1.0, 0.5]]), torch.tensor([[1.0, 0.0, 1.0]])
     bce = MultiLabelLoss("bce", 0.0, None)(logits, target)
     assert bce == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, target))

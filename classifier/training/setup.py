@@ -156,9 +156,12 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 def positive_weights(train: np.ndarray) -> np.ndarray:
     """`pos_weight auto`: negatives / positives of each label among the training images, the weight
-    `BCEWithLogitsLoss` gives a positive so a rare label's positives count as much as its negatives."""
+    `BCEWithLogitsLoss` gives a positive so a rare label's positives count as much as its negatives. A label on
+    every training image has no negatives to balance: weight 1 (0 would silence its positives, leaving its
+    probability at the untrained 0.5)."""
     pos = train.sum(axis=0)
-    return ((len(train) - pos) / np.maximum(pos, 1)).astype(np.float32)
+    neg = len(train) - pos
+    return np.where(neg > 0, neg / np.maximum(pos, 1), 1.0).astype(np.float32)
 
 
 class MultiLabelLoss(nn.Module):

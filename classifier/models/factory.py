@@ -31,7 +31,7 @@ class BuiltModel:
 
 
 def default_weights(backbone: str) -> str:
-    """`bundled` where the package ships weights (efficientnet_lite0), `none` without pretrained weights
+    """`bundled` where a package ships weights (efficientnet_lite0/1/2), `none` without pretrained weights
     (simple_cnn), `hub` otherwise."""
     info = resolve_backbone(backbone)
     if info.bundled_weights:
@@ -45,7 +45,7 @@ def weight_sources(backbone: str) -> tuple[str, ...]:
     info = resolve_backbone(backbone)
     if not info.pretrained:
         return ("none",)
-    return ("bundled",) * info.bundled_weights + ("hub", "none", "file")
+    return ("bundled",) * info.bundled_weights + ("hub",) * info.hub + ("none", "file")
 
 
 def pretrained_offline(backbone: str) -> bool | None:
@@ -93,9 +93,11 @@ def build_model(
             )
         timm_name = W.BUNDLED_TIMM_ARCH[info.name]
         model = _create(timm_name, 1000, drop_rate, pretrained=False)
-        W.load_bundled(model)
+        W.load_bundled(model, info.name)
         model.reset_classifier(num_classes)
     elif weights == "hub":
+        if not info.hub and info.pretrained:
+            raise WeightsError(f"{info.name} has no weights on the Hugging Face Hub; use --weights bundled (offline)")
         if not info.pretrained:
             raise WeightsError(f"{info.name} has no pretrained weights; it trains from scratch (use --weights none)")
         if not W.hub_cached(timm_name) and not W.hub_reachable():

@@ -37,6 +37,7 @@ HYPERPARAMETERS = {  # TrainConfig field -> widget key (kept: tests and open ses
     "augment": "w_aug",
     "imbalance": "w_imb",
     "early_stopping": "w_es",
+    "time_budget": "w_budget",
     "img_size": "w_img",
     "seed": "w_train_seed",
 }
@@ -67,7 +68,7 @@ weights = field_input(c2, "weights", f"w_weights_{backbone}", default_weights(ba
                       options=weight_sources(backbone), format_func=WEIGHTS.get)  # fmt: skip
 if weights == "file":
     weights = c2.text_input("Path to the .safetensors file", key="w_weights_path").strip()
-mode = field_input(c3, "mode", "w_mode", radio=True)
+mode = field_input(c3, "mode", "w_mode", "finetune", radio=True)  # the page always names a mode
 
 with st.expander("Hyperparameters", expanded=True):
     settings = config_inputs(st.columns(4), HYPERPARAMETERS, mode)

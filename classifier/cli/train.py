@@ -76,10 +76,11 @@ def run(a: argparse.Namespace) -> int:
         if a.config_json is not None:
             from classifier.jobs import load_config_json
 
-            cfg = load_config_json(a.config_json)
+            cfg = load_config_json(a.config_json, resolve=False)
         else:
+            cfg = config_from_args(a)
             try:
-                cfg = config_from_args(a).resolved()
+                cfg.resolved()  # bad settings fail here; fit resolves after a time budget chose what is unset
             except ValueError as e:
                 raise ClassifierError(str(e)) from e
         result = fit(cfg, a.out, callbacks)
@@ -95,6 +96,7 @@ def run(a: argparse.Namespace) -> int:
                 "run_dir": str(result.run_dir),
                 "seconds": round(result.seconds, 1),
                 **{k: m.get(k) for k in keys},
+                **({"plan": result.plan["summary"]} if result.plan else {}),
             }
         )
     )

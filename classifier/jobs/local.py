@@ -360,6 +360,8 @@ class StoreCallback(Callback):
         self.store.trim_epochs(self.run_id, len(state.history))
         for row in state.history:
             self.store.add_epoch(self.run_id, row)
+        if state.plan:  # a time budget chose mode, epochs or image size: the row shows what trains
+            self.store.update(self.run_id, config=state.config.to_dict())
         self._progress(state, force=True)
 
     def on_phase(self, state: FitState) -> None:

@@ -233,8 +233,8 @@ def choose_plan(cfg: TrainConfig, budget_s: float, n_train: int, n_val: int, tp:
             chosen = (mode, epochs, side, est)
             break
         rejected[(mode, side)] = (epochs, est)  # the last (fewest epochs) per mode and size is the one to report
-    reasons += [f"{_label(m)} at {s} px: even {e} epochs would take {est / 60:.1f} min"
-                for (m, s), (e, est) in rejected.items()]  # fmt: skip
+    reasons += [f"{_label(m)} at {s} px" + ("" if m == "linear" else f", even {e} epochs,")
+                + f" would take {est / 60:.1f} min" for (m, s), (e, est) in rejected.items()]  # fmt: skip
     fits = chosen is not None
     if chosen is None:
         mode, epochs, side = min(candidates, key=lambda c: estimate_seconds(*c, n_train, n_val, tp))

@@ -81,9 +81,8 @@ def test_deadline_stops_when_the_next_epoch_would_not_fit():
     s.epoch = 3
     P.Deadline(100, time.time() - 80).on_epoch_end(s)  # the last epoch: nothing to stop
     late = P.Deadline(10, time.time() - 20)
-    s.best_epoch = 0
     late.on_batch_end(s)  # before the first validation there is no best epoch to keep: the epoch finishes
-    s.best_epoch = 1
+    s.best_val = {"acc": 0.5, "loss": 1.0}
     with pytest.raises(StopFit):
         late.on_batch_end(s)
 
@@ -119,6 +118,8 @@ def test_fit_with_a_budget_plans_probes_the_head_and_records_why(demo_dir, tmp_p
     assert saved["train"]["epochs"] == plan["epochs"] == len(result.history)
     assert saved["train"]["img_size"] == 64 and plan["chosen"] == ["mode", "epochs"]
     assert plan["head_probe_val_acc"] > 0.4  # 5 classes: chance is 0.2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["accuracy"] >= plan["head_probe_val_acc"]  # the probe (epoch 0) is kept unless an epoch beats it
     assert result.plan["summary"].startswith("plan for 2.0 min: fine-tune of the last blocks")
 
 

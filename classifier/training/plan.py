@@ -21,6 +21,7 @@ a full fine-tune of at least `MIN_FULL_EPOCHS` epochs at the model's own size, t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from classifier import rundir
 from classifier.device import Precision
 from classifier.models import set_trainable_mode
 from classifier.training.callbacks import Schedule, schedule_spec
@@ -295,7 +297,7 @@ class Deadline(Callback):
             raise StopFit(self.reason)
 
     def on_batch_end(self, state: FitState) -> None:
-        if self._left(state) <= 0 and state.best_epoch > 0:
+        if self._left(state) <= 0 and state.best_val:
             self.reason = "time budget reached during an epoch; the best epoch so far is kept"
             raise StopFit(self.reason)
 
@@ -308,8 +310,9 @@ def head_probe_config(cfg: TrainConfig, epochs: int) -> TrainConfig:
 
 class HeadProbe(Callback):
     """Before a partial fine-tune: train the head on frozen features (a linear probe of `epochs` epochs on the same
-    model, data and decoded cache), so the fine-tune starts from the probe's head. Its setup phases ("cache",
-    "features") are reported through `notify`; a cancel during them cancels the run. New runs only."""
+    model, data and decoded cache), so the fine-tune starts from the probe's head, and keep the probe as the best
+    epoch so far (epoch 0 in metrics.json). Its setup phases ("cache", "features") are reported through `notify`; a
+    cancel during them cancels the run. New runs only."""
 
     order = -50  # after Resume (-100), before the learner prepares the fine-tune's optimizer
 
@@ -344,3 +347,10 @@ class HeadProbe(Callback):
         self.val_acc = pstate.history[-1]["val_acc"] if pstate.history else None
         if outer.plan is not None:
             outer.plan["head_probe_val_acc"] = self.val_acc
+        val = pstate.val
+        if val and math.isfinite(val["loss"]) and outer.out_dir is not None:
+            # The probe is the run's best so far ("epoch 0"): a fine-tune epoch replaces it only by beating it, so
+            # the plan never ends below the linear probe (on hymenoptera 2 partial epochs after a 0.954 probe
+            # reached 0.941).
+            outer.best_score, outer.best_epoch, outer.best_val = (val["acc"], -val["loss"]), 0, val
+            rundir.save_weights(outer.out_dir, self.setup.model.state_dict(), 0)

@@ -115,7 +115,7 @@ def test_fit_with_a_budget_plans_probes_the_head_and_records_why(demo_dir, tmp_p
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     plan = saved["plan"]
     assert plan["mode"] == "partial" and saved["train"]["mode"] == "partial"
-    assert saved["train"]["epochs"] == plan["epochs"] == len(result.history)
+    assert saved["train"]["epochs"] == plan["epochs"] and 1 <= len(result.history) <= plan["epochs"]  # on time
     assert saved["train"]["img_size"] == 64 and plan["chosen"] == ["mode", "epochs"]
     assert plan["head_probe_val_acc"] > 0.4  # 5 classes: chance is 0.2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

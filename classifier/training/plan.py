@@ -54,8 +54,9 @@ PROBE_BATCH = 8
 
 @dataclass
 class Throughput:
-    """Measured seconds per image at `side` px: a forward pass without gradients (validation, frozen features),
-    a training step of a partial and of a full fine-tune, and decoding one image into the cache."""
+    """Measured seconds per image at `side` px: a forward pass without gradients in the precision of validation
+    (`forward`) and of the training images' frozen features (`features`; bf16 where the CPU has it), a training
+    step of a partial and of a full fine-tune, and decoding one image into the cache."""
 
     side: int
     forward: float
@@ -64,6 +65,7 @@ class Throughput:
     decode: float
     amp: str | None
     seconds: float  # what measuring took
+    features: float | None = None  # None: as `forward`
 
     def scaled(self, side: int) -> float:
         """Cost factor of `side` px against the measured side: convolutions scale with the pixel count."""
@@ -125,9 +127,9 @@ def measure_throughput(
     x = precision.layout(torch.randn(PROBE_BATCH, 3, side, side, device=precision.device))
     y = torch.randint(0, n_classes, (PROBE_BATCH,), device=precision.device)
 
-    def forward() -> None:
+    def forward(training: bool) -> None:
         model.eval()
-        with torch.no_grad(), precision.autocast(training=False):  # validation runs in float32 on a CPU
+        with torch.no_grad(), precision.autocast(training):  # validation runs in float32 on a CPU
             model(x)
 
     def train_step(mode: str) -> None:
@@ -140,8 +142,8 @@ def measure_throughput(
             p.grad = None
 
     per_image = {}
-    for name, fn in (("forward", forward), ("partial", lambda: train_step("partial")),
-                     ("full", lambda: train_step("finetune"))):  # fmt: skip
+    for name, fn in (("forward", lambda: forward(False)), ("features", lambda: forward(True)),
+                     ("partial", lambda: train_step("partial")), ("full", lambda: train_step("finetune"))):  # fmt: skip
         fn()  # warm-up: the first call pays for kernel selection and allocation
         t = time.perf_counter()
         fn()
@@ -152,8 +154,8 @@ def measure_throughput(
         p.requires_grad_(flag)
     model.zero_grad(set_to_none=True)
     return Throughput(side, per_image["forward"], per_image["partial"], per_image["full"],
-                      _decode_seconds(sample_paths, draft), precision.amp_name,
-                      time.perf_counter() - t_start)  # fmt: skip
+                      _decode_seconds(sample_paths, draft), precision.amp_name, time.perf_counter() - t_start,
+                      per_image["features"])  # fmt: skip
 
 
 def _decode_seconds(paths: Sequence[Path], draft: int | None) -> float:
@@ -188,7 +190,7 @@ def _sides(native: int, fixed: int | None) -> list[int]:
 def estimate_seconds(mode: str, epochs: int, side: int, n_train: int, n_val: int, tp: Throughput) -> float:
     """Seconds of training for one choice (setup and measuring are counted separately, in `choose_plan`)."""
     r = tp.scaled(side)
-    features = (n_train + n_val) * tp.forward * r
+    features = (n_train * (tp.features or tp.forward) + n_val * tp.forward) * r
     if mode == "linear":
         return features
     val = n_val * tp.forward * r
@@ -221,7 +223,8 @@ def choose_plan(cfg: TrainConfig, budget_s: float, n_train: int, n_val: int, tp:
     setup_s = START_SECONDS + tp.seconds + (n_train + n_val) * tp.decode
     avail = max(0.0, budget_s - setup_s) * SAFETY
     reasons = [
-        f"measured at {tp.side} px ({tp.amp or 'float32'}): forward {1 / tp.forward:.1f} images/s, partial "
+        f"measured at {tp.side} px ({tp.amp or 'float32'}): forward {1 / tp.forward:.1f} images/s (validation), "
+        f"{1 / (tp.features or tp.forward):.1f} images/s (training features), partial "
         f"fine-tune step {1 / tp.partial:.1f} images/s, full fine-tune step {1 / tp.full:.1f} images/s; decoding "
         f"{tp.decode * 1000:.0f} ms per image",
         f"{n_train} training and {n_val} validation images; {budget_s / 60:.1f} min budget, {setup_s:.0f} s for "

@@ -153,3 +153,20 @@ def test_threads_follow_the_usable_cores():
         assert configure_threads() == usable_cpus() == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_queued_run_keeps_what_the_user_left_unset_for_its_budget(demo_dir, monkeypatch):
+    """The job system checks a config at submit but hands it on as given, so the time budget still chooses the
+    mode and epochs the user left unset; the store row shows it resolved until the plan replaces it."""
+    from classifier.errors import ClassifierError
+    from classifier.jobs.executor import request_path
+    from classifier.jobs.local import LocalProcessExecutor, job_config
+
+    ex = LocalProcessExecutor()
+    monkeypatch.setattr(ex, "_launch", lambda run_id, args: None)  # no process: only what submit records
+    rid = ex.submit(TrainConfig(data=str(demo_dir), backbone="simple_cnn", weights="none", time_budget=3))
+    raw = job_config(request_path(rid), demo_dir)
+    assert raw.mode is None and raw.epochs is None and raw.time_budget == 3
+    assert ex.status(rid).config["mode"] == "finetune" and ex.status(rid).config["epochs"] == 8
+    with pytest.raises(ClassifierError, match="time_budget"):
+        job_config(TrainConfig(data=str(demo_dir), time_budget=-1), demo_dir)

@@ -5,11 +5,13 @@
     python bench/run.py --img-size 224 --images 160 --epochs 3 --skip-probe
 
 Rows of the table (each ratio from measurements taken in this process, one right after the other):
-- fit vs bare, per epoch: images/s of `classifier.training.fit` against a bare loop (timm.create_model, a
-  torchvision DataLoader decoding the files with PIL every epoch, the same augmentation preset, optimizer, loss,
-  gradient clipping, batch size, images and number of steps). Epoch 1 of the fit includes building the decoded
-  cache (setup before the first batch), epochs 2+ read it. Our validation passes and checkpoints are not in the
-  images/s (they are extra work the bare loop does not do); the end-to-end row includes them.
+- fit vs bare, per epoch: images/s of `classifier.training.fit` (with the precision `classifier.device.Precision`
+  picks: bf16 autocast + channels_last on CPUs with AVX-512 BF16 / AMX) against a plain float32 bare loop
+  (timm.create_model, a torchvision DataLoader decoding the files with PIL every epoch, the same augmentation
+  preset, optimizer, loss, gradient clipping, batch size, images and number of steps). Epoch 1 of the fit
+  includes building the decoded cache (setup before the first batch), epochs 2+ read it. Our validation passes
+  and checkpoints are not in the images/s (they are extra work the bare loop does not do); the end-to-end row
+  includes them.
 - data share: seconds spent waiting for batches and augmenting them over the epoch's training seconds, ours
   (from the run's history) and the bare loop's.
 - predict latency: one image through `predict_paths` (decode, eval transform, forward, formatting) against a bare
@@ -322,7 +324,9 @@ def main() -> None:
         del result, torch
 
     print(f"backbone {args.backbone}, {args.img_size} px, {n} training images, batch {args.batch_size}, "
-          f"{args.epochs} epochs, device {device}, cache {runtime.get('cache')} "
+          f"{args.epochs} epochs, device {device}, precision {runtime.get('amp') or 'float32'} (bare: float32), "
+          f"channels_last {runtime.get('channels_last')}, threads {runtime.get('threads')}, "
+          f"cache {runtime.get('cache')} "
           f"({runtime.get('cache_mb')} MB), loader workers: ours {runtime.get('num_workers')}, "
           f"bare {bare_cfg['workers']}")  # fmt: skip
     widths = [max(len(r[i]) for r in table + [("what", "ours", "bare / reference", "ratio")]) for i in range(4)]

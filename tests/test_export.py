@@ -197,8 +197,11 @@ def test_broken_export_is_flagged_and_cli_exits_1(run_dir: Path, tmp_path: Path,
 def test_int8_quantized_onnx_reports_accuracy(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     report = export.export_run(run_dir, "onnx", out, quantize="int8", **FAST)
-    assert [c.name for c in report.checks] == ["ONNX float32", "ONNX int8"]
-    flt, q = report.checks
+    assert [c.name for c in report.checks] == ["ONNX float32", "ONNX int8 dynamic", "ONNX int8"]
+    shipped = report.checks[-1]
+    assert shipped.method.startswith("static QDQ") and "training images" in shipped.method  # static ships
+    assert report.check is shipped and shipped.size_mb < report.checks[0].size_mb / 2
+    flt, q = report.checks[0], report.checks[-1]
     assert flt.status == "ok" and q.accuracy is not None and report.pytorch_accuracy is not None
     assert 0.0 <= q.top1_agreement <= 1.0 and q.images_per_s > 0 and q.size_mb < flt.size_mb
     assert q.status == ("ok" if report.pytorch_accuracy - q.accuracy <= export.INT8_MAX_ACCURACY_DROP else "warning")

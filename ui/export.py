@@ -43,8 +43,8 @@ def export_section(job: Any) -> None:
         "int8 quantization",
         key=f"w_export_int8_{job.run_id}",
         disabled=fmt != "onnx",
-        help="ONNX only: int8 weights (dynamic quantization), about 4x smaller; accuracy and speed are shown next "
-        "to the float model's.",
+        help="ONNX only: static int8 calibrated on the run's training images (dynamic int8 only as a fallback, with "
+        "its reason), about 4x smaller; size, accuracy and speed of both are shown next to the float model's.",
     )
     quantize = "int8" if int8 and fmt == "onnx" else None
     bundle = default_export_path(job.run_dir, fmt, quantize)

@@ -1,13 +1,14 @@
 """Multi-label targets, measured: the demo scenes (mAP, Grad-CAM pointing game per label) and collages of real
 photos (the defaults against a linear probe on frozen features).
 
-    python bench/multilabel.py                               # both parts (about 25 minutes on 2 busy CPU cores)
+    python bench/multilabel.py                               # both parts (about 30 minutes on 2 busy CPU cores)
     python bench/multilabel.py --only demo                   # 400 demo scenes at 192 px
     python bench/multilabel.py --only photos                 # 1,600 collages at 320 px from hymenoptera
     python bench/multilabel.py --only photos --collages 400  # a smaller collage set (a few minutes)
 
 (1) Demo: `python -m classifier demo-data --multilabel` (scenes with one to three shapes, one mask per shape), then
-`python -m classifier train` with the defaults (fine-tune, the backbone's input size) in a fresh workspace. Prints
+`python -m classifier train` with the defaults in a fresh workspace (on a CPU the time budget of
+`classifier/training/plan.py` chooses mode, epochs and image size; the plan is printed). Prints
 the run's validation mAP and, for every validation image and every label it carries, whether Grad-CAM's map for
 that label (each label its own target) peaks on that shape's mask: the pointing game per label, over all positives
 and over those the model also predicts (above the run's threshold).

@@ -2,8 +2,9 @@
 
 Home → demo → Train a short linear probe → close the tab mid-run and come back in a new session → switch pages
 while it trains (timed) → Evaluate → click a confusion-matrix cell → Explain an image of it → Predict on an
-uploaded PNG → Runs. Prints one `FIGURES ...` line (seconds
-to a healthy server, to the first painted page, and per page switch). `SAVE_SCREENSHOTS=1` writes the
+uploaded PNG → Runs; and a multi-label walk: the multi-label demo → a linear probe with tuned thresholds → Evaluate
+(mAP, a label's gallery) → Explain that image for that label → Predict two scenes. Prints one `FIGURES ...` line
+(seconds to a healthy server, to the first painted page, and per page switch). `SAVE_SCREENSHOTS=1` writes the
 screenshots to docs/screenshots/ (otherwise to pytest's tmp dir, so a test run leaves the repo clean).
 """
 

@@ -455,7 +455,8 @@ def test_multilabel_run_through_evaluate_explain_and_predict(server: Server, bro
     page.locator('[data-testid="stRadioOption"]', has_text="Demo dataset").click()
     page.get_by_role("button", name="Use the multi-label demo").click()
     expect(page.get_by_role("heading", name="Dataset: demo-multilabel-seed0")).to_be_visible(timeout=SLOW_MS)
-    expect(page.locator('[data-testid="stMetric"]', has_text="Labels (multi-label)")).to_contain_text("5")
+    labels = page.locator('[data-testid="stMetric"]', has_text="Labels (multi-label)")
+    expect(labels).to_contain_text("5", timeout=STEP_MS)  # the heading comes first; the index of 400 scenes after
     expect(page.get_by_text(re.compile(r"labels per image on average; 0 images have no label"))).to_be_visible(
         timeout=STEP_MS
     )

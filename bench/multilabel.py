@@ -3,6 +3,7 @@ photos (the defaults against a linear probe on frozen features).
 
     python bench/multilabel.py                               # both parts (about 30 minutes on 2 busy CPU cores)
     python bench/multilabel.py --only demo                   # 400 demo scenes at 192 px
+    python bench/multilabel.py --only demo --demo-train-args "--mode linear"  # the demo with a linear probe
     python bench/multilabel.py --only photos                 # 1,600 collages at 320 px from hymenoptera
     python bench/multilabel.py --only photos --collages 400  # a smaller collage set (a few minutes)
 
@@ -110,14 +111,15 @@ def pointing_per_label(run: Path, data: Path, masks: Path) -> tuple[dict[str, li
     return every, predicted, size
 
 
-def demo_part(work: Path, images: int) -> None:
+def demo_part(work: Path, images: int, train_args: list[str]) -> None:
     data, masks, run = work / "demo", work / "demo-masks", work / "demo-run"
     cmd = [sys.executable, "-m", "classifier", "demo-data", "--multilabel", "--out", str(data),
            "--masks-out", str(masks), "--images", str(images)]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-    secs = train(data, run, work / "demo-ws")
+    secs = train(data, run, work / "demo-ws", *train_args)
     m = headline(run)
-    print(f"\n(1) multi-label demo, {images} scenes at 192 px, defaults: trained in {secs:.0f} s "
+    recipe = " ".join(train_args) or "defaults"
+    print(f"\n(1) multi-label demo, {images} scenes at 192 px, {recipe}: trained in {secs:.0f} s "
           f"({train_rate(run):.1f} training images/s), load average {os.getloadavg()[0]:.2f} after")  # fmt: skip
     print(f"    mAP {m['map']:.3f} (target >= 0.95: {'met' if m['map'] >= 0.95 else 'NOT met'}), micro F1 "
           f"{m['micro_f1']:.3f}, subset accuracy {m['subset_accuracy']:.3f}")  # fmt: skip
@@ -206,6 +208,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["demo", "photos"])
     ap.add_argument("--demo-images", type=int, default=400, help="demo scenes (default 400)")
+    ap.add_argument("--demo-train-args", default="", help='extra train flags for the demo run, e.g. "--mode linear"')
     ap.add_argument("--collages", type=int, default=1600, help="collages of real photos (default 1600)")
     ap.add_argument("--size", type=int, default=320, help="collage side in pixels (default 320)")
     a = ap.parse_args()
@@ -214,7 +217,7 @@ def main() -> None:
         if a.only in (None, "photos"):
             photos_part(Path(tmp), a.collages, a.size)
         if a.only in (None, "demo"):
-            demo_part(Path(tmp), a.demo_images)
+            demo_part(Path(tmp), a.demo_images, a.demo_train_args.split())
 
 
 if __name__ == "__main__":

@@ -213,8 +213,10 @@ def create_search(
     prune: bool = True,
     n_startup_trials: int = 2,
     n_warmup_steps: int = 0,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Validate and write a new search (status "queued"); returns its spec. Nothing is submitted yet."""
+    """Validate and write a new search (status "queued"); returns its spec. Nothing is submitted yet. `owner`
+    (who started it) also owns its trials' runs."""
     if metric not in METRICS:
         raise ClassifierError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
     space = parse_space(space, sampler)
@@ -253,6 +255,7 @@ def create_search(
         "trials": [],
         "error": None,
         "launched_at": None,
+        "owner": owner,
     }
     search_dir(search_id).mkdir(parents=True)
     save_search(spec)
@@ -587,7 +590,9 @@ def _submit(spec: dict[str, Any], trial: Any, live: dict[int, Any], study: Any, 
               "intermediate": {}, "error": None, "started_at": time.time(), "ended_at": None}  # fmt: skip
     spec["trials"].append(record)
     try:
-        record["run_id"] = executor.submit(trial_config(spec["base_config"], params), name=f"{spec['name']} #{number}")
+        owner = {"owner": spec["owner"]} if spec.get("owner") else {}  # (executors from before owners take none)
+        record["run_id"] = executor.submit(trial_config(spec["base_config"], params), name=f"{spec['name']} #{number}",
+                                           **owner)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - a bad combination fails this trial, not the search
         record["state"], record["error"] = "failed", f"{type(e).__name__}: {e}"
         record["ended_at"] = time.time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from classifier import rundir
+from classifier.access import User, visible
 from classifier.errors import RunError
 from classifier.jobs.executor import Executor, JobStatus
 
@@ -21,8 +22,11 @@ ENSEMBLE_PREFIX = "ens-"
 SEARCH_PREFIX = "search-"
 
 
-def entries(kinds: Iterable[str] = KINDS, executor: Executor | None = None) -> list[JobStatus]:
-    """The workspace's runs, then saved ensembles, then searches (each group newest first)."""
+def entries(
+    kinds: Iterable[str] = KINDS, executor: Executor | None = None, user: User | None = None
+) -> list[JobStatus]:
+    """The workspace's runs, then saved ensembles, then searches (each group newest first); with `user`, only what
+    that user may see (`classifier.access.visible`)."""
     kinds = tuple(kinds)
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -38,7 +42,7 @@ def entries(kinds: Iterable[str] = KINDS, executor: Executor | None = None) -> l
         out += ensemble_entries()
     if "search" in kinds:
         out += search_entries()
-    return out
+    return out if user is None else visible(user, out)
 
 
 def ensemble_entries() -> list[JobStatus]:
@@ -67,6 +71,7 @@ def ensemble_entries() -> list[JobStatus]:
                 config={"backbone": "ensemble"},
                 kind="ensemble",
                 members=list(info["members"]),
+                owner=info.get("owner"),
             )
         )
     return out
@@ -94,6 +99,7 @@ def search_entries() -> list[JobStatus]:
                 metrics={"metric": spec["metric"], "best": best.get("value"), "best_run": best.get("run_id")},
                 config={"sampler": spec["sampler"], "n_trials": spec["n_trials"], **spec.get("base_config", {})},
                 kind="search",
+                owner=spec.get("owner"),
             )
         )
     return out

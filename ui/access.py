@@ -84,14 +84,10 @@ def pages_for(user: User, public_model: bool) -> dict[str, list[Any]]:
 
 
 def account_box(user: User) -> None:
-    """The sidebar's account line: who is signed in with which role and Sign out; Sign in for a visitor."""
-    if not auth_configured():
+    """The sidebar's account line: who is signed in with which role, and Sign out (a visitor signs in on Home)."""
+    if not auth_configured() or user.role == "visitor":
         return
     with st.sidebar:
-        if user.role == "visitor":
-            if st.button("Sign in", icon=":material/login:", key="b_sign_in"):
-                st.login()
-            return
         st.text(f"Signed in as {user.name or 'an account without an e-mail address'} ({user.role})")  # plain text
         if st.button("Sign out", icon=":material/logout:", key="b_sign_out"):
             st.logout()

@@ -1,4 +1,5 @@
-"""Compare: two or more runs side by side, also while they train: curves, differing settings, per-class F1, winners."""
+"""Compare: two or more runs side by side, also while they train: metrics, curves, differing settings, per-class F1,
+winners. Failed runs are not offered."""
 
 import streamlit as st
 
@@ -10,9 +11,12 @@ from ui.widgets import STATUS_ICONS, jobs, run_label, user_errors
 
 state.init_state()
 st.title("Compare")
-all_jobs = {j.run_id: j for j in jobs()}
+all_jobs = {j.run_id: j for j in jobs() if j.status in compare.COMPARABLE}
 if len(all_jobs) < 2:
-    st.info("Comparing needs at least two runs. Start them on **Train**; they can be compared while they train.")
+    st.info(
+        "Comparing needs at least two runs that did not fail. Start them on **Train**; they can be compared while "
+        "they train."
+    )
     st.stop()
 
 ss = st.session_state
@@ -52,6 +56,15 @@ def comparison() -> None:
         if run.notes:
             col.caption("; ".join(run.notes))
 
+    NUMBER = st.column_config.NumberColumn
+    st.dataframe(
+        compare.metrics_table(runs),
+        hide_index=True,
+        placeholder="—",
+        column_config={"accuracy": NUMBER(format="percent"), "val loss": NUMBER(format="%.4f"),
+                       **{c: NUMBER(format="%.3f") for c in ("macro F1", "ROC AUC", "ECE")}},
+    )  # fmt: skip
+    st.caption("Finished runs: the weights they kept (best epoch). Runs still training: their latest epoch so far.")
     st.plotly_chart(compare.curves_figure(runs), key="cmp_curves")
 
     st.subheader("Settings that differ")

@@ -42,16 +42,29 @@ per_class = pd.DataFrame(m["per_class"]).rename(
 st.dataframe(per_class, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f") for c in (
     "precision", "recall", "F1", "ROC AUC", "AP")})  # fmt: skip
 
+ANY = "any"
+ss = st.session_state
+# A clicked cell (the chart's state from the click's rerun, read before the chart is drawn so that the cell is
+# outlined at once): applied once, so the pickers below stay the user's to change afterwards.
+points = ((ss.get("cm_chart") or {}).get("selection") or {}).get("points") or []
+clicked = [p for p in points if p.get("x") in names and p.get("y") in names]
+if clicked and (cell := (job.run_id, clicked[0]["y"], clicked[0]["x"])) != ss[state.CM_PICK]:
+    ss[state.CM_PICK] = cell
+    ss["w_true"], ss["w_pred"], ss["w_only_wrong"] = cell[1], cell[2], cell[1] != cell[2]
+for key in ("w_true", "w_pred"):
+    if ss.get(key) not in (ANY, *names):
+        ss[key] = ANY
+ss.setdefault("w_only_wrong", True)
+picked_cell = None if ANY in (ss["w_true"], ss["w_pred"]) else (names.index(ss["w_true"]), names.index(ss["w_pred"]))
+
 left, right = st.columns(2)
 with left:
     normalise = st.toggle("Normalise rows", value=True, help="Share of each true class (recall on the diagonal).")
-    event = st.plotly_chart(
-        figures.confusion_matrix_figure(m["confusion_matrix"], names, normalize=normalise, clickable=True),
-        on_select="rerun",
-        selection_mode="points",
-        key="cm_chart",
+    cm_figure = figures.confusion_matrix_figure(
+        m["confusion_matrix"], names, normalize=normalise, clickable=True, selected=picked_cell
     )
-    st.caption("Click a cell to see its images below, worst first.")
+    st.plotly_chart(cm_figure, on_select="rerun", selection_mode="points", key="cm_chart")
+    st.caption("Click a cell to see its images below, worst first" + (" (outlined)." if picked_cell else "."))
 with right:
     st.plotly_chart(figures.per_class_bar(m["per_class"]))
 roc_tab, pr_tab, cal_tab = st.tabs(["ROC curves", "Precision-recall", "Calibration"])
@@ -63,19 +76,6 @@ cal_tab.caption(
     f"ECE {bins['ece']:.3f}: on average, confidence differs from accuracy by this much. Bars below the diagonal "
     "mean over-confidence."
 )
-
-ANY = "any"
-ss = st.session_state
-clicked = [p for p in (event.selection.points if event else []) if p.get("x") in names and p.get("y") in names]
-if clicked:  # a confusion-matrix cell: apply it once, so the pickers below stay the user's to change afterwards
-    cell = (job.run_id, clicked[0]["y"], clicked[0]["x"])
-    if cell != ss[state.CM_PICK]:
-        ss[state.CM_PICK] = cell
-        ss["w_true"], ss["w_pred"], ss["w_only_wrong"] = cell[1], cell[2], cell[1] != cell[2]
-for key in ("w_true", "w_pred"):
-    if ss.get(key) not in (ANY, *names):
-        ss[key] = ANY
-ss.setdefault("w_only_wrong", True)
 
 st.subheader("Images by true and predicted class, worst first")
 f1, f2, f3, f4 = st.columns([2, 2, 1, 1])

@@ -8,22 +8,11 @@ import streamlit as st
 
 from classifier import rundir
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
-from classifier.errors import ClassifierError
 from classifier.explain import BASELINES, METHODS, crop_box
 from classifier.metrics import OUTCOMES, loss_gallery
 from ui import state
 from ui.cache import file_mtime, loaded_run, val_predictions
-from ui.explain import (
-    baseline_help,
-    cached_attribution,
-    caption,
-    clip_box,
-    display_image,
-    method_help,
-    overlay_for_display,
-    png_bytes,
-    used_by,
-)
+from ui.explain import baseline_help, colour_legend, maps_grid, method_help, used_by
 from ui.widgets import run_picker, user_errors
 
 state.init_state()
@@ -152,36 +141,11 @@ st.caption(
 if not methods:
     st.info("Choose one or more methods above.")
     st.stop()
+colour_legend(cmap)
 weights_key = (job.run_dir, file_mtime(rundir.weights_path(job.run_dir)))
-tiles = [("Original", None)]
-for method in methods:
-    used = METHODS[method].used_options(options)  # the cache key holds only what this method's map depends on
-    key = (weights_key, image_key, method, target, tuple(sorted(used.items())))
-    with user_errors(METHODS[method].label):
-        tiles.append((method, cached_attribution(key, run, image, method, target, used)))
-per_row = 4
+keys = {  # the cache key holds only what each method's map depends on
+    m: (weights_key, image_key, m, target, tuple(sorted(METHODS[m].used_options(options).items()))) for m in methods
+}
 box = crop_box(image.size, run.config["data_config"]) if crop else None
-for start in range(0, len(tiles), per_row):
-    cols = st.columns(per_row)
-    for col, (name, result) in zip(cols, tiles[start : start + per_row]):
-        with col:
-            if result is None:
-                st.image(display_image(image, clip_box(box, image.size) if box else None), width="stretch")
-                st.caption(f"**Original** · {image.width}×{image.height} px")
-                continue
-            try:
-                shown = overlay_for_display(image, result, cmap, alpha, crop)
-            except (ValueError, ClassifierError) as e:
-                st.error(f"{METHODS[name].label}: {e}")
-                continue
-            st.image(shown, width="stretch")
-            st.caption(caption(result))
-            st.download_button(
-                "PNG",
-                png_bytes(shown),
-                file_name=f"{stem}-{name}.png",
-                mime="image/png",
-                on_click="ignore",
-                icon=":material/download:",
-                key=f"b_dl_{name}",
-            )
+maps_grid(run, image, keys, {"target": target, "options": options, "side": size},
+          {"cmap": cmap, "alpha": alpha, "crop": crop, "box": box}, stem)  # fmt: skip

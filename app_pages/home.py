@@ -7,7 +7,7 @@ from classifier.device import pick_device
 from classifier.public import published
 from ui import state
 from ui.access import auth_configured, current_user
-from ui.widgets import jobs, literal, runs_table, user_errors
+from ui.widgets import jobs, literal, runs_table, show_runs_table, user_errors
 
 state.init_state()
 user = current_user()
@@ -50,12 +50,7 @@ st.subheader("Recent runs")
 with user_errors("Could not list runs"):
     recent = jobs(limit=5)
     if recent:
-        table = runs_table(recent)
-        st.dataframe(
-            table[["name", "status", "backbone", "mode", "accuracy", "created"]],
-            hide_index=True,
-            column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
-        )
+        show_runs_table(runs_table(recent), ["name", "status", "progress", "backbone", "mode", "accuracy", "created"])
         if user.can("export"):
             st.page_link("app_pages/runs.py", label="All runs", icon=":material/history:")
     else:

@@ -16,7 +16,16 @@ from ui.access import current_user
 from ui.cache import executor
 from ui.config_form import apply_config
 from ui.export import export_section
-from ui.widgets import literal, publish_section, report_button, run_label, runs_table, sticky_select, user_errors
+from ui.widgets import (
+    literal,
+    publish_section,
+    report_button,
+    run_label,
+    runs_table,
+    show_runs_table,
+    sticky_select,
+    user_errors,
+)
 
 state.init_state()
 st.title("Runs")
@@ -27,19 +36,11 @@ if not listing:
     st.info("No runs yet. Start one on the **Train** page.")
     st.stop()
 
-NUMBER = st.column_config.NumberColumn
-st.dataframe(
-    runs_table(listing),
-    hide_index=True,
-    column_config={
-        "accuracy": NUMBER(format="percent"),
-        "macro F1": NUMBER(format="%.3f"),
-        "ROC AUC": NUMBER(format="%.3f"),
-        "ECE": NUMBER(format="%.3f"),
-        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-    },
+show_runs_table(runs_table(listing))
+st.caption(
+    "Runs, saved ensembles and searches, and the settings that differ between the runs. A run still training shows "
+    "its latest epoch's accuracy. Click a column header to sort."
 )
-st.caption("Runs, saved ensembles and searches. Click a column header to sort.")
 if not all_jobs:
     st.stop()
 
@@ -101,6 +102,7 @@ saved = {e.run_id: e for e in visible(user, ensemble_entries())}
 if saved:
     st.divider()
     st.subheader("Saved ensembles")
+    NUMBER = st.column_config.NumberColumn
     st.dataframe(
         [
             {
@@ -113,6 +115,7 @@ if saved:
             for e in saved.values()
         ],
         hide_index=True,
+        placeholder="—",
         column_config={
             "accuracy": NUMBER(format="percent"),
             "macro F1": NUMBER(format="%.3f"),

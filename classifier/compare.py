@@ -1,4 +1,5 @@
-"""Compare two or more runs side by side, also while they train: curves, differing settings, per-class F1, winners.
+"""Compare two or more runs side by side, also while they train: headline metrics, curves, differing settings,
+per-class F1, winners.
 
 A run is read as it is stored right now: `config.json` (or the run store's train config while the run is still
 queued), `history.csv` (rewritten after every epoch; the store's epoch rows when the file is not there yet) and
@@ -12,7 +13,6 @@ the per-class comparison rather than counted as a zero.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,10 @@ from classifier.errors import RunError
 IGNORED_KEYS = ("created_at", "runtime")  # when it ran; how its data path ran (cache file, workers)
 TIE_TOLERANCE = 1e-9
 COLORS = qualitative.Plotly
+# Statuses a comparison is offered for: a failed run has no trustworthy curve or metric to set beside another's.
+COMPARABLE = ("queued", "running", "completed", "cancelled", "interrupted")
+# The headline metrics table: (column, metrics.json key); validation loss comes from the history.
+METRIC_COLUMNS = (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("ROC AUC", "roc_auc_macro"), ("ECE", "ece"))
 
 
 @dataclass
@@ -64,6 +68,25 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def format_setting(value: Any) -> str:
+    """A setting as people read it: floats to 3 significant figures (inside lists and dicts too), None as "—".
+
+    >>> [format_setting(v) for v in (0.00031622776601683794, 3e-3, 224, [0.485, 0.456], None, True, "light")]
+    ['0.000316', '0.003', '224', '[0.485, 0.456]', '—', 'true', 'light']
+    """
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_setting(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {format_setting(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -269,15 +292,55 @@ def confusion_figures(runs: Sequence[ComparedRun], normalize: bool = True) -> li
 
 
 def settings_table(diff: Mapping[str, Mapping[str, Any]], runs: Sequence[str]) -> pd.DataFrame:
-    """Differing settings as a table: one row per key, one text column per run ('(not set)' where absent)."""
+    """Differing settings as a table: one row per key, one text column per run (`format_setting`: 3 significant
+    figures; '(not set)' where a run lacks the key)."""
     rows = []
     for key, values in diff.items():
         row = {"setting": key}
         for run in runs:
-            v = values.get(run, "(not set)")
-            row[run] = v if isinstance(v, str) else json.dumps(v, default=str)
+            row[run] = format_setting(values[run]) if run in values else "(not set)"
         rows.append(row)
     return pd.DataFrame(rows, columns=["setting", *runs])
+
+
+def _last(history: pd.DataFrame, column: str, epoch: int | None = None) -> float | None:
+    """`column` at `epoch` (the last epoch that has it when None or absent); None when the history has none."""
+    if column not in history.columns:
+        return None
+    values = pd.to_numeric(history[column], errors="coerce")
+    if epoch is not None and "epoch" in history.columns:
+        at = values[history["epoch"] == epoch].dropna()
+        if len(at):
+            return float(at.iloc[-1])
+    values = values.dropna()
+    return float(values.iloc[-1]) if len(values) else None
+
+
+def headline_metrics(run: ComparedRun) -> dict[str, Any]:
+    """Accuracy, macro F1, ROC AUC, ECE and validation loss of one run, and where they come from.
+
+    A finished run: metrics.json (the kept weights) and the validation loss of its best epoch. A run still
+    training: its latest epoch's validation accuracy and loss ("so far"); the rest need the final evaluation.
+    """
+    m = run.metrics
+    if m:
+        best = m.get("best_epoch")
+        row: dict[str, Any] = {col: m.get(key) for col, key in METRIC_COLUMNS}
+        row["val loss"] = _last(run.history, "val_loss", best) if best is not None else m.get("log_loss")
+        row["from"] = f"best epoch {best}" if best is not None else "final weights"
+        return row
+    row = {col: None for col, _ in METRIC_COLUMNS}
+    row["accuracy"] = _last(run.history, "val_acc")
+    row["val loss"] = _last(run.history, "val_loss")
+    row["from"] = f"epoch {run.epochs_done} so far" if run.epochs_done else "no epoch yet"
+    return row
+
+
+def metrics_table(runs: Sequence[ComparedRun]) -> pd.DataFrame:
+    """The headline metrics side by side: one row per run (`headline_metrics`), numbers left as numbers."""
+    cols = ["run", "status", "epochs", *(c for c, _ in METRIC_COLUMNS), "val loss", "from"]
+    rows = [{"run": r.key, "status": r.status, "epochs": r.epochs_done, **headline_metrics(r)} for r in runs]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def f1_table(f1: Mapping[str, Any], runs: Sequence[str]) -> pd.DataFrame:
@@ -304,6 +367,7 @@ def compare_summary(runs: Sequence[ComparedRun]) -> dict[str, Any]:
                 "epochs_done": r.epochs_done,
                 "accuracy": (r.metrics or {}).get("accuracy"),
                 "macro_f1": (r.metrics or {}).get("macro_f1"),
+                "headline": headline_metrics(r),
                 "notes": r.notes,
             }
             for r in runs

@@ -15,14 +15,24 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 TEMPLATE = "plotly_white"
+# Plotly's toolbar (modebar) takes the top ~30 px of a chart, at its right; titles start below it, so a long title in
+# a narrow column is never drawn under the buttons.
+MODEBAR_PX = 34
+TOP_MARGIN_PX = 86
 # Fixed colours so train/val keep the same look across the loss and accuracy panels.
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#ff7f0e"
+SELECTED_COLOR = "#d62728"  # red: stands out on the Blues of a confusion matrix
 
 
 def _style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None) -> go.Figure:
-    """Apply the shared template, title and axis titles."""
-    fig.update_layout(template=TEMPLATE, title={"text": title, "x": 0.02}, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+    """Apply the shared template, title and axis titles; the title sits in its own row under the toolbar."""
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title, "x": 0.02, "xanchor": "left", "y": 1, "yref": "container", "yanchor": "top",
+               "pad": {"t": MODEBAR_PX}},
+        margin={"t": TOP_MARGIN_PX, "l": 60, "r": 20, "b": 50},
+    )  # fmt: skip
     if x_title is not None:
         fig.update_xaxes(title_text=x_title)
     if y_title is not None:
@@ -101,9 +111,15 @@ def history_curves(history: pd.DataFrame, best_epoch: int | None = None) -> go.F
 
 
 def confusion_matrix_figure(
-    cm: Any, class_names: Sequence[str], normalize: bool = False, clickable: bool = False
+    cm: Any,
+    class_names: Sequence[str],
+    normalize: bool = False,
+    clickable: bool = False,
+    selected: tuple[int, int] | None = None,
 ) -> go.Figure:
     """Heatmap of the confusion matrix, rows = true class, columns = predicted class.
+
+    `selected` (true index, predicted index) outlines that cell: the one whose images the page lists.
 
     With `normalize`, cells are shares of their row (recall on the diagonal), annotated "share (count)";
     rows with no samples stay 0. With `clickable`, an invisible marker sits on every cell (trace 1,
@@ -151,6 +167,14 @@ def confusion_matrix_figure(
                 name="cells",
             )
         )
+    if selected is not None:
+        i, j = (int(v) for v in selected)
+        if not (0 <= i < len(names) and 0 <= j < len(names)):
+            raise ValueError(f"selected cell {selected} is outside a {len(names)}-class matrix")
+        # Category axes place class k at k, so the cell spans k - 0.5 .. k + 0.5 on both axes.
+        line = {"color": SELECTED_COLOR, "width": 4}
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, xref="x", yref="y", line=line,
+                      fillcolor="rgba(0,0,0,0)", name="selected cell")  # fmt: skip
     # Category axes; reversed y so the first class is on top like a printed matrix.
     fig.update_xaxes(type="category", side="bottom")
     fig.update_yaxes(type="category", autorange="reversed")

@@ -1,6 +1,7 @@
 """A one-page, self-contained HTML report of a run (or a saved ensemble) to download and share.
 
-Settings, dataset summary, headline metrics, the per-class table and the Evaluate page's figures (training
+Titled with the run's name (as the app lists it). Settings (the ones a reader needs first in a table, the rest
+folded), dataset summary, headline metrics, the per-class table and the Evaluate page's figures (training
 curves, confusion matrix, ROC and precision-recall curves, reliability diagram). Metrics are computed from the
 run's `val_predictions.csv`, as on the Evaluate page. plotly.js is inlined once, in the first figure, so the file
 opens offline; nothing is fetched from the network.
@@ -11,7 +12,6 @@ opens offline; nothing is fetched from the network.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from classifier import figures, rundir
-from classifier.compare import flatten
+from classifier.compare import flatten, format_setting
 from classifier.io import atomic_write_text
 from classifier.metrics import compute_metrics, pr_curves, reliability_bins, roc_curves
 
@@ -39,6 +39,25 @@ HEADLINE = (
     ("n_val", "Validation images", "{:d}"),
 )
 SECTIONS = ("Settings", "Dataset", "Metrics", "Per class", "Figures")
+# What a reader needs first to know what was trained, as (flattened config key, label); everything else is folded.
+# An ensemble has its own: its members.
+FIRST_SETTINGS = (
+    ("backbone", "Backbone"),
+    ("weights", "Weights"),
+    ("train.mode", "Mode"),
+    ("data_config.input_size", "Input size"),
+    ("train.epochs", "Epochs"),
+    ("train.lr", "Learning rate"),
+    ("train.batch_size", "Batch size"),
+    ("train.optimizer", "Optimizer"),
+    ("train.scheduler", "Schedule"),
+    ("train.weight_decay", "Weight decay"),
+    ("train.augment", "Augmentation"),
+    ("train.label_smoothing", "Label smoothing"),
+    ("train.imbalance", "Imbalance"),
+    ("train.seed", "Seed"),
+    ("members", "Members"),
+)
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
@@ -47,6 +66,7 @@ table { border-collapse: collapse; font-size: 0.9rem; } td, th { border: 1px sol
 th { background: #f5f5f5; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .cards { display: flex; flex-wrap: wrap; gap: 0.8rem; } .card { border: 1px solid #ddd; border-radius: 6px;
 padding: 0.5rem 0.9rem; } .card b { display: block; font-size: 1.3rem; } .muted { color: #777; }
+details { margin-top: 0.8rem; } summary { cursor: pointer; color: #555; }
 """
 
 
@@ -99,6 +119,34 @@ def _dataset_section(run_dir: Path, info: dict[str, Any], vp: Any, fig_html: Cal
     )
 
 
+def run_name(run_dir: Path, info: dict[str, Any]) -> str:
+    """The name people know the run by: an ensemble's own, the run store's (what the Runs page lists), else the
+    backbone and folder."""
+    if info.get("name"):
+        return str(info["name"])
+    from classifier.store import RunStore, default_store_path
+
+    if default_store_path().is_file():
+        row = RunStore().get(run_dir.name)
+        if row and row.get("name") and Path(row["run_dir"]).resolve() == run_dir.resolve():
+            return str(row["name"])
+    return f"{info.get('backbone', 'run')} · {run_dir.name}"
+
+
+def _settings_section(info: dict[str, Any]) -> str:
+    """FIRST_SETTINGS in a table (label, value to 3 significant figures, key); the others folded under it."""
+    flat = {k: v for k, v in flatten(info).items() if k not in ("class_names", "created_at", "name")}
+    if isinstance(flat.get("members"), list):  # an ensemble's members: their runs, not their file paths
+        flat["members"] = ", ".join(str(m.get("run_id") or m.get("run_dir")) for m in flat["members"])
+    first = [(k, label) for k, label in FIRST_SETTINGS if k in flat]
+    head = pd.DataFrame([{"setting": label, "value": format_setting(flat[k]), "key": k} for k, label in first])
+    rest = {k: v for k, v in flat.items() if k not in dict(first)}
+    folded = pd.DataFrame([{"setting": k, "value": format_setting(v)} for k, v in rest.items()])
+    return (
+        _table(head) if first else ""
+    ) + f"<details><summary>All other settings ({len(rest)})</summary>{_table(folded)}</details>"
+
+
 def report_html(run_dir: str | Path, title: str | None = None) -> str:
     """The report as one HTML string (about 4 MB, most of it plotly.js)."""
     run_dir = Path(run_dir)
@@ -115,11 +163,7 @@ def report_html(run_dir: str | Path, title: str | None = None) -> str:
 
     dataset = _dataset_section(run_dir, info, vp, fig_html)
     is_ensemble = info.get("format") == "ensemble"
-    name = title or info.get("name") or f"{info.get('backbone', 'run')} · {run_dir.name}"
-    settings = {k: v for k, v in flatten(info).items() if k not in ("class_names", "created_at")}
-    settings_df = pd.DataFrame(
-        [{"setting": k, "value": v if isinstance(v, str) else json.dumps(v, default=str)} for k, v in settings.items()]
-    )
+    name = title or run_name(run_dir, info)
     cards = "".join(
         f'<div class="card">{label}<b>{_fmt(m.get(key), pattern)}</b></div>' for key, label, pattern in HEADLINE
     )
@@ -143,7 +187,7 @@ def report_html(run_dir: str | Path, title: str | None = None) -> str:
         f'<p class="muted">{"Ensemble" if is_ensemble else "Run"} <code>{html.escape(str(run_dir))}</code>; '
         f"report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from val_predictions.csv.</p>",
         "<h2>Settings</h2>",
-        _table(settings_df),
+        _settings_section(info),
         "<h2>Dataset</h2>",
         dataset,
         "<h2>Metrics</h2>",

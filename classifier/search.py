@@ -340,14 +340,55 @@ def best_trial(spec: dict[str, Any]) -> dict[str, Any] | None:
     return done[0] if done else None
 
 
-def trials_table(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per trial, ranked: rank, trial number, state, each parameter, the metric, the run id."""
+def finished_trials(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Trials with a value to plot: completed, and pruned ones (their last reported epoch)."""
+    return [t for t in spec["trials"] if t["state"] in ("completed", "pruned") and t.get("value") is not None]
+
+
+def live_trials(spec: dict[str, Any], executor: Any) -> dict[int, dict[str, Any]]:
+    """{trial number: {"epoch", "epochs", "fraction", "val"}} for trials still queued or running, read from their
+    runs now (the driver writes search.json only when an epoch ends): the epoch under way and the latest validation
+    value of the pruner's column. A run the executor no longer knows is left out."""
+    key = METRICS[spec["metric"]][1]
+    out: dict[int, dict[str, Any]] = {}
+    for t in spec["trials"]:
+        if t["state"] not in ACTIVE_TRIAL or not t.get("run_id"):
+            continue
+        try:
+            job = executor.status(t["run_id"])
+            rows = list(executor.history(t["run_id"]))
+        except ClassifierError:
+            continue
+        progress = job.progress or {}
+        seen = [r[key] for r in rows if r.get(key) is not None]
+        out[t["number"]] = {
+            "epoch": progress.get("epoch"),
+            "epochs": progress.get("epochs"),
+            "fraction": progress.get("fraction"),
+            "val": float(seen[-1]) if seen else None,
+        }
+    return out
+
+
+def trials_table(spec: dict[str, Any], live: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per trial, ranked: rank, trial number, state, each parameter, the metric, the epoch ("2/5" while
+    its run trains, from `live_trials`; else the epochs it reported), the latest validation value the pruner saw
+    (`latest val_acc` or `latest val_loss`), the run id."""
+    key = METRICS[spec["metric"]][1]
+    live = live or {}
     rows = []
     for rank, t in enumerate(ranked_trials(spec), 1):
         row = {"rank": rank, "trial": t["number"], "state": t["state"]}
         row.update({k: t["params"].get(k) for k in spec["space"]})
         row[spec["metric"]] = t.get("value")
-        row["epochs done"] = len(t.get("intermediate") or {})
+        inter = t.get("intermediate") or {}
+        now = live.get(t["number"], {})
+        if now.get("epoch") and now.get("epochs"):
+            row["epoch"] = f"{min(int(now['epoch']), int(now['epochs']))}/{int(now['epochs'])}"
+        else:
+            row["epoch"] = str(len(inter)) if inter or t["state"] not in ACTIVE_TRIAL else None
+        last = inter[max(inter, key=int)] if inter else None
+        row[f"latest {key}"] = now["val"] if now.get("val") is not None else last
         row["run"] = t.get("run_id")
         rows.append(row)
     return rows
@@ -371,17 +412,26 @@ def format_table(spec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Metrics that are shares: their axis and colour scale are pinned to 0-1, so a chart of three trials between 0.41
+# and 0.43 does not look like a spread from worst to best.
+UNIT_METRICS = ("accuracy", "macro_f1", "roc_auc_macro")
+
+
 def trials_figure(spec: dict[str, Any]):
-    """Parallel coordinates of the finished trials: one axis per parameter (log10 for log ranges) and the metric."""
+    """Parallel coordinates of the finished trials: one axis per parameter (log10 for log ranges) and the metric
+    (0-1 with its colour scale for shares). Nothing finished: a figure without axes that says so (the app shows
+    no chart then)."""
     import plotly.graph_objects as go
 
     from classifier.figures import _style
 
-    done = [t for t in spec["trials"] if t["state"] in ("completed", "pruned") and t.get("value") is not None]
+    done = finished_trials(spec)
     metric = spec["metric"]
     if not done:
         fig = go.Figure()
         fig.add_annotation(text="no finished trials yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
         return _style(fig, "Trials")
     dims = []
     for name, p in spec["space"].items():
@@ -397,12 +447,17 @@ def trials_figure(spec: dict[str, Any]):
         else:
             dims.append({"label": name, "values": values, "range": [p["low"], p["high"]]})
     scores = [t["value"] for t in done]
-    dims.append({"label": metric + " (pruned: last epoch)", "values": scores})
-    reverse = spec["direction"] == "minimize"
-    line = {"color": scores, "colorscale": "Viridis", "reversescale": reverse, "showscale": True,
-            "colorbar": {"title": {"text": metric}}}  # fmt: skip
+    unit = metric in UNIT_METRICS
+    dims.append({"label": metric + " (pruned: last epoch)", "values": scores, **({"range": [0, 1]} if unit else {})})
+    line = {"color": scores, "colorscale": "Viridis", "reversescale": spec["direction"] == "minimize",
+            "showscale": True, "colorbar": {"title": {"text": metric}}}  # fmt: skip
+    if unit:
+        line |= {"cmin": 0, "cmax": 1}
     fig = go.Figure(go.Parcoords(line=line, dimensions=dims))
-    return _style(fig, f"Trials ({len(done)} finished)")
+    fig = _style(fig, f"Trials ({len(done)} finished)")
+    # Parallel-coordinate labels sit above the axes, inside the top margin: leave them room below the title.
+    fig.update_layout(margin={"t": 130})
+    return fig
 
 
 # --- the driver ----------------------------------------------------------------------------------------------------

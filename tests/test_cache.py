@@ -192,8 +192,8 @@ def test_cli_cache_flag_reaches_the_run(data, tmp_path):
 
 
 def test_building_the_cache_reports_progress(data, tmp_path):
+    from classifier.jobs.progress import describe as progress_text
     from classifier.training import Callback
-    from ui.monitor import progress_text
 
     class Phases(Callback):
         seen: list = []

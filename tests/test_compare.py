@@ -7,10 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from classifier.cli import main
 from classifier.compare import (
+    COMPARABLE,
     ComparedRun,
     class_winners,
     compare_summary,
@@ -20,7 +22,9 @@ from classifier.compare import (
     f1_figure,
     f1_table,
     flatten,
+    format_setting,
     load_runs,
+    metrics_table,
     per_class_f1,
     settings_table,
     winner_sentence,
@@ -157,3 +161,49 @@ def test_compare_cli_prints_json(two_runs, capsys, tmp_path) -> None:
     assert out["differing_settings"]["train.lr"] == {"run_a": 0.001, "run_b": 0.003}
     assert main(["compare", "--runs", str(two_runs[0]), str(tmp_path / "missing")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_differing_settings_read_to_three_significant_figures() -> None:
+    diff = {"train.lr": {"a": 0.00031622776601683794, "b": 0.003}, "data_config.mean": {"a": [0.48501, 0.5]},
+            "train.amp": {"a": True, "b": None}, "train.epochs": {"a": 3, "b": 12}}  # fmt: skip
+    table = settings_table(diff, ["a", "b"]).set_index("setting")
+    assert table.loc["train.lr"].tolist() == ["0.000316", "0.003"]
+    assert table.loc["data_config.mean"].tolist() == ["[0.485, 0.5]", "(not set)"]
+    assert table.loc["train.amp"].tolist() == ["true", "—"]
+    assert table.loc["train.epochs"].tolist() == ["3", "12"]
+    assert format_setting(1e-5) == "1e-05" and format_setting({"p": 0.123456}) == "{p: 0.123}"
+
+
+def test_metrics_table_finished_and_still_training(two_runs, tmp_path) -> None:
+    """Finished runs: metrics.json and the validation loss of the best epoch; a running run: its latest epoch."""
+    a, b = two_runs
+    running = tmp_path / "runs" / "r-live"
+    shutil.copytree(b, running)
+    for name in ("metrics.json", "val_predictions.csv", "history.csv"):
+        (running / name).unlink()
+    store = RunStore(tmp_path / "runs.sqlite")
+    store.create("r-live", "live", {"lr": 0.01}, str(running), status="running")
+    for epoch, acc, loss in ((1, 0.3, 1.2), (2, 0.45, 1.05)):
+        store.add_epoch(
+            "r-live", {"epoch": epoch, "train_loss": 1.0, "val_loss": loss, "train_acc": 0.4, "val_acc": acc}
+        )
+    runs = load_runs([a, b, running], store=store)
+    table = metrics_table(runs).set_index("run")
+    assert list(table.columns) == ["status", "epochs", "accuracy", "macro F1", "ROC AUC", "ECE", "val loss", "from"]
+    for run_dir, key in ((a, "run_a"), (b, "run_b")):
+        m = json.loads((run_dir / "metrics.json").read_text())
+        history = pd.read_csv(run_dir / "history.csv")
+        best_loss = float(history.loc[history["epoch"] == m["best_epoch"], "val_loss"].iloc[0])
+        row = table.loc[key]
+        assert (row["accuracy"], row["macro F1"], row["ROC AUC"], row["ECE"]) == (
+            m["accuracy"], m["macro_f1"], m["roc_auc_macro"], m["ece"])  # fmt: skip
+        assert row["val loss"] == pytest.approx(best_loss) and row["from"] == f"best epoch {m['best_epoch']}"
+    live = table.loc["r-live"]
+    assert live["accuracy"] == 0.45 and live["val loss"] == 1.05 and live["from"] == "epoch 2 so far"
+    assert pd.isna(live["macro F1"]) and pd.isna(live["ECE"])  # need the final evaluation
+    assert compare_summary(runs)["runs"][2]["headline"]["accuracy"] == 0.45
+
+
+def test_failed_runs_are_not_offered_for_comparison() -> None:
+    assert "failed" not in COMPARABLE
+    assert {"completed", "running", "queued"} <= set(COMPARABLE)

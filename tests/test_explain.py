@@ -679,3 +679,65 @@ def test_cli_explain_writes_npy_and_png_per_image(tmp_path, capsys):
     assert "unknown target class 'dog'" in capsys.readouterr().err
     assert main([*args, "--method", "gradcam", "--cmap", "no-such-map", str(tmp_path / "wide.png")]) == 2
     assert "unknown colormap" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ fast maps first
+
+
+class CountingBright(Bright):
+    """Bright, counting the images it is given (a batch of n counts n)."""
+
+    def __init__(self):
+        super().__init__()
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += int(x.shape[0])
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("method, options", [(m, {}) for m in METHODS] + [("smoothgrad", {"smoothgrad_base": "ig"})])
+def test_cost_is_the_images_the_model_processes(method, options):
+    """`cost` orders the Explain page's maps; it is exactly the images the model sees besides the prediction."""
+    from classifier.explain.core import cost_order
+
+    model = CountingBright()
+    attribute(model, grey(), method, data_config=IDENTITY_DC, n_steps=8, **options)
+    base = options.get("smoothgrad_base", "saliency")
+    chosen = Options(n_steps=8, internal_batch_size=16, nt_samples=8, occlusion_window=None, perturbations_per_eval=16,
+                     reduce="abs", layer=None, seed=0, smoothgrad_base=base)  # fmt: skip
+    assert METHODS[method].cost(chosen, (SIZE, SIZE)) == model.images - 1  # 1: the prediction
+    assert cost_order([method], (SIZE, SIZE), n_steps=8, **options) == [method]
+
+
+def test_cost_order_is_fast_to_slow_as_measured():
+    """The order measured at 224 px (docs/benchmarks.md); settings move a method (SmoothGrad over integrated
+    gradients costs its samples times the steps); equal costs keep the caller's order."""
+    from classifier.explain.core import cost_order
+
+    assert cost_order(list(METHODS), (224, 224)) == [
+        "gradcam", "saliency", "guided_gradcam", "smoothgrad", "gradient_shap", "ig", "occlusion"]  # fmt: skip
+    assert cost_order(["ig", "occlusion", "saliency", "gradcam"], (224, 224)) == ["saliency", "gradcam", "ig",
+                                                                                   "occlusion"]  # fmt: skip
+    assert cost_order(["smoothgrad", "ig"], (224, 224), smoothgrad_base="ig")[0] == "ig"
+    assert cost_order(["ig", "occlusion"], (224, 224), n_steps=512)[0] == "occlusion"
+
+
+def test_colour_scale_runs_the_colour_map_from_none_to_strongest():
+    import matplotlib
+
+    from classifier.explain import colour_scale
+
+    strip = np.asarray(colour_scale("viridis", width=100, height=6))
+    assert strip.shape == (6, 100, 3) and (strip == strip[:1]).all()  # every row the same
+    cmap = matplotlib.colormaps["viridis"]
+    np.testing.assert_allclose(strip[0, 0], np.rint(np.array(cmap(0.0)[:3]) * 255), atol=1)
+    np.testing.assert_allclose(strip[0, -1], np.rint(np.array(cmap(1.0)[:3]) * 255), atol=1)
+    # The overlay at full opacity paints a map's strongest pixel with the strip's right end.
+    amap = np.zeros((SIZE, SIZE), np.float32)
+    amap[:4, :4] = 1.0
+    painted = np.asarray(overlay(grey(), amap, cmap="viridis", alpha=1.0))
+    np.testing.assert_allclose(painted[0, 0], strip[0, -1], atol=1)
+    np.testing.assert_allclose(painted[-1, -1], strip[0, 0], atol=1)
+    with pytest.raises(ValueError, match="unknown colormap"):
+        colour_scale("nope")

@@ -121,3 +121,43 @@ def test_topk_bar_sorted_most_likely_first() -> None:
     assert bar.orientation == "h"
     assert list(bar.y) == ["cat", "dog", "fox"] and list(bar.x) == [0.7, 0.2, 0.1]
     assert fig.layout.xaxis.title.text == "probability"
+
+
+def test_selected_confusion_cell_is_outlined() -> None:
+    cm = [[5, 1, 0], [3, 4, 2], [0, 0, 0]]
+    assert not figures.confusion_matrix_figure(cm, NAMES, clickable=True).layout.shapes
+    fig = figures.confusion_matrix_figure(cm, NAMES, normalize=True, clickable=True, selected=(1, 2))  # dog -> fox
+    [shape] = fig.layout.shapes
+    # Category axes put class k at k: the outline spans the "fox" column and the "dog" row exactly.
+    assert (shape.x0, shape.x1, shape.y0, shape.y1) == (1.5, 2.5, 0.5, 1.5)
+    assert (shape.xref, shape.yref, shape.line.color) == ("x", "y", figures.SELECTED_COLOR)
+    assert list(fig.data[0].x)[2] == "fox" and list(fig.data[0].y)[1] == "dog"
+    with pytest.raises(ValueError, match="outside a 3-class matrix"):
+        figures.confusion_matrix_figure(cm, NAMES, selected=(3, 0))
+
+
+def _every_figure() -> list[go.Figure]:
+    m = compute_metrics(Y, P, NAMES)
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9],
+                            "train_acc": [0.5, 0.6], "val_acc": [0.4, 0.55]})  # fmt: skip
+    return [
+        figures.class_histogram({"train": {"cat": 3}}),
+        figures.history_curves(history, best_epoch=2),
+        figures.confusion_matrix_figure(m["confusion_matrix"], NAMES, normalize=True, clickable=True),
+        figures.roc_figure(roc_curves(Y, P, NAMES)),
+        figures.pr_figure(pr_curves(Y, P, NAMES)),
+        figures.reliability_figure(reliability_bins(Y, P)),
+        figures.per_class_bar(m["per_class"]),
+        figures.topk_bar(NAMES, [0.5, 0.3, 0.2]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_titles_sit_below_the_chart_toolbar(index: int) -> None:
+    """Plotly's toolbar takes the top ~30 px of a chart at its right: a title pinned to the top of the chart
+    (container coordinates) starts below that row, and the plot starts below the title, whatever the width."""
+    fig = _every_figure()[index]
+    title = fig.layout.title
+    assert (title.yref, title.y, title.yanchor) == ("container", 1, "top")
+    assert title.pad.t >= figures.MODEBAR_PX >= 30
+    assert fig.layout.margin.t >= title.pad.t + 40  # room for the title line (about 20 px) and the subplot titles

@@ -110,3 +110,22 @@ def test_report_escapes_hostile_class_and_file_names(tmp_path) -> None:
     page = report_html(run)
     assert "<script>alert(1)</script>" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_report_is_titled_with_the_run_name_and_leads_with_the_key_settings(two_runs, tmp_path) -> None:
+    from classifier.store import RunStore
+
+    run = tmp_path / "workspace" / "runs" / "20260101-000000-abcdef"
+    shutil.copytree(two_runs[0], run)
+    assert "<h1>simple_cnn · 20260101-000000-abcdef</h1>" in report_html(run)  # no store: backbone and folder
+    RunStore().create(run.name, "ants vs bees, lr 3e-4", {"lr": 3e-4}, str(run), status="completed")
+    page = report_html(run)
+    assert "<h1>ants vs bees, lr 3e-4</h1>" in page and "<title>ants vs bees, lr 3e-4</title>" in page
+    settings = page[page.index("<h2>Settings</h2>") : page.index("<h2>Dataset</h2>")]
+    first, folded = settings.split("<details>")
+    for label, value in (("Backbone", "simple_cnn"), ("Learning rate", "0.001"), ("Input size", "[3, 32, 32]"),
+                         ("Epochs", "1"), ("Batch size", "8")):  # fmt: skip
+        assert f"<td>{label}</td><td>{value}</td>" in first
+    assert "train.num_workers" not in first and "<td>train.num_workers</td><td>0</td>" in folded
+    assert folded.startswith("<summary>All other settings (")
+    assert "<td>data_config.mean</td><td>[0.485, 0.456, 0.406]</td>" in folded

@@ -296,3 +296,42 @@ def test_a_deleted_run_fails_its_trial_not_the_search():
     by_run = {t["run_id"]: t for t in done["trials"]}
     assert by_run["r1"]["state"] == "failed" and "unknown run" in by_run["r1"]["error"]
     assert by_run["r2"]["state"] == "completed"
+
+
+def test_figure_pins_shares_to_0_1_and_leaves_the_labels_room():
+    spec = create_search(BASE, {"batch_size": [8, 16]}, sampler="grid", n_trials=2, prune=False)
+    done = run_search(spec["id"], FakeExecutor(lambda cfg, n: 0.41 + n / 100), poll=0)
+    fig = trials_figure(done)
+    metric, line = fig.data[0].dimensions[-1], fig.data[0].line
+    assert tuple(metric.range) == (0, 1) and (line.cmin, line.cmax) == (0, 1)  # 0.42 vs 0.43 is not a full spread
+    # Axis labels are drawn above the axes: the plot starts well below the title's row.
+    assert fig.layout.margin.t >= fig.layout.title.pad.t + 90
+    loss = dict(done, metric="val_loss", direction="minimize")
+    assert trials_figure(loss).data[0].dimensions[-1].range is None and trials_figure(loss).data[0].line.cmin is None
+    empty = trials_figure(dict(done, trials=[]))
+    assert not empty.data and empty.layout.xaxis.visible is False and empty.layout.yaxis.visible is False
+
+
+def test_running_trials_show_their_live_epoch_and_accuracy():
+    spec = create_search(BASE, {"batch_size": [8, 16]}, sampler="grid", n_trials=2, prune=False)
+    spec["trials"] = [
+        {"number": 1, "params": {"batch_size": 8}, "run_id": "r1", "state": "completed", "value": 0.8,
+         "intermediate": {"1": 0.7, "2": 0.8}},
+        {"number": 2, "params": {"batch_size": 16}, "run_id": "r2", "state": "running", "value": None,
+         "intermediate": {"1": 0.6}},
+    ]  # fmt: skip
+
+    class Live:
+        def status(self, run_id):
+            assert run_id == "r2", "only active trials are read"
+            return SimpleNamespace(status="running", progress={"epoch": 2, "epochs": 2, "fraction": 0.7})
+
+        def history(self, run_id):
+            return [{"epoch": 1, "val_acc": 0.6, "val_loss": 0.9}]
+
+    live = search.live_trials(spec, Live())
+    assert live == {2: {"epoch": 2, "epochs": 2, "fraction": 0.7, "val": 0.6}}
+    rows = {r["trial"]: r for r in trials_table(spec, live)}
+    assert rows[2]["epoch"] == "2/2" and rows[2]["latest val_acc"] == 0.6 and rows[2]["accuracy"] is None
+    assert rows[1]["epoch"] == "2" and rows[1]["latest val_acc"] == 0.8 and rows[1]["accuracy"] == 0.8
+    assert trials_table(spec)[1]["epoch"] == "1"  # without live progress: the epochs it reported

@@ -14,11 +14,11 @@ import streamlit as st
 
 from classifier.device import heavy_work
 from classifier.figures import lr_find_figure
+from classifier.jobs.progress import duration
 from classifier.training import TrainConfig
 from classifier.training.config import config_field
 from classifier.training.lr_find import LRFindResult, lr_find
 from ui import state
-from ui.monitor import duration
 from ui.widgets import server_busy_notice, user_errors
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import streamlit as st
 
+from classifier.jobs.progress import duration
 from classifier.rundir import read_info_if_any
 from classifier.training import TrainConfig
 from classifier.training.config import config_field
 from classifier.training.preflight import Problem, estimate_from_runs, estimate_seconds, measure_speed
-from ui.monitor import duration
 
 SPEEDS = "_measured_speeds"  # session: settings key -> classifier.training.preflight.Speed
 

@@ -17,12 +17,12 @@ import streamlit as st
 
 from classifier.data.dataset import DatasetIndex, save_version
 from classifier.data.versions import DatasetVersions, Edits
+from classifier.jobs.progress import duration
 from classifier.models import list_backbones
 from classifier.quality import ISSUE_TYPES, ScanResult, scan_dataset
 from classifier.training import TrainConfig
 from ui import state
 from ui.cache import dataset_index, thumbnail
-from ui.monitor import duration
 from ui.widgets import literal, user_errors
 
 PER_PAGE = 8  # images per issue type shown at once (most likely first); "Show more" adds as many again

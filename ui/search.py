@@ -19,6 +19,7 @@ from classifier.errors import ClassifierError
 from classifier.models import list_backbones
 from ui import state
 from ui.access import current_user
+from ui.cache import executor
 from ui.widgets import literal, sticky_select, user_errors
 
 POLL_SECONDS = 1.0
@@ -73,10 +74,27 @@ def space_form() -> dict[str, Any]:
 
 
 def trials_frame(spec: dict[str, Any]) -> pd.DataFrame:
-    rows = search.trials_table(spec)
+    """The ranked trials with state icons; running trials show their run's epoch and latest validation value."""
+    live = (
+        search.live_trials(spec, executor()) if any(t["state"] in search.ACTIVE_TRIAL for t in spec["trials"]) else {}
+    )
+    rows = search.trials_table(spec, live)
     for r in rows:
         r["state"] = f"{ICONS.get(r['state'], '')} {r['state']}"
     return pd.DataFrame(rows)
+
+
+def _trials(spec: dict[str, Any]) -> None:
+    """The trials table, and their chart once a trial has finished (before that it would be axes without data)."""
+    number = st.column_config.NumberColumn
+    latest = f"latest {search.METRICS[spec['metric']][1]}"
+    fmt = {c: number(format="%.4f" if c.endswith("loss") else "%.3f") for c in (spec["metric"], latest)}
+    fmt |= {k: number(format="%.3g") for k, p in spec["space"].items() if "choices" not in p}
+    st.dataframe(trials_frame(spec), hide_index=True, column_config=fmt, placeholder="—")
+    if search.finished_trials(spec):
+        st.plotly_chart(search.trials_figure(spec), key=f"search_chart_{spec['id']}")
+    else:
+        st.caption("The chart of trials appears when the first trial finishes.")
 
 
 def search_label(spec: dict[str, Any]) -> str:
@@ -92,8 +110,7 @@ def _draw(spec: dict[str, Any]) -> None:
     if spec.get("error"):
         st.error(spec["error"])
     if spec["trials"]:
-        st.dataframe(trials_frame(spec), hide_index=True)
-        st.plotly_chart(search.trials_figure(spec), key=f"search_chart_{spec['id']}")
+        _trials(spec)
     best = search.best_trial(spec)
     c1, c2 = st.columns(2)
     label = f"Open best in Evaluate (trial {best['number']}, {spec['metric']} {best['value']:.3f})" if best else ""

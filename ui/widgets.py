@@ -6,7 +6,6 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from classifier.errors import ClassifierError
-from classifier.jobs.catalogue import ensemble_entries
+from classifier.jobs.catalogue import ensemble_entries, table
 from ui import state
 from ui.cache import executor
 
@@ -128,31 +127,28 @@ def jobs(limit: int | None = None) -> list[Any]:
 
 
 def runs_table(job_list: Sequence[Any]) -> pd.DataFrame:
-    """One row per catalogue entry (run, ensemble, search): status, key settings and validation metrics."""
-    rows = []
-    for j in job_list:
-        cfg, m = j.config or {}, dict(j.metrics or {})
-        if j.kind == "search" and m.get("metric"):  # a search's best value so far, in its metric's column
-            m[m["metric"]] = m.get("best")
-        rows.append(
-            {
-                "run": j.run_id,
-                "kind": j.kind,
-                "name": j.name or "",
-                "status": f"{STATUS_ICONS.get(j.status, '')} {j.status}",
-                "backbone": cfg.get("backbone"),
-                "mode": cfg.get("mode"),
-                "epochs": cfg.get("epochs"),
-                "img size": cfg.get("img_size"),
-                "accuracy": m.get("accuracy"),
-                "macro F1": m.get("macro_f1"),
-                "ROC AUC": m.get("roc_auc_macro"),
-                "ECE": m.get("ece"),
-                "created": datetime.fromtimestamp(j.created_at) if j.created_at else None,
-                "error": j.error or "",
-            }
-        )
-    return pd.DataFrame(rows)
+    """One row per catalogue entry (run, ensemble, search): `classifier.jobs.catalogue.table` with status icons;
+    the app's executor supplies the latest validation accuracy of runs still training."""
+    df = table(job_list, executor=executor())
+    if not df.empty:
+        df["status"] = [f"{STATUS_ICONS.get(s, '')} {s}" for s in df["status"]]
+    return df
+
+
+def show_runs_table(df: pd.DataFrame, columns: Sequence[str] | None = None) -> None:
+    """Draw a `runs_table` (optionally only `columns`): percentages, progress bars, 3 significant figures for the
+    settings that differ, and "—" for what is missing rather than "None"."""
+    number = st.column_config.NumberColumn
+    config: dict[str, Any] = {
+        "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
+        "accuracy": number(format="percent"),
+        "macro F1": number(format="%.3f"),
+        "ROC AUC": number(format="%.3f"),
+        "ECE": number(format="%.3f"),
+        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    }
+    config |= {c: number(format="%.3g") for c in df.attrs.get("settings", []) if pd.api.types.is_float_dtype(df[c])}
+    st.dataframe(df[list(columns)] if columns else df, hide_index=True, column_config=config, placeholder="—")
 
 
 def run_label(j: Any, with_accuracy: bool = False) -> str:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 from classifier.cli.config_flags import add_config_flags, add_settings, config_from_args
+from classifier.environ import environ
 from classifier.errors import ClassifierError
 
 NAME = "jobs"
@@ -80,16 +79,8 @@ def _executor_env(a: argparse.Namespace):
     from classifier.jobs.ray import ADDRESS_ENV
 
     changes = {k: v for k, v in ((EXECUTOR_ENV, a.executor), (ADDRESS_ENV, a.ray_address)) if v}
-    old = {k: os.environ.get(k) for k in changes}
-    os.environ.update(changes)
-    try:
+    with environ(changes):
         yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run(a: argparse.Namespace) -> int:
@@ -123,6 +114,8 @@ def _submit(ex, a: argparse.Namespace) -> dict:
 
 
 def _list(ex, a: argparse.Namespace) -> dict:
+    from classifier.jobs.progress import describe
+
     jobs = ex.list(a.limit)
     lines = [f"{j.run_id}  {j.status:<11}  {j.name}" + (f"  {describe(j.progress)}" if j.status in ACTIVE else "")
              for j in jobs]  # fmt: skip
@@ -130,6 +123,8 @@ def _list(ex, a: argparse.Namespace) -> dict:
 
 
 def _status(ex, a: argparse.Namespace) -> dict:
+    from classifier.jobs.progress import describe
+
     job = ex.status(a.run_id)
     text = f"{job.run_id}  {job.status}  {describe(job.progress)}"
     if job.error:
@@ -165,21 +160,3 @@ def job_dict(job: Any) -> dict:
     d = asdict(job)
     d["run_dir"] = str(d["run_dir"])
     return d
-
-
-def describe(p: dict) -> str:
-    """One line of progress: phase, epoch, step, loss, speed, time left ('' when nothing was reported)."""
-    if not p:
-        return ""
-    parts = [str(p.get("phase", ""))]
-    if p.get("epochs"):
-        parts.append(f"epoch {p.get('epoch', 0)}/{p['epochs']}")
-    if p.get("total_steps"):
-        parts.append(f"step {p.get('step', 0)}/{p['total_steps']} ({100 * float(p.get('fraction') or 0):.0f}%)")
-    if p.get("loss") is not None:
-        parts.append(f"loss {p['loss']:.4f}")
-    if p.get("images_per_sec"):
-        parts.append(f"{p['images_per_sec']:.0f} images/s")
-    if p.get("eta_seconds") is not None:
-        parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(0, p['eta_seconds'])))}")
-    return " · ".join(x for x in parts if x)

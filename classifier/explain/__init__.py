@@ -54,7 +54,7 @@ from classifier.lazy import lazy_exports
 if TYPE_CHECKING:  # the same names, statically: for type checkers and for the import graph (tests/test_layers.py)
     from classifier.explain.baselines import BASELINES
     from classifier.explain.batch import explain_paths
-    from classifier.explain.core import Attribution, attribute
+    from classifier.explain.core import Attribution, attribute, cost_order
     from classifier.explain.geometry import crop_box
     from classifier.explain.layers import FAMILIES, VIT_GRADCAM_HELP, gradcam_layer, guess_family
     from classifier.explain.methods import (
@@ -68,12 +68,13 @@ if TYPE_CHECKING:  # the same names, statically: for type checkers and for the i
         methods_using,
         register,
     )
-    from classifier.explain.render import overlay
+    from classifier.explain.render import colour_scale, overlay
     from classifier.explain.scoring import mask_energy_ratio, peak, pointing_game
 
 _OWNER = {  # public name -> the module that owns it
     "Attribution": "core",
     "attribute": "core",
+    "cost_order": "core",
     "METHODS": "methods",
     "REDUCTIONS": "methods",
     "AttributionMethod": "methods",
@@ -90,6 +91,7 @@ _OWNER = {  # public name -> the module that owns it
     "guess_family": "layers",
     "crop_box": "geometry",
     "overlay": "render",
+    "colour_scale": "render",
     "mask_energy_ratio": "scoring",
     "peak": "scoring",
     "pointing_game": "scoring",
@@ -107,6 +109,8 @@ __all__ = [
     "REDUCTIONS",
     "VIT_GRADCAM_HELP",
     "attribute",
+    "colour_scale",
+    "cost_order",
     "crop_box",
     "explain_paths",
     "get_method",

@@ -4,11 +4,12 @@ method follows are in the package docstring (`classifier.explain`)."""
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -109,6 +110,15 @@ def attribute(
         delta=out.delta,
         extra=extra,
     )
+
+
+def cost_order(methods: Sequence[str], input_hw: tuple[int, int], **options: Any) -> list[str]:
+    """`methods` fastest first by `AttributionMethod.cost` (images through the model) with `attribute`'s options
+    (its defaults for any not given); equal costs keep their order. The Explain page draws maps in this order."""
+    defaults = inspect.signature(attribute).parameters
+    chosen = Options(**{f.name: options.get(f.name, defaults[f.name].default) for f in fields(Options)})
+    cost = {m: get_method(m).cost(chosen, input_hw) for m in methods}
+    return sorted(methods, key=cost.__getitem__)
 
 
 def _run(

@@ -51,3 +51,17 @@ def overlay(
     base = np.asarray(rgb, dtype=np.float64) / 255.0
     out = (1.0 - alpha) * base + alpha * colour
     return Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8), "RGB")
+
+
+def colour_scale(cmap: str = "jet", width: int = 256, height: int = 12) -> Image.Image:
+    """The overlay's legend: `cmap` as a horizontal strip, left = no attribution (0), right = the map's 99th
+    percentile and above (how `overlay` scales an unsigned map)."""
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {cmap!r}; any matplotlib colormap name works (jet, viridis, ...)") from None
+    row = colormap(np.linspace(0.0, 1.0, max(2, int(width))))[:, :3]
+    strip = np.repeat(row[None], max(1, int(height)), axis=0)
+    return Image.fromarray(np.clip(np.rint(strip * 255.0), 0, 255).astype(np.uint8), "RGB")

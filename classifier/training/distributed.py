@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from classifier.device import seed_everything
+from classifier.environ import environ
 from classifier.errors import ClassifierError, RunError
 from classifier.training.events import Callback, CancelFit, FitState
 
@@ -254,16 +255,8 @@ def _rank_environment(nproc: int) -> Iterator[None]:
         "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc)),
     }
-    old = {k: os.environ.get(k) for k in changes}
-    os.environ.update(changes)
-    try:
+    with environ(changes):
         yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def first_failure(failures: dict[int, Any]) -> RankFailure | RankInterrupted:

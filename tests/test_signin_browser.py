@@ -112,7 +112,7 @@ def heading(page: sync_api.Page, title: str) -> sync_api.Locator:
 def nav(page: sync_api.Page) -> list[str]:
     links = page.locator('a[data-testid="stSidebarNavLink"]')
     links.first.wait_for(timeout=SLOW_MS)
-    return [t.strip() for t in links.all_inner_texts()]
+    return [t.strip().splitlines()[-1] for t in links.all_inner_texts()]  # a link's text: its icon's name, its title
 
 
 def sign_in(page: sync_api.Page, url: str, email: str) -> None:
@@ -130,6 +130,10 @@ def forbidden_url_shows_home(page: sync_api.Page, url: str, slug: str, title: st
     page.goto(f"{url}/{slug}")
     heading(page, "Image classifier workbench").wait_for(timeout=SLOW_MS)
     expect(heading(page, title)).to_have_count(0)
+    dialog = page.get_by_role("dialog")  # Streamlit says the page was not found, over Home
+    expect(dialog).to_contain_text("Page not found", timeout=SLOW_MS)
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
 
 
 def png() -> bytes:
@@ -172,7 +176,9 @@ def test_each_role_signs_in_and_gets_its_pages(server: Server, browser: sync_api
         if role == "viewer":
             page.goto(f"{url}/evaluate")
             heading(page, "Evaluate").wait_for(timeout=SLOW_MS)  # the team's finished run, to look at
-            expect(page.get_by_text("shapes demo").first).to_be_visible(timeout=SLOW_MS)
+            picker = page.get_by_role("combobox", name="Completed run or saved ensemble")
+            expect(picker).to_have_value(re.compile(r"^shapes demo"), timeout=SLOW_MS)
+            expect(page.get_by_text(re.compile(r"^\d+ validation images"))).to_be_visible(timeout=SLOW_MS)
         if role == "trainer":
             page.goto(f"{url}/runs")
             heading(page, "Runs").wait_for(timeout=SLOW_MS)
@@ -182,6 +188,8 @@ def test_each_role_signs_in_and_gets_its_pages(server: Server, browser: sync_api
             heading(page, "Access").wait_for(timeout=SLOW_MS)
             expect(page.get_by_text("published by tom@example.com")).to_be_visible(timeout=SLOW_MS)
         page.get_by_role("button", name="Sign out").click()
+        page.get_by_role("button", name="End session").click(timeout=SLOW_MS)  # the provider's logout (RP-initiated)
+        page.goto(f"{url}/")
         page.get_by_role("button", name="Sign in").wait_for(timeout=SLOW_MS)
         assert nav(page) == NAV["visitor"]
         ctx.close()

@@ -172,21 +172,43 @@ def test_publish_then_a_visitor_predicts_within_the_limits(finished_run) -> None
     assert any("made 2 predictions, the most a visitor may make (2)" in e.value for e in at.error)
 
 
-def test_row27_an_upload_past_the_disk_quota_is_refused_naming_it_and_nothing_is_written() -> None:
+def _zip(seed: int = 0) -> bytes:
+    """Two classes of three noise PNGs (about 120 kB each: noise does not compress), ~0.7 MB in all."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for cls in ("cats", "dogs"):
             for i in range(3):
-                zf.writestr(f"{cls}/{i}.png", _png(i, size=200))  # ~120 kB each, uncompressible
-    assert len(buf.getvalue()) > 200_000
+                zf.writestr(f"{cls}/{i}.png", _png(seed + i + (100 if cls == "dogs" else 0), size=200))
+    return buf.getvalue()
+
+
+def test_row27_an_upload_past_the_disk_quota_is_refused_naming_it_and_nothing_is_written() -> None:
+    data = _zip()
+    assert len(data) > 200_000
     at = app_as(TRAINER, "data")
     at.radio(key="w_source").set_value("Upload a .zip").run()
-    at.file_uploader[0].upload("pets.zip", buf.getvalue(), "application/zip").run()
+    at.file_uploader[0].upload("pets.zip", data, "application/zip").run()
     assert not at.exception, at.exception
     assert any("disk quota reached" in e.value and "limit is 0 MB per user" in e.value for e in at.error), [
         e.value for e in at.error
     ]
     assert [d.name for d in datasets_dir().iterdir() if not d.name.startswith(".")] == []
+
+
+def test_uploads_past_the_sessions_upload_quota_are_refused_naming_it(access_file: Path) -> None:
+    quotas = "disk_mb_per_user = 100\nupload_mb_per_session = 1.0"
+    access_file.write_text(ACCESS.replace("disk_mb_per_user = 0.2", quotas), encoding="utf-8")
+    at = app_as(TRAINER, "data")
+    at.radio(key="w_source").set_value("Upload a .zip").run()
+    first, second = _zip(seed=0), _zip(seed=10)
+    assert 600_000 < len(first) < 1_000_000 and len(first) + len(second) > 1_000_000
+    at.file_uploader[0].upload("pets.zip", first, "application/zip").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.file_uploader[0].upload("more.zip", second, "application/zip").run()
+    assert any("upload quota reached" in e.value and "per session" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]
+    assert len([d for d in datasets_dir().iterdir() if not d.name.startswith(".")]) == 1  # the second never written
 
 
 def test_admins_see_the_access_list_and_everyones_use(finished_run) -> None:

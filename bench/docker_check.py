@@ -8,7 +8,8 @@ Building: `debootstrap` makes a minimal Debian bookworm root from Debian's packa
 base image, and `buildah bud --storage-driver vfs --isolation chroot` builds the Dockerfile on it with
 `BASE_IMAGE` pointing there. The PyTorch CPU index may be unreachable (it is from the development machines): then
 `--torch-index pypi --torch-spec "torch==X torchvision==Y"` installs from the ordinary index, and `--wheels DIR`
-(mounted for the build only) lets pip take a local CPU wheel first. `--ca FILE` hands pip the CA bundle of a
+(mounted for the build only) lets pip take a local wheel first (torch and torchvision must come from the same
+index: PyPI's torchvision does not load next to a `+cpu` torch). `--ca FILE` hands pip the CA bundle of a
 TLS-inspecting proxy, also for the build only.
 
 Running (each check prints ok/FAIL; exit 1 on any failure): the server answers `/_stcore/health`; its processes run

@@ -50,7 +50,7 @@ weights = field_input(c2, "weights", weights_key, working_weights(backbone),
                       options=weight_sources(backbone), format_func=WEIGHTS.get)  # fmt: skip
 if weights == "file":
     weights = c2.text_input("Path to the .safetensors file", key="w_weights_path").strip()
-mode = field_input(c3, "mode", "w_mode", radio=True)
+mode = field_input(c3, "mode", "w_mode", "finetune", radio=True)  # the page always names a mode
 
 with st.expander("Hyperparameters", expanded=True):
     settings_slot = st.container()

@@ -5,11 +5,13 @@
     python bench/run.py --img-size 224 --images 160 --epochs 3 --skip-probe
 
 Rows of the table (each ratio from measurements taken in this process, one right after the other):
-- fit vs bare, per epoch: images/s of `classifier.training.fit` against a bare loop (timm.create_model, a
-  torchvision DataLoader decoding the files with PIL every epoch, the same augmentation preset, optimizer, loss,
-  gradient clipping, batch size, images and number of steps). Epoch 1 of the fit includes building the decoded
-  cache (setup before the first batch), epochs 2+ read it. Our validation passes and checkpoints are not in the
-  images/s (they are extra work the bare loop does not do); the end-to-end row includes them.
+- fit vs bare, per epoch: images/s of `classifier.training.fit` (with the precision `classifier.device.Precision`
+  picks: bf16 autocast + channels_last on CPUs with AVX-512 BF16 / AMX) against a plain float32 bare loop
+  (timm.create_model, a torchvision DataLoader decoding the files with PIL every epoch, the same augmentation
+  preset, optimizer, loss, gradient clipping, batch size, images and number of steps). Epoch 1 of the fit
+  includes building the decoded cache (setup before the first batch), epochs 2+ read it. Our validation passes
+  and checkpoints are not in the images/s (they are extra work the bare loop does not do); the end-to-end row
+  includes them.
 - data share: seconds spent waiting for batches and augmenting them over the epoch's training seconds, ours
   (from the run's history) and the bare loop's.
 - predict latency: one image through `predict_paths` (decode, eval transform, forward, formatting) against a bare
@@ -123,7 +125,8 @@ def our_fit(data: Path, args, workdir: Path, name: str, between=None) -> tuple[l
     clock.outside = 0.0
     cfg = TrainConfig(data=str(data), backbone=args.backbone, weights="none", img_size=args.img_size,
                       mode="finetune", augment="light", epochs=args.epochs, batch_size=args.batch_size, lr=5e-4,
-                      val_split=args.val_split, seed=0, cache=args.cache, checkpoint_every_steps=0)  # fmt: skip
+                      val_split=args.val_split, seed=0, cache=args.cache, checkpoint_every_steps=0,
+                      amp=not args.no_amp)  # fmt: skip
     t0 = time.perf_counter()
     result = fit(cfg, workdir / name, [clock])
     wall = time.perf_counter() - t0 - clock.outside
@@ -239,6 +242,7 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=20, help="single-image predictions timed")
     ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--no-amp", action="store_true", help="our fit in float32 too (as before bf16 on CPUs)")
     args = ap.parse_args()
     if args.quick:
         args.img_size, args.images, args.epochs, args.skip_probe, args.repeats = 64, 48, 2, True, 10
@@ -322,7 +326,9 @@ def main() -> None:
         del result, torch
 
     print(f"backbone {args.backbone}, {args.img_size} px, {n} training images, batch {args.batch_size}, "
-          f"{args.epochs} epochs, device {device}, cache {runtime.get('cache')} "
+          f"{args.epochs} epochs, device {device}, precision {runtime.get('amp') or 'float32'} (bare: float32), "
+          f"channels_last {runtime.get('channels_last')}, threads {runtime.get('threads')}, "
+          f"cache {runtime.get('cache')} "
           f"({runtime.get('cache_mb')} MB), loader workers: ours {runtime.get('num_workers')}, "
           f"bare {bare_cfg['workers']}")  # fmt: skip
     widths = [max(len(r[i]) for r in table + [("what", "ours", "bare / reference", "ratio")]) for i in range(4)]

@@ -1,7 +1,8 @@
-"""Where and how a model runs: device choice, seeding, DataLoader settings, mixed precision, out-of-memory handling.
+"""Where and how a model runs: device choice, seeding, threads, DataLoader settings, mixed precision, out-of-memory
+handling.
 
     >>> dev = pick_device("auto")  # cuda, then mps, then cpu
-    >>> prec = Precision.for_device(dev, amp=True)
+    >>> prec = Precision.for_device(dev, amp=True)  # bf16 on CUDA, and on CPUs with AVX-512 BF16 / AMX
     >>> with prec.autocast():  # doctest: +SKIP
     ...     logits = model(x)
 
@@ -50,12 +51,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def usable_cpus() -> int:
+    """The cores this process may really use: its CPU affinity and the container's CPU quota (cgroup v2 `cpu.max`,
+    v1 `cfs_quota_us`), not the host's count. A 2-CPU container on a 16-core host otherwise runs 16 threads on 2
+    cores, and oversubscribed intra-op threads wait on each other."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for path, split in (("/sys/fs/cgroup/cpu.max", None), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "period")):
+        try:
+            text = open(path).read().split()  # noqa: SIM115 - a one-line pseudo-file
+            if split is None:
+                quota, period = text[0], text[1]
+            else:
+                quota, period = text[0], open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read().split()[0]
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1") and float(period) > 0:
+            cpus = min(cpus, max(1, int(float(quota) / float(period) + 0.5)))
+        break
+    return max(1, cpus)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads to `threads`, or (None) cap them at the usable cores (`usable_cpus`); return
+    the number in use.
+
+    torch's own default is the machine's physical core count, which uses a 16-core host fully but ignores a
+    container's quota; capping keeps a lower number someone chose on purpose. ONNX Runtime sessions
+    (`model_io.onnx_session`) take the same number, so both use a many-core host fully and a 2-core one without
+    oversubscribed threads waiting on each other.
+    """
+    n = max(1, int(threads)) if threads else min(torch.get_num_threads(), usable_cpus())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def default_workers(device: torch.device) -> int:
     """DataLoader worker processes when the user gives none.
 
     On a small CPU host decode workers steal the cores the model needs; with a GPU they keep it fed.
     """
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     return min(8, cpus - 1) if device.type == "cuda" else (0 if cpus <= 2 else min(4, cpus // 2))
 
 
@@ -64,27 +100,65 @@ def loader_kwargs(device: torch.device, workers: int) -> dict[str, Any]:
     return {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 dot products
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags: /proc/cpuinfo on Linux, else torch's own CPU probe (`torch.cpu.get_capabilities`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    try:
+        return frozenset(k for k, v in (caps() if caps else {}).items() if v is True)
+    except Exception:  # noqa: BLE001 - an unknown CPU just means no flags
+        return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs that compute bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated and slower."""
+    return bool(set(CPU_BF16_FLAGS) & cpu_flags())
+
+
 @dataclass(frozen=True)
 class Precision:
     """Mixed precision and memory layout for one device: bf16 (or fp16 with a grad scaler) autocast and
-    channels_last on CUDA, plain float32 elsewhere."""
+    channels_last on CUDA; bf16 autocast and channels_last on CPUs with native bf16 (AVX-512 BF16 / AMX), where
+    oneDNN's bf16 convolutions are faster (bench/run.py measures it); plain float32 elsewhere or with `amp` off."""
 
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device, amp: bool = True) -> Precision:
+    def for_device(cls, device: torch.device, amp: bool = True, cpu_bf16: bool | None = None) -> Precision:
+        """`amp=False` is the off switch (float32 everywhere); `cpu_bf16` overrides the CPU flag check (tests)."""
+        if device.type == "cpu":
+            use = amp and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16)
+            return cls(device, torch.bfloat16, channels_last=True) if use else cls(device)
         if device.type != "cuda":
             return cls(device)
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
         return cls(device, dtype, channels_last=True)
 
-    def autocast(self) -> AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+    def autocast(self, training: bool = True) -> AbstractContextManager:
+        """Autocast for a training step (or, `training=False`, an evaluation pass). On a CPU evaluation stays
+        float32, so metrics.json and val_predictions.csv are exactly what `evaluate` and `predict` (float32
+        PyTorch or ONNX Runtime) give again: bf16 validation flipped 1 of 12 demo validation images."""
+        if self.active_name(training) is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def active_name(self, training: bool = True) -> str | None:
+        """The dtype `autocast(training)` computes in ('bfloat16', 'float16'), None for float32."""
+        return None if not training and self.device.type == "cpu" else self.amp_name
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
-        """`x` in the memory layout the model was put in (channels_last for 4-D image batches on CUDA)."""
+        """`x` in the memory layout the model was put in (channels_last for 4-D image batches with amp)."""
         if self.channels_last and x.ndim == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -94,7 +168,8 @@ class Precision:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
+            if self.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
         return model
 
     def grad_scaler(self) -> torch.amp.GradScaler:

@@ -1,4 +1,4 @@
-"""ONNX and TorchScript files: write them, quantize ONNX to int8, open them for inference.
+"""ONNX and TorchScript files: write them, quantize ONNX to int8 (static QDQ, or dynamic), open them for inference.
 
 Used by `classifier.export` (the checked, downloadable export) and `classifier.predict` (the ONNX Runtime
 backend, which exports a run once into the workspace cache). Formats and tool versions are explained in
@@ -7,7 +7,9 @@ backend, which exports a run once into the workspace cache). Formats and tool ve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -65,23 +67,28 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path
     return path
 
 
+def _plain_copy(src: str | Path, dst: Path) -> None:
+    """`src` without the exporter's shape annotations of weights: onnxruntime < 1.32 quantizes a Gemm by transposing
+    its weight under the same name and then fails shape inference on that stale annotation."""
+    import onnx
+
+    model = onnx.load(str(src))
+    weights = {t.name for t in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in weights]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    onnx.save(model, str(dst))
+
+
 def quantize_onnx_int8(src: str | Path, dst: str | Path) -> Path:
     """Dynamic int8 quantization (weights int8, activations at run time) of the ONNX model at `src`."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     dst = Path(dst)
     plain, pre = dst.with_name(dst.stem + ".plain.onnx"), dst.with_name(dst.stem + ".pre.onnx")
     try:
-        # The exporter annotates weights with shapes too; onnxruntime < 1.32 quantizes a Gemm by transposing its
-        # weight under the same name and then fails shape inference on that stale annotation. Drop those.
-        model = onnx.load(str(src))
-        weights = {t.name for t in model.graph.initializer}
-        keep = [v for v in model.graph.value_info if v.name not in weights]
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep)
-        onnx.save(model, str(plain))
+        _plain_copy(src, plain)
         quant_pre_process(str(plain), str(pre), skip_symbolic_shape=True)  # ONNX Runtime's recommended step
         quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
     except Exception as e:  # noqa: BLE001
@@ -90,6 +97,74 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path) -> Path:
         plain.unlink(missing_ok=True)
         pre.unlink(missing_ok=True)
     return dst
+
+
+CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
+
+
+def quantize_onnx_static(
+    src: str | Path, dst: str | Path, calibration: np.ndarray, method: str = "percentile", batch: int = 8
+) -> Path:
+    """Static int8 quantization in QDQ form of the ONNX model at `src`: weights int8 per output channel, activations
+    uint8 with ranges calibrated on `calibration` (N, 3, H, W float32 images, preprocessed exactly like evaluation).
+
+    ONNX Runtime fuses the QDQ pairs into its integer kernels (QLinearConv), which use AVX-512 VNNI / AVX-VNNI where
+    the CPU has them; dynamic quantization quantizes activations at run time and falls back to slower ConvInteger.
+    Calibration: `percentile` (99.999th percentile of each activation's histogram) clips the rare outliers that
+    make plain `minmax` ranges coarse; `entropy` picks the range that keeps the histogram's information. Measured
+    on EfficientNet-Lite0's ImageNet head (1000 classes, 153 hymenoptera photos, 64 calibration images), percentile
+    agreed with float on 97.4 % of top-1 predictions; keeping the first convolution and the classifier in float
+    changed nothing (97.4 %) and ran slower, so every Conv and Gemm is quantized (docs/benchmarks.md).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise ModelError(f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}")
+    if len(calibration) == 0:
+        raise ModelError("static int8 quantization needs calibration images; none were given")
+    x = np.ascontiguousarray(calibration, dtype=np.float32)
+    if len(x) > batch:  # the calibrators stack each batch's outputs, so every batch must have the same size
+        x = x[: len(x) // batch * batch]
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([x[i : i + batch] for i in range(0, len(x), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.batches, None)
+            return None if b is None else {INPUT_NAME: b}
+
+    dst = Path(dst)
+    plain, pre = dst.with_name(dst.stem + ".plain.onnx"), dst.with_name(dst.stem + ".pre.onnx")
+    calib_method = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy}[method]  # fmt: skip
+    try:
+        _plain_copy(src, plain)
+        quant_pre_process(str(plain), str(pre), skip_symbolic_shape=True)  # folds batch norms into convolutions
+        with _quiet_stdout():  # the calibrators print progress lines
+            quantize_static(str(pre), str(dst), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calib_method)  # fmt: skip
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"could not quantize the ONNX model (static int8): {type(e).__name__}: {first_line(e)}") from e
+    finally:
+        plain.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
+        for leftover in dst.parent.glob("augmented_model*.onnx"):
+            leftover.unlink(missing_ok=True)
+    return dst
+
+
+class _quiet_stdout(contextlib.redirect_stdout):
+    def __init__(self) -> None:
+        super().__init__(io.StringIO())
 
 
 def onnx_session(path: str | Path, threads: int | None = None) -> Any:

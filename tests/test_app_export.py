@@ -67,8 +67,11 @@ def test_onnx_int8_export_shows_parity_and_speed_and_offers_the_bundle(completed
     cards = {m.label: m.value for m in at.metric}
     assert {"Top-1 agreement", "Max prob. difference", "Speed vs PyTorch", "Accuracy (ONNX int8)"} <= set(cards)
     assert cards["Speed vs PyTorch"].endswith("×")
+    acc = next(m for m in at.metric if m.label == "Accuracy (ONNX int8)")
+    assert "all the run's validation images" in acc.help and "headline accuracy" in acc.help
+    assert (acc.proto.delta == "") == ("no change" in acc.help)  # an arrow only for a real change
     frame = table(at)
-    assert frame["model"].tolist() == ["PyTorch", "ONNX float32", "ONNX int8"]
+    assert frame["model"].tolist() == ["PyTorch", "ONNX float32", "ONNX int8 dynamic", "ONNX int8"]
     assert frame.loc[1, "top-1 agreement"] == 1.0 and frame.loc[1, "check"] == "ok"
     assert frame["images/s"].gt(0).all() and frame["accuracy"].notna().all()
     assert at.success or at.warning  # the verdict is always spelled out
@@ -84,7 +87,7 @@ def test_onnx_int8_export_shows_parity_and_speed_and_offers_the_bundle(completed
     again = runs_page()  # a reload shows the last export of this choice without rebuilding it
     again.radio(key=f"w_export_format_{completed_run}").set_value("ONNX").run()
     again.checkbox(key=f"w_export_int8_{completed_run}").check().run()
-    assert table(again)["model"].tolist() == ["PyTorch", "ONNX float32", "ONNX int8"]
+    assert table(again)["model"].tolist() == ["PyTorch", "ONNX float32", "ONNX int8 dynamic", "ONNX int8"]
 
 
 def test_broken_export_shows_a_warning(completed_run: str, monkeypatch) -> None:

@@ -51,6 +51,7 @@ FLAGS = {
     "label_smoothing": "--label-smoothing",
     "grad_clip": "--grad-clip",
     "early_stopping": "--early-stopping",
+    "time_budget": "--time-budget",
     "seed": "--seed",
     "device": "--device",
     "amp": "--no-amp",
@@ -67,8 +68,8 @@ CHANGED = TrainConfig(
     grayscale=True,
     imbalance="sampler", backbone="resnet18", weights="none", mode="linear", head_warmup_epochs=2, drop_rate=0.1,
     epochs=3, batch_size=8, lr=0.01, optimizer="sgd", scheduler="onecycle", warmup_epochs=1.0, weight_decay=0.01,
-    label_smoothing=0.05, grad_clip=0.0, early_stopping=4, seed=7, device="cpu", amp=False, num_workers=2,
-    cache="off", compile=True, auto_batch_size=True, nproc=2, checkpoint_every_steps=50,
+    label_smoothing=0.05, grad_clip=0.0, early_stopping=4, time_budget=30.0, seed=7, device="cpu", amp=False,
+    num_workers=2, cache="off", compile=True, auto_batch_size=True, nproc=2, checkpoint_every_steps=50,
 )  # fmt: skip
 
 
@@ -126,7 +127,7 @@ def test_train_has_a_flag_per_field_with_its_name_default_choices_and_help():
     for group in ("data", "model", "optimisation", "output and runtime"):
         assert f"\n{group}:\n" in text
     assert all(flag in text for flag in FLAGS.values())
-    assert "(epochs; default: 20 for linear, 8 for finetune)" in " ".join(text.split())
+    assert "(epochs; default: 20 for linear, 8 for partial and finetune)" in " ".join(text.split())
 
 
 def test_lr_find_and_search_have_the_settings_and_runtime_flags_but_not_the_run_dir_ones():

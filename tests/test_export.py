@@ -67,6 +67,11 @@ def test_onnx_export_agrees_with_pytorch_on_validation_images(run_dir: Path, onn
     check = report.check
     assert check.name == "ONNX float32" and check.top1_agreement == 1.0 and check.max_prob_diff < 1e-5
     assert check.accuracy == report.pytorch_accuracy is not None
+    # every validation image: the run's headline accuracy (evaluated in float32) is the PyTorch accuracy here
+    headline = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+    assert report.headline_accuracy == pytest.approx(headline, abs=1e-4) == report.pytorch_accuracy
+    layouts = next(n for n in report.notes if n.startswith("PyTorch: the faster memory layout"))
+    assert "contiguous" in layouts and "channels_last" in layouts
     assert check.images_per_s > 0 and report.pytorch_images_per_s > 0 and report.speed_ratio() > 0
     d = report.to_dict()
     assert d["status"] == "ok" and d["reasons"] == [] and json.dumps(d)
@@ -197,8 +202,11 @@ def test_broken_export_is_flagged_and_cli_exits_1(run_dir: Path, tmp_path: Path,
 def test_int8_quantized_onnx_reports_accuracy(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     report = export.export_run(run_dir, "onnx", out, quantize="int8", **FAST)
-    assert [c.name for c in report.checks] == ["ONNX float32", "ONNX int8"]
-    flt, q = report.checks
+    assert [c.name for c in report.checks] == ["ONNX float32", "ONNX int8 dynamic", "ONNX int8"]
+    shipped = report.checks[-1]
+    assert shipped.method.startswith("static QDQ") and "training images" in shipped.method  # static ships
+    assert report.check is shipped and shipped.size_mb < report.checks[0].size_mb / 2
+    flt, q = report.checks[0], report.checks[-1]
     assert flt.status == "ok" and q.accuracy is not None and report.pytorch_accuracy is not None
     assert 0.0 <= q.top1_agreement <= 1.0 and q.images_per_s > 0 and q.size_mb < flt.size_mb
     assert q.status == ("ok" if report.pytorch_accuracy - q.accuracy <= export.INT8_MAX_ACCURACY_DROP else "warning")

@@ -1,4 +1,4 @@
-"""Backbone registry, weight sources and the bundled EfficientNet-Lite0 remapping."""
+"""Backbone registry, weight sources and the bundled EfficientNet-Lite0/1/2 remapping."""
 
 from __future__ import annotations
 
@@ -40,6 +40,34 @@ def bundled_imagenet():
     W.load_bundled(model)
     cfg = build_model("efficientnet_lite0", 2, "bundled").data_config
     return model, cfg
+
+
+@pytest.mark.parametrize("name,side,crop", [("efficientnet_lite1", 240, 0.882), ("efficientnet_lite2", 260, 0.89)])
+def test_bundled_lite1_lite2_mapping_and_preprocessing(name, side, crop):
+    # Lite1/Lite2 come from the same TF source as Lite0: same padding, mean = std = 0.5, TF's input size and crop.
+    # On hymenoptera's val photos (bench/bundled_check.py) this setup gives ImageNet "ant"/"bee" on 88 % of images,
+    # symmetric padding 86 %, ImageNet mean/std 83-85 %. scikit-learn's flower photo reads as "honeycomb" to both
+    # (a close-up of pollen), so the pinned prediction is the temple ("palace", 698), which a wrong pairing loses.
+    built = build_model(name, 2, "bundled")
+    assert built.timm_name == f"tf_{name}" and built.weights == "bundled"
+    cfg = built.data_config
+    assert cfg["input_size"] == (3, side, side) and cfg["crop_pct"] == crop
+    assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5) and cfg["interpolation"] == "bicubic"
+    model = timm.create_model(W.BUNDLED_TIMM_ARCH[name], pretrained=False)
+    W.load_bundled(model, name)
+    cls, p = _imagenet_top1(model, cfg, "china.jpg")
+    assert cls == 698 and p > 0.3
+    shuffled = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in list(shuffled):
+        if k.endswith("bn1.weight"):  # same shapes: only predictions reveal the swap
+            b = k[: -len("weight")] + "bias"
+            shuffled[k], shuffled[b] = shuffled[b].clone(), shuffled[k].clone()
+    model.load_state_dict(shuffled)
+    assert _imagenet_top1(model, cfg, "china.jpg")[0] != 698
+    assert weight_sources(name) == ("bundled", "none", "file")  # timm has no Hub weights for these names
+    assert pretrained_offline(name) is True and default_weights(name) == "bundled"
+    with pytest.raises(WeightsError, match="bundled"):
+        build_model(name, 2, "hub")
 
 
 def test_bundled_mapping_gives_right_imagenet_classes(bundled_imagenet):
@@ -115,7 +143,7 @@ def test_hub_offline_fails_fast_with_offline_choices(monkeypatch):
     assert "bundled" in str(e.value) and "none" in str(e.value)
 
 
-def test_bundled_only_for_efficientnet_lite0():
+def test_bundled_only_for_efficientnet_lite():
     with pytest.raises(WeightsError, match="no bundled weights"):
         build_model("resnet18", 2, "bundled")
 

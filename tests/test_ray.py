@@ -135,7 +135,8 @@ def test_a_two_trial_search_on_ray_runs_both_trials_at_once(ray_address, data):
     from classifier.search import create_search, run_search
 
     ex = RayExecutor(ray_address)
-    spec = create_search(_cfg(data, epochs=8), {"lr": [1e-3, 3e-3]}, sampler="grid", parallel=2, prune=False)
+    # 40 epochs (about 6 s each here): long enough that a trial starting a process later still overlaps the other
+    spec = create_search(_cfg(data, epochs=40), {"lr": [1e-3, 3e-3]}, sampler="grid", parallel=2, prune=False)
     spec = run_search(spec["id"], executor=ex, poll=0.3)
     assert spec["status"] == "completed" and [t["state"] for t in spec["trials"]] == ["completed", "completed"]
     a, b = (ex.status(t["run_id"]) for t in spec["trials"])

@@ -28,6 +28,7 @@ HYPERPARAMETERS = {  # TrainConfig field -> the Train page's widget key (tests a
     "augment": "w_aug",
     "imbalance": "w_imb",
     "early_stopping": "w_es",
+    "time_budget": "w_budget",
     "img_size": "w_img",
     "seed": "w_train_seed",
     "nproc": "w_nproc",

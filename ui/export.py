@@ -44,8 +44,8 @@ def export_section(job: Any) -> None:
         "int8 quantization",
         key=f"w_export_int8_{job.run_id}",
         disabled=fmt != "onnx",
-        help="ONNX only: int8 weights (dynamic quantization), about 4x smaller; accuracy and speed are shown next "
-        "to the float model's.",
+        help="ONNX only: static int8 calibrated on the run's training images (dynamic int8 only as a fallback, with "
+        "its reason), about 4x smaller; size, accuracy and speed of both are shown next to the float model's.",
     )
     quantize = "int8" if int8 and fmt == "onnx" else None
     bundle = default_export_path(job.run_dir, fmt, quantize)
@@ -89,6 +89,19 @@ def _saved_report(report_path: Path, bundle: Path, weights: Path) -> dict[str, A
         return None
 
 
+def accuracy_help(r: dict[str, Any], ref: float | None, change: float | None) -> str:
+    """What the accuracy card was measured on, and how it relates to PyTorch and to the run's headline."""
+    if ref is None:
+        return f"Not measured: the check ran on {r['inputs']}."
+    text = f"PyTorch: {ref:.1%} on the same {r['n_images']} {r['inputs']}" + ("" if change else " (no change)")
+    head = r.get("headline_accuracy")
+    if head is not None:
+        text += f"; these are all the run's validation images, on which its headline accuracy is {head:.1%}"
+    else:
+        text += "; a part of the run's validation images (the headline uses all of them)"
+    return text + "."
+
+
 def show_report(r: dict[str, Any]) -> None:
     """Headline parity and speed cards, a table of every model compared, and a warning when the check flagged it."""
     check = r["checks"][-1]
@@ -101,10 +114,11 @@ def show_report(r: dict[str, Any]) -> None:
     cards[2].metric("Speed vs PyTorch", "—" if ratio is None else f"{ratio:.2f}×", border=True,
                     help=f"{check['images_per_s']} vs {r['pytorch_images_per_s']} images/s, batch of "
                     f"{r['speed_batch']}, {r['threads']} CPU threads, measured side by side")  # fmt: skip
-    acc = check.get("accuracy")
+    acc, ref = check.get("accuracy"), r["pytorch_accuracy"]
+    change = None if acc is None or ref is None else round((acc - ref) * 100, 1)
     cards[3].metric(f"Accuracy ({check['name']})", "—" if acc is None else f"{acc:.1%}", border=True,
-                    delta=None if acc is None or r["pytorch_accuracy"] is None
-                    else f"{(acc - r['pytorch_accuracy']) * 100:+.1f} pts vs PyTorch")  # fmt: skip
+                    delta=f"{change:+.1f} pts vs PyTorch" if change else None,  # no arrow for no change
+                    help=accuracy_help(r, ref, change))  # fmt: skip
     rows = [{"model": "PyTorch", "accuracy": r["pytorch_accuracy"], "top-1 agreement": 1.0, "max prob. diff": 0.0,
              "images/s": r["pytorch_images_per_s"], "size (MB)": None, "check": ""}]  # fmt: skip
     rows += [{"model": c["name"], "accuracy": c["accuracy"], "top-1 agreement": c["top1_agreement"],

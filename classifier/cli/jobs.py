@@ -105,7 +105,7 @@ def _submit(ex, a: argparse.Namespace) -> dict:
     if a.config_json is not None:
         from classifier.jobs import load_config_json
 
-        cfg = load_config_json(a.config_json)
+        cfg = load_config_json(a.config_json, resolve=False)  # submit checks; fit plans on what is unset
     elif a.data is None:
         raise ClassifierError("give --data (a dataset folder, .zip, CSV or demo) or --config-json")
     else:

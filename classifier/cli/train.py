@@ -121,7 +121,8 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _config(a: argparse.Namespace):
-    """The resolved TrainConfig of the flags or --config-json; with --resume the run's own (None if it has none)."""
+    """The TrainConfig of the flags or --config-json, checked but as given (fit lets a time budget choose what is
+    left unset); with --resume the run's own (None if it has none)."""
     from classifier.training import TrainConfig
 
     if a.resume is not None:
@@ -134,11 +135,13 @@ def _config(a: argparse.Namespace):
     if a.config_json is not None:
         from classifier.jobs import load_config_json
 
-        return load_config_json(a.config_json)
+        return load_config_json(a.config_json, resolve=False)
+    cfg = config_from_args(a)
     try:
-        return config_from_args(a).resolved()
+        cfg.resolved()  # bad settings fail here, before any process starts
     except ValueError as e:
         raise ClassifierError(str(e)) from e
+    return cfg
 
 
 def _print_result(result) -> int:
@@ -147,7 +150,8 @@ def _print_result(result) -> int:
         return 1
     m = result.metrics or {}
     print(json.dumps({"status": result.status, "run_dir": str(result.run_dir), "seconds": round(result.seconds, 1),
-                      **{k: m.get(k) for k in SUMMARY_KEYS}}))  # fmt: skip
+                      **{k: m.get(k) for k in SUMMARY_KEYS},
+                      **({"plan": result.plan["summary"]} if result.plan else {})}))  # fmt: skip
     return 0
 
 

@@ -80,7 +80,8 @@ class LocalProcessExecutor(Executor):
         device = pick_device(cfg.device)  # an unavailable --device cuda fails here, not later in the log
         run_id = new_run_id()
         run_dir = runs_dir() / run_id
-        request = atomic_write_json(request_path(run_id), cfg.to_dict())
+        # The request keeps what the user left unset, for the time budget to choose; the store row shows it resolved.
+        request = atomic_write_json(request_path(run_id), config.to_dict())
         args = ["--config-json", str(request), "--out", str(run_dir)]
         self.store.create(run_id, name or default_name(cfg), cfg.to_dict(), str(run_dir), device=device.type,
                           owner=owner, launch_args=args)  # fmt: skip
@@ -307,11 +308,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 def default_name(cfg: TrainConfig) -> str:
     """A run's name when the user gives none: backbone, mode and dataset."""
     data = "demo" if cfg.data == "demo" else (Path(cfg.data).name or cfg.data)
-    return f"{cfg.backbone} {cfg.mode} on {data}"
+    return f"{cfg.backbone} {cfg.mode or 'auto'} on {data}"
 
 
-def load_config_json(path: str | Path) -> TrainConfig:
-    """A resolved `TrainConfig` from a JSON dict file (as written by `submit`)."""
+def load_config_json(path: str | Path, resolve: bool = True) -> TrainConfig:
+    """A resolved `TrainConfig` from a JSON dict file (as written by `submit`); with `resolve=False` checked but as
+    written, so that `fit` can let the time budget choose what it leaves unset."""
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -319,7 +321,9 @@ def load_config_json(path: str | Path) -> TrainConfig:
     if not isinstance(d, dict):
         raise ClassifierError(f"{path}: expected a JSON object with TrainConfig fields")
     try:
-        return resolve_config(TrainConfig.from_dict(d))
+        config = TrainConfig.from_dict(d)
+        resolved = resolve_config(config)
+        return resolved if resolve else config
     except TypeError as e:  # wrong value types make the dataclass or resolved() fail
         raise ClassifierError(f"{path}: {e}") from e
 
@@ -413,7 +417,8 @@ def run_job(
         try:
             from classifier.training.run import fit
 
-            cfg = job_config(config, out_dir)
+            raw = job_config(config, out_dir)
+            cfg = resolve_config(raw)
             device = pick_device(cfg.device)
             store.update(run_id, config=cfg.to_dict(), device=device.type)
 
@@ -431,7 +436,7 @@ def run_job(
                 if cfg.nproc is not None:
                     return launch_ranks(cfg, out_dir, argv)
                 cb = StoreCallback(store, run_id)
-                return fit(cfg, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)
+                return fit(raw, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)  # fit plans on raw
         except RankInterrupted as e:  # a rank was killed: resumable, like a killed single-process run
             store.transition(run_id, (*ACTIVE, "failed"), status="interrupted", error=str(e), ended_at=time.time())
             raise
@@ -460,12 +465,14 @@ def launch_ranks(cfg: TrainConfig, out_dir: str | Path, argv: Sequence[str] | No
 
 
 def job_config(config: TrainConfig | str | Path | None, out_dir: str | Path) -> TrainConfig:
-    """A job's resolved config: given, from its JSON request file, or (None: resuming) the run dir's own."""
-    if isinstance(config, TrainConfig):
-        return resolve_config(config)
-    if config is not None:
-        return load_config_json(config)
-    return resolve_config(TrainConfig.from_dict(rundir.read_config(out_dir)["train"]))
+    """A job's config, checked but as requested (fit resolves it after a time budget chose what is left unset):
+    given, from its JSON request file, or (None: resuming) the run dir's own."""
+    if config is None:
+        config = TrainConfig.from_dict(rundir.read_config(out_dir)["train"])
+    elif not isinstance(config, TrainConfig):
+        return load_config_json(config, resolve=False)
+    resolve_config(config)
+    return config
 
 
 class StoreCallback(Callback):
@@ -492,6 +499,8 @@ class StoreCallback(Callback):
         self.store.trim_epochs(self.run_id, len(state.history))
         for row in state.history:
             self.store.add_epoch(self.run_id, row)
+        if state.plan:  # a time budget chose mode, epochs or image size: the row shows what trains
+            self.store.update(self.run_id, config=state.config.to_dict())
         self._progress(state, force=True)
 
     def on_phase(self, state: FitState) -> None:

@@ -29,6 +29,7 @@ from classifier.jobs.local import (
     metrics_summary,
     one_line,
     progress_dict,
+    resolve_config,
 )
 from classifier.store import RunStore
 from classifier.training.config import TrainConfig
@@ -130,14 +131,15 @@ def run_remote_job(
     try:
         from classifier.training.run import fit
 
-        cfg = job_config(config, out_dir)
+        raw = job_config(config, out_dir)
+        cfg = resolve_config(raw)
         if flag.exists():
             report.final("cancelled")
             return None
         if cfg.nproc is not None:
             return launch_ranks(cfg, out_dir, argv)
         cb = ProgressFileCallback(report)
-        return fit(cfg, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)
+        return fit(raw, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)  # fit plans on raw
     except RankInterrupted as e:
         report.final("interrupted", str(e))
         raise

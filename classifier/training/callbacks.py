@@ -280,6 +280,13 @@ class ProgressPrinter(Callback):
         self.bar = tqdm(total=total, desc=desc, file=self.stream, leave=False, dynamic_ncols=True)
         return self.bar
 
+    def on_fit_start(self, state: FitState) -> None:
+        if state.plan and state.resumed_from is None:
+            from tqdm.auto import tqdm
+
+            lines = [state.plan["summary"], *(f"  - {r}" for r in state.plan["reasons"])]
+            tqdm.write("\n".join(lines), file=self.stream)
+
     def on_phase(self, state: FitState) -> None:
         if state.phase_done <= 1 or self.bar is None or self.bar.total != state.phase_total:
             self._bar(state.phase_total, f"{state.phase}")

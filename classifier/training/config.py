@@ -71,7 +71,8 @@ class TrainConfig:
     )  # fmt: skip
     augment: str | None = _field(
         None, "augmentation preset (previewed on the Data page)", "data", label="Augmentation", choices=AUGMENT_PRESETS,
-        auto="none for linear, so that a linear probe computes the frozen backbone's features once; light for finetune",
+        auto="none for linear, so that a linear probe computes the frozen backbone's features once; light for partial "
+        "and finetune",
     )  # fmt: skip
     mixup: float = _field(0.0, "mixup alpha: blend pairs of images and their labels; 0 = off", "data", label="Mixup")
     cutmix: float = _field(
@@ -96,26 +97,29 @@ class TrainConfig:
         "none trains from random initialisation", "model", label="Weights",
         auto="bundled for efficientnet_lite0, none for simple_cnn, else hub",
     )  # fmt: skip
-    mode: str = _field(
-        "finetune", "what trains", "model", label="Mode",
+    mode: str | None = _field(
+        None, "what trains", "model", label="Mode",
         choices={"linear": "linear probe (frozen backbone, only the head trains; fast)",
+                 "partial": "fine-tune the last blocks (the last two stages and the head; the rest stays frozen)",
                  "finetune": "fine-tune everything (backbone and head)"},
+        auto="finetune; on a CPU with epochs and image size also unset, the time budget chooses",
     )  # fmt: skip
     head_warmup_epochs: int = _field(
-        0, "finetune: train only the head for this many epochs first", "model", label="Head warm-up", unit="epochs"
-    )
+        0, "finetune/partial: train only the head for this many epochs first", "model", label="Head warm-up",
+        unit="epochs",
+    )  # fmt: skip
     drop_rate: float = _field(0.2, "dropout before the head", "model", label="Dropout", unit="probability")
     # optimisation
     epochs: int | None = _field(
         None, "passes over the training data", "optimisation", label="Epochs", unit="epochs", min=1, max=500,
-        auto="20 for linear, 8 for finetune",
+        auto="20 for linear, 8 for partial and finetune",
     )  # fmt: skip
     batch_size: int = _field(
         32, "images per optimizer step", "optimisation", label="Batch size", unit="images", min=1, max=1024
     )
     lr: float | None = _field(
         None, "peak learning rate, reached after warm-up; try the LR finder", "optimisation", label="Learning rate",
-        min=1e-6, max=1.0, format="%.6f", auto="3e-3 for linear, 5e-4 for finetune",
+        min=1e-6, max=1.0, format="%.6f", auto="3e-3 for linear, 5e-4 for partial and finetune",
     )  # fmt: skip
     optimizer: str = _field(
         "adamw", "the optimizer", "optimisation", label="Optimizer",
@@ -134,9 +138,15 @@ class TrainConfig:
     label_smoothing: float | None = _field(
         None, "share of each target spread over the other classes; 0 = hard targets", "optimisation",
         label="Label smoothing", min=0.0, max=0.5, format="%.2f",
-        auto="0 for linear, which keeps it calibrated; 0.1 for finetune",
+        auto="0 for linear, which keeps it calibrated; 0.1 for partial and finetune",
     )  # fmt: skip
     grad_clip: float = _field(1.0, "largest global gradient norm; 0 = off", "optimisation", label="Gradient clipping")
+    time_budget: float | None = _field(
+        None, "finish within this many minutes: a short throughput probe picks the mode, epochs and image size you "
+        "left unset to fit, and the run stops on time keeping its best epoch; 0 = no budget", "optimisation",
+        label="Finish within", unit="minutes", min=0.0, max=10000.0, format="%.1f",
+        auto="12 on a CPU when mode, epochs and image size are all unset; none on CUDA",
+    )  # fmt: skip
     early_stopping: int = _field(
         0, "stop after this many epochs without validation improvement; 0 = off", "optimisation",
         label="Early stopping", unit="epochs", min=0, max=100,
@@ -148,7 +158,10 @@ class TrainConfig:
         choices={"auto": "CUDA, then Apple MPS, then the CPU", "cpu": "the CPU", "cuda": "an NVIDIA GPU",
                  "mps": "Apple silicon"},
     )  # fmt: skip
-    amp: bool = _field(True, "mixed precision on CUDA (bf16 where supported)", "runtime", label="Mixed precision")
+    amp: bool = _field(
+        True, "mixed precision: bf16 autocast on CUDA (fp16 where bf16 is not supported) and on CPUs with AVX-512 "
+        "BF16 or AMX; off: float32 everywhere", "runtime", label="Mixed precision",
+    )  # fmt: skip
     num_workers: int | None = _field(
         None, "DataLoader worker processes", "runtime", label="Loader workers", flag="workers",
         auto="chosen for the machine",
@@ -188,6 +201,8 @@ class TrainConfig:
             if choices is not None and value not in choices and not (value is None and f.default is None):
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
         out = TrainConfig(**asdict(self))
+        if out.mode is None:
+            out.mode = "finetune"  # a time budget chooses in fit, before resolving (classifier.training.plan)
         if out.augment is None:
             # Without augmentation a linear probe computes backbone features once: seconds instead of minutes.
             out.augment = "none" if out.mode == "linear" else "light"
@@ -201,6 +216,8 @@ class TrainConfig:
             raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
         if out.nproc is not None and out.nproc < 1:
             raise ValueError("nproc must be at least 1 (or left out for one process without DDP)")
+        if out.time_budget is not None and out.time_budget < 0:
+            raise ValueError("time_budget must be a number of minutes, or 0 for no budget")
         if out.checkpoint_every_steps is not None and out.checkpoint_every_steps < 0:
             raise ValueError("checkpoint_every_steps must be 0 (epoch ends only) or a positive number of steps")
         return out
@@ -255,7 +272,9 @@ def per_mode_fields() -> tuple[str, ...]:
     """The fields whose default (`None`) `resolved()` fills in differently for each mode."""
     by_mode = [TrainConfig(mode=m).resolved() for m in field_choices(config_field("mode")) or ()]
     return tuple(
-        f.name for f in config_fields() if f.default is None and len({getattr(c, f.name) for c in by_mode}) > 1
+        f.name
+        for f in config_fields()
+        if f.name != "mode" and f.default is None and len({getattr(c, f.name) for c in by_mode}) > 1
     )
 
 

@@ -104,6 +104,7 @@ class FitState:
     planned_steps: int | None = None  # total optimizer steps once the batch size changed; None = epochs x steps
     oom_events: list[dict[str, Any]] = field(default_factory=list)  # {"epoch", "step", "from", "to"}
     resumed_from: dict[str, Any] | None = None  # {"epoch", "batch", "step"} when this fit resumed a checkpoint
+    plan: dict[str, Any] | None = None  # what a time budget chose and why (classifier.training.plan), else None
     # --- the learner's working state (read by callbacks; the ones noted may be written) ---
     schedule: dict[str, Any] = field(default_factory=dict)  # kind, base_lr, warmup/total steps, step_batch_size
     start_epoch: int = 1  # the first epoch this fit trains (a resumed run continues in it)

@@ -194,7 +194,7 @@ class Learner:
         probs, ys, loss_sum = [], [], 0.0
         for x, y in loader:
             x, y = self.setup.prep_val(x), y.to(self.setup.device, non_blocking=True)
-            with self.setup.precision.autocast():
+            with self.setup.precision.autocast(training=False):
                 logits = self.setup.forward(x).float()
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             probs.append(torch.softmax(logits, 1).cpu())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import platform
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,10 +31,11 @@ import torch
 
 from classifier import rundir
 from classifier.data.dataset import DatasetIndex, check_trainable, load_dataset
-from classifier.device import pick_device, seed_everything
+from classifier.data.loader import draft_size
+from classifier.device import Precision, pick_device, seed_everything
 from classifier.errors import RunError
-from classifier.models import build_model
-from classifier.models.factory import model_from_run_config, set_trainable
+from classifier.models import build_model, resolve_data_config
+from classifier.models.factory import model_from_run_config, set_trainable_mode
 from classifier.training.callbacks import (
     CancelCallback,
     EarlyStopping,
@@ -52,6 +54,16 @@ from classifier.training.config import TrainConfig
 from classifier.training.distributed import Ranks, RankSync, env_rank, in_rank, join
 from classifier.training.events import Callback, FitState
 from classifier.training.learner import Learner
+from classifier.training.plan import (
+    Deadline,
+    HeadProbe,
+    Plan,
+    apply_plan,
+    budget_seconds,
+    choose_plan,
+    measure_throughput,
+    saved_plan_config,
+)
 from classifier.training.resume import ResumeState, can_resume, load_resume
 from classifier.training.setup import SplitData, TrainingSetup, split_data
 
@@ -69,6 +81,7 @@ class FitResult:
     best_epoch: int
     seconds: float
     error: str | None = None
+    plan: dict[str, Any] | None = None  # what the time budget chose and why (config.json's `plan`), with `summary`
 
 
 def fit(
@@ -88,6 +101,7 @@ def fit(
     config.json); if given it must match (device and workers may differ). A run that stopped before its first
     checkpoint starts over in place.
     """
+    started = time.time()
     out_dir = Path(out_dir)
     saved, ckpt = open_resume(config, out_dir) if resume else (None, None)
     cfg = _run_config(config, saved, out_dir)
@@ -107,7 +121,10 @@ def fit(
     check_trainable(index)
     ranks = join(cfg.nproc, pick_device(cfg.device))
     try:
-        return _fit(cfg, out_dir, callbacks, index, should_cancel, resume, saved, ckpt, ranks)
+        # A new run in one process: a time budget may choose what the user left unset in `config` (a DDP run
+        # trains as configured: its ranks would each measure, and could choose differently).
+        raw = config if saved is None and ranks is None and config is not None else None
+        return _fit(cfg, out_dir, callbacks, index, should_cancel, resume, saved, ckpt, ranks, raw, started)
     finally:
         if ranks is not None:
             ranks.close()
@@ -123,6 +140,8 @@ def _fit(
     saved: dict[str, Any] | None,
     ckpt: ResumeState | None,
     ranks: Ranks | None,
+    raw: TrainConfig | None,
+    started: float,
 ) -> FitResult:
     """fit's body in this process (one process, or one rank of a DDP run: rank 0 alone writes files)."""
     main = ranks is None or ranks.main
@@ -132,9 +151,11 @@ def _fit(
         rundir.prepare_new(out_dir)
     seed_everything(cfg.seed)
     data = split_data(index, cfg)
-    run_config, setup = _start(cfg, data, out_dir, saved, ckpt, ranks)
+    run_config, setup, plan = _start(cfg, data, out_dir, saved, ckpt, ranks, raw)
+    cfg = setup.cfg
     state = FitState(cfg, out_dir, setup.model, cfg.epochs, 0, len(data.train), len(data.val),
                      batch_size=cfg.batch_size, ranks=ranks)  # fmt: skip
+    state.plan = plan
     state.schedule = schedule_spec(cfg.scheduler, cfg.lr, cfg.epochs, len(data.train), cfg.batch_size * state.world,
                                    cfg.warmup_epochs)  # fmt: skip
     state.steps_per_epoch = state.schedule["steps_per_epoch"]
@@ -144,6 +165,7 @@ def _fit(
         steer = [RankSync(ranks, should_cancel, checkpointer.due)]
     else:
         steer = [OutOfMemoryBackoff(), *([CancelCallback(should_cancel)] if should_cancel else [])]
+    probe = HeadProbe(setup, plan["head_epochs"]) if plan and plan["head_epochs"] and ckpt is None else None
     cbs = [
         *callbacks,
         *shared_callbacks(cfg, setup),
@@ -155,10 +177,15 @@ def _fit(
         *([files, HistoryWriter()] if main else []),
         *([EarlyStopping(cfg.early_stopping)] if cfg.early_stopping else []),
         *steer,
+        *([Deadline(plan["budget_s"], started)] if plan else []),
+        *([probe] if probe else []),
     ]
-    Learner(setup, state, cbs).fit()
+    learner = Learner(setup, state, cbs)
+    if probe is not None:
+        probe.notify = lambda: learner.emit("on_phase")  # the probe's setup phases reach the progress callbacks
+    learner.fit()
     return FitResult(
-        state.status, out_dir, files.metrics, state.history, state.best_epoch, state.seconds(), state.error
+        state.status, out_dir, files.metrics, state.history, state.best_epoch, state.seconds(), state.error, plan
     )
 
 
@@ -191,8 +218,8 @@ def shared_callbacks(cfg: TrainConfig, setup: TrainingSetup) -> list[Callback]:
     out: list[Callback] = []
     if cfg.mixup or cfg.cutmix:
         out.append(MixupCutmix(cfg.mixup, cfg.cutmix, cfg.label_smoothing, len(setup.data.classes)))
-    if cfg.mode == "finetune" and cfg.head_warmup_epochs and not setup.use_features:
-        out.append(HeadWarmup(cfg.head_warmup_epochs, lambda on: set_trainable(setup.model, on)))
+    if cfg.mode in ("finetune", "partial") and cfg.head_warmup_epochs and not setup.use_features:
+        out.append(HeadWarmup(cfg.head_warmup_epochs, lambda on: set_trainable_mode(setup.model, cfg.mode, on)))
     return out
 
 
@@ -201,6 +228,8 @@ def _run_config(config: TrainConfig | None, saved: dict[str, Any] | None, out_di
         if saved is None:
             raise RunError("fit needs a TrainConfig (or resume=True with an existing run dir)")
         config = TrainConfig.from_dict(saved["train"])
+    if saved is not None and saved.get("plan"):
+        config = saved_plan_config(config, saved["train"])  # the plan made when the run started, not a new one
     cfg = config.resolved()
     if saved is not None:
         _check_same_config(cfg, saved, out_dir)
@@ -214,14 +243,20 @@ def _start(
     saved: dict[str, Any] | None,
     ckpt: ResumeState | None,
     ranks: Ranks | None = None,
-) -> tuple[dict[str, Any], TrainingSetup]:
-    """The model and the run's config.json and split.csv: new, or (resuming) rebuilt from the checkpoint and
-    checked against the data."""
+    raw: TrainConfig | None = None,
+) -> tuple[dict[str, Any], TrainingSetup, dict[str, Any] | None]:
+    """The model and the run's config.json and split.csv: new (planned first when a time budget applies to the
+    unresolved `raw` config), or (resuming) rebuilt from the checkpoint and checked against the data."""
+    plan = None
     if ckpt is None:
         built = build_model(
             cfg.backbone, len(data.classes), cfg.weights, drop_rate=cfg.drop_rate, img_size=cfg.img_size
         )
         model, data_config = built.model, built.data_config
+        if raw is not None:
+            cfg, data_config, plan = _plan(raw, cfg, data, built)
+        elif saved is not None:
+            plan = saved.get("plan")  # starting over in place: the plan made when the run was started
         run_config = {
             "format_version": CONFIG_FORMAT,
             "backbone": built.info.name,
@@ -241,6 +276,7 @@ def _start(
             "device": None,
             "versions": _versions(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"plan": plan} if plan else {}),
         }
     else:
         # The weights come from the checkpoint: rebuild the architecture without downloading anything.
@@ -250,6 +286,7 @@ def _start(
                 "split.csv); cannot resume. Start a new run."
             )
         run_config = saved
+        plan = saved.get("plan")
         model = model_from_run_config(run_config, ckpt.model, source=str(rundir.resume_path(out_dir)))
         data_config = run_config["data_config"]
     setup = TrainingSetup(cfg, data, model, data_config, ranks)
@@ -260,7 +297,26 @@ def _start(
         rundir.write_split(out_dir, data.split_rows())
     if cfg.auto_batch_size and setup.device.type == "cuda" and not setup.use_features:
         _auto_batch_size(cfg, setup, run_config, out_dir, saved, ranks)
-    return run_config, setup
+    return run_config, setup, plan
+
+
+def _plan(raw: TrainConfig, cfg: TrainConfig, data: SplitData, built) -> tuple[TrainConfig, dict, dict | None]:
+    """Apply the time budget, if one applies to `raw`: measure, choose, and return the planned (resolved) config,
+    its data config (the planned image size) and the plan as recorded; else `cfg` unchanged and no plan."""
+    device = pick_device(cfg.device)
+    budget = budget_seconds(raw, device, built.weights != "none")
+    if budget is None:
+        return cfg, built.data_config, None
+    precision = Precision.for_device(device, cfg.amp)
+    precision.prepare(built.model)
+    side = int(built.data_config["input_size"][-1])
+    tp = measure_throughput(built.model, side, precision, len(data.classes), [p for p, _ in data.train[:6]],
+                            draft_size(built.data_config))  # fmt: skip
+    plan: Plan = choose_plan(raw, budget, len(data.train), len(data.val), tp, built.weights != "none")
+    planned = apply_plan(raw, plan).resolved()
+    seed_everything(planned.seed)  # measuring drew random numbers; the run starts from the seed as any other
+    data_config = resolve_data_config(built.model, img_size=planned.img_size, bundled=built.weights == "bundled")
+    return planned, data_config, {**plan.to_dict(), "summary": plan.summary()}
 
 
 def _auto_batch_size(

@@ -33,8 +33,8 @@ from classifier.data.features import cached_features, feature_identity
 from classifier.data.loader import ImageListDataset, draft_size
 from classifier.data.splits import assign_splits
 from classifier.data.transforms import TensorPipeline, eval_transform, train_transform
-from classifier.device import Precision, default_workers, loader_kwargs, pick_device
-from classifier.models import extract_features, freeze_bn_stats, set_trainable
+from classifier.device import Precision, configure_threads, default_workers, loader_kwargs, pick_device
+from classifier.models import extract_features, freeze_bn_stats, set_trainable, set_trainable_mode
 from classifier.training.config import TrainConfig
 from classifier.training.distributed import Ranks
 from classifier.training.resume import EpochSampler
@@ -140,6 +140,7 @@ class TrainingSetup:
             "amp": self.precision.amp_name,
             "channels_last": self.precision.channels_last,
             "compile": bool(cfg.compile),
+            "threads": configure_threads(),
             **({"nproc": world, "backend": ranks.backend} if ranks is not None else {}),
         }
         self._loss = nn.CrossEntropyLoss(weight=self._class_weights(train_labels), label_smoothing=cfg.label_smoothing)
@@ -191,13 +192,13 @@ class TrainingSetup:
 
     def _wrap_model(self) -> nn.Module:
         """What trains: the model (compiled when asked; its weights stay the model's), in DDP for several ranks."""
-        finetune, warmup = self.cfg.mode == "finetune", self.cfg.head_warmup_epochs > 0
+        mode, warmup = self.cfg.mode, self.cfg.head_warmup_epochs > 0
         module: nn.Module = self.model
         if self.ranks is not None:
             # DDP syncs the parameters that train when it is built: with a head warm-up the backbone joins later.
-            set_trainable(self.model, finetune)
-            module = self.ranks.wrap(self.model, find_unused=finetune and warmup)
-        set_trainable(self.model, finetune and not warmup)
+            set_trainable_mode(self.model, mode)
+            module = self.ranks.wrap(self.model, find_unused=warmup)
+        set_trainable_mode(self.model, mode, train_backbone=not warmup)
         return torch.compile(module) if self.cfg.compile else module
 
     def _open_cache(self, items: list[tuple[Path, int]], emit: Callable[[str, int, int], None]):
@@ -224,17 +225,18 @@ class TrainingSetup:
         ev_t = eval_transform(self.data_config, self.cfg.grayscale)
         feat_src = train_src if cache is not None else ImageListDataset(self.data.train, ev_t, draft)
         source = "cache" if cache is not None else "files"
-        identity = feature_identity(
-            self.model, self.data_config, grayscale=self.cfg.grayscale, autocast=self.precision.amp_name, source=source
-        )
-        parts = [(self.data.train, feat_src)] + ([(self.data.val, val_src)] if validate else [])
-        total = sum(len(items) for items, _ in parts)
+        parts = [(self.data.train, feat_src, True)] + ([(self.data.val, val_src, False)] if validate else [])
+        total = sum(len(items) for items, _, _ in parts)
         done, computed, feats = 0, 0, []
-        for items, src in parts:
+        for items, src, training in parts:
             offset = done
+            # Training features in a training step's precision (bf16 on CPUs that have it), validation in an
+            # evaluation pass's; each precision is its own cache entry.
+            identity = feature_identity(self.model, self.data_config, grayscale=self.cfg.grayscale,
+                                        autocast=self.precision.active_name(training), source=source)  # fmt: skip
 
-            def compute(indices: list[int], src=src, offset=offset) -> torch.Tensor:
-                return self._features(Subset(src, indices), lambda n: emit("features", offset + n, total))
+            def compute(indices: list[int], src=src, offset=offset, training=training) -> torch.Tensor:
+                return self._features(Subset(src, indices), lambda n: emit("features", offset + n, total), training)
 
             result = cached_features([p for p, _ in items], identity, compute)
             feats.append(result.features)
@@ -254,9 +256,10 @@ class TrainingSetup:
             self._head = self.ranks.wrap(self._head)
 
     @torch.no_grad()
-    def _features(self, dataset: Dataset, progress: Callable[[int], None]) -> torch.Tensor:
-        """Pre-logit features of the frozen backbone over `dataset` (through the evaluation view), on the CPU; in a
-        DDP run each rank computes a contiguous slice and every rank gets them all, in order."""
+    def _features(self, dataset: Dataset, progress: Callable[[int], None], training: bool) -> torch.Tensor:
+        """Pre-logit features of the frozen backbone over `dataset` (through the evaluation view), on the CPU, in the
+        precision of a training step or of an evaluation pass; in a DDP run each rank computes a contiguous slice
+        and every rank gets them all, in order."""
         self.model.eval()
         total, world = len(dataset), self.ranks.world if self.ranks is not None else 1
         part = Subset(dataset, self.ranks.share(total)) if self.ranks is not None else dataset
@@ -266,7 +269,7 @@ class TrainingSetup:
         done, out = 0, []
         for x, _ in loader:
             x = self.prep_val(x)
-            with self.precision.autocast():
+            with self.precision.autocast(training):
                 out.append(extract_features(self.model, x).float().cpu())
             done += x.shape[0]
             progress(min(total, done * world))  # rank 0's share, as an estimate of the whole

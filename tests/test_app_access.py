@@ -224,3 +224,33 @@ def _png(seed: int, size: int = 24) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_the_cloud_entry_point_runs_the_same_app() -> None:
+    at = AppTest.from_file(str(Path(APP).parent / "cloud" / "streamlit_app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Image classifier workbench"
+    at.switch_page("app_pages/train.py").run()  # pages resolve through cloud/app_pages, the link to ../app_pages
+    assert not at.exception and at.title[0].value == "Train"
+
+
+def test_cloud_requirements_take_cpu_only_torch_and_everything_else_the_app_needs() -> None:
+    root = Path(APP).parent
+
+    def names(path: Path) -> dict[str, str]:
+        out = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.startswith("-"):
+                out[re.split(r"[\[<>=!~ ]", line)[0].lower()] = line
+        return out
+
+    cloud, full = names(root / "cloud" / "requirements.txt"), names(root / "requirements.txt")
+    text = (root / "cloud" / "requirements.txt").read_text(encoding="utf-8")
+    assert re.search(r"^--extra-index-url https://download\.pytorch\.org/whl/cpu$", text, re.M)
+    assert re.fullmatch(r"torch==[\d.]+\+cpu", cloud["torch"]) and re.fullmatch(
+        r"torchvision==[\d.]+\+cpu", cloud["torchvision"]
+    )
+    assert set(full) - set(cloud) == {"ray"}  # the Ray executor only; Cloud runs training as local processes
+    assert "streamlit[auth]" in cloud["streamlit"]

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from classifier.access import User
 from classifier.errors import ClassifierError, RunError
 from classifier.io import atomic_write_json
 from classifier.jobs.launcher import launch, reap
@@ -688,9 +689,13 @@ def launch_search(search_id: str, python: str = sys.executable) -> int:
     return proc.pid
 
 
-def cancel_search(search_id: str, executor: Any = None) -> None:
-    """Ask the driver to stop and cancel its queued/running trials; without a live driver, do it here."""
+def cancel_search(search_id: str, executor: Any = None, user: User | None = None) -> None:
+    """Ask the driver to stop and cancel its queued/running trials; without a live driver, do it here. Only the
+    search's owner or an admin may (`user`; None: the local operator)."""
+    from classifier.access import LOCAL_USER, check_owner
+
     spec = load_search(search_id)
+    check_owner(user or LOCAL_USER, spec.get("owner"), "cancel", f"search {spec.get('name') or search_id!r}")
     if spec["status"] in DONE_SEARCH:
         return
     cancel_flag(search_id).touch()

@@ -348,3 +348,31 @@ def test_roles_nest():
     assert User("a", "trainer").can("train") and not User("a", "viewer").can("train")
     assert User("a", "viewer").can("predict") and not User("a", "trainer").can("access_list")
     assert LOCAL_USER.is_admin and not User("", "visitor").can("predict")
+
+
+def test_ensembles_and_searches_record_their_owner_and_only_they_or_an_admin_delete_or_cancel(two_runs):
+    from classifier import search
+    from classifier.ensemble import build_ensemble, delete_ensemble
+    from classifier.jobs.catalogue import entries
+
+    write_access()
+    ana, bob, root = User("ana@example.com", "trainer"), User("bob@example.com", "trainer"), User("r@x.org", "admin")
+    out = workspace_dir() / "ensembles" / "pair"
+    build_ensemble(list(two_runs), out, name="pair", owner=ana.name)
+    listed = {e.name: e for e in entries(kinds=("ensemble",))}
+    assert listed["pair (ensemble of 2)"].owner == ana.name
+    with pytest.raises(AccessError, match=r"only its owner \(ana@example\.com\) or an admin may delete ensemble pair"):
+        delete_ensemble(out, bob)
+    assert rundir.read_ensemble_info(out)["owner"] == ana.name  # untouched
+    delete_ensemble(out, root)
+    assert not out.exists()
+
+    base = TrainConfig(data="demo", backbone="simple_cnn", weights="none", img_size=32, epochs=1)
+    spec = search.create_search(base, {"lr": [0.1, 0.01]}, sampler="grid", owner=ana.name)
+    assert next(e for e in entries(kinds=("search",)) if e.run_id.endswith(spec["id"])).owner == ana.name
+    with pytest.raises(AccessError, match=r"only its owner \(ana@example\.com\) or an admin may cancel search"):
+        search.cancel_search(spec["id"], user=bob)
+    before = search.load_search(spec["id"])["status"]  # "interrupted": queued with no driver running
+    assert before != "cancelled" and not search.cancel_flag(spec["id"]).exists()
+    search.cancel_search(spec["id"], user=ana)
+    assert search.load_search(spec["id"])["status"] == "cancelled"

@@ -120,8 +120,7 @@ def _draw(spec: dict[str, Any]) -> None:
         st.switch_page("app_pages/evaluate.py")
     if spec["status"] in ("queued", "running") and c2.button("Cancel search", icon=":material/stop_circle:"):
         with user_errors("Cannot cancel the search"):
-            check_owner(current_user(), spec.get("owner"), "cancel", f"search {spec['name']!r}")
-            search.cancel_search(spec["id"])
+            search.cancel_search(spec["id"], user=current_user())
             st.toast("Cancelling the search and its running trials…")
     if spec["status"] == "interrupted" and c2.button("Resume search", icon=":material/replay:"):
         with user_errors("Cannot resume the search"):

@@ -14,10 +14,11 @@ import pandas as pd
 import streamlit as st
 
 from classifier import rundir
+from classifier.device import heavy_work
 from classifier.export import default_export_path, export_run
 from classifier.io import atomic_write_json
 from ui.cache import file_mtime
-from ui.widgets import user_errors
+from ui.widgets import server_busy_notice, user_errors
 
 FORMATS = {"ONNX": "onnx", "TorchScript": "torchscript"}
 
@@ -52,7 +53,9 @@ def export_section(job: Any) -> None:
     if st.button("Build export", key=f"b_export_build_{job.run_id}", icon=":material/package_2:"):
         # user_errors outside the status box: a failure shows as an error box, not inside a collapsed status
         with user_errors("Export failed"), st.status("Exporting…", expanded=False) as box:
-            report = export_run(job.run_dir, fmt, bundle, quantize=quantize, progress=lambda msg: box.update(label=msg))
+            with heavy_work("the export", waiting=server_busy_notice):  # one model job in the server at a time
+                report = export_run(job.run_dir, fmt, bundle, quantize=quantize,
+                                    progress=lambda msg: box.update(label=msg))  # fmt: skip
             atomic_write_json(report_path, report.to_dict())
             box.update(label=f"Exported in {report.seconds:.0f} s", state="complete")
     saved = _saved_report(report_path, bundle, weights)

@@ -14,7 +14,7 @@ from classifier.data.ingest import (
     build_dataset,
     ingest_zip,
     resolve_server_folder,
-    workspace_datasets,
+    visible_datasets,
 )
 from classifier.data.splits import assign_splits
 from classifier.data.transforms import AUGMENT_PRESETS, augment_preview
@@ -22,16 +22,18 @@ from classifier.errors import ClassifierError
 from classifier.figures import class_histogram
 from classifier.task import MULTI
 from ui import state
+from ui.access import check_upload, current_user
 from ui.cache import dataset_index, thumbnail
 from ui.multilabel import label_overview
 from ui.quality import issues_tab
-from ui.widgets import dataset_problems, literal, user_errors
+from ui.widgets import dataset_problems, delete_dataset_box, literal, user_errors
 
 state.init_state()
 ss = st.session_state
 st.title("Data")
 SOURCES = ["Workspace datasets", "Upload a .zip", "Images per class", "Demo dataset", "Folder on the server"]
-saved = workspace_datasets()
+user = current_user()
+saved = visible_datasets(user)
 source = st.radio("Where is the dataset?", SOURCES, index=0 if saved else 1, horizontal=True, key="w_source")
 max_mb = int(st.get_option("server.maxUploadSize"))
 image_types = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -51,7 +53,8 @@ elif source == "Upload a .zip":
     if up is not None and up.file_id not in ss[state.DONE_UPLOADS]:
         with st.spinner(f"Extracting {up.name}…"):
             try:
-                root, report = ingest_zip(up.getvalue(), up.name, max_mb * 1024 * 1024)
+                check_upload(user, up.size)  # this session's uploads and the user's disk, before anything is written
+                root, report = ingest_zip(up.getvalue(), up.name, max_mb * 1024 * 1024, owner=user.name)
             except ClassifierError as e:  # named by the upload; the previous dataset is not shown as if it were this
                 st.error(literal(f"{up.name}: {e}" if up.name not in str(e) else str(e)), icon="🚫")
                 st.stop()
@@ -77,7 +80,8 @@ elif source == "Images per class":
         st.rerun()
     if right.button("Save dataset", type="primary", disabled=len(groups) < 2, help="Needs two named classes"):
         with user_errors("Could not save the dataset"):
-            root, saved, bad = build_dataset(name, groups)
+            check_upload(user, sum(len(data) for _, files in groups for _, data in files))
+            root, saved, bad = build_dataset(name, groups, owner=user.name)
             state.use_dataset(str(root))
             st.success(f"Saved {saved} images to {root.name}.")
             if bad:
@@ -108,7 +112,8 @@ if not ss[state.DATASET]:
 path = ss[state.DATASET]
 st.divider()
 st.header(f"Dataset: {literal(Path(path).name)}")
-st.caption(path)
+st.caption(literal(path))
+delete_dataset_box(path, user)
 index = None
 with user_errors("Could not read the dataset"):
     index = dataset_index(path)

@@ -6,19 +6,31 @@ from datetime import datetime
 import streamlit as st
 
 from classifier import rundir
+from classifier.access import may_act, owner_of, visible
 from classifier.ensemble import delete_ensemble
 from classifier.jobs.catalogue import ensemble_entries, entries
 from classifier.rundir import run_zip
 from classifier.store import ACTIVE
 from ui import state
+from ui.access import current_user
 from ui.cache import executor
 from ui.config_form import apply_config
 from ui.export import export_section
-from ui.widgets import report_button, run_label, runs_table, show_runs_table, sticky_select, user_errors
+from ui.widgets import (
+    literal,
+    publish_section,
+    report_button,
+    run_label,
+    runs_table,
+    show_runs_table,
+    sticky_select,
+    user_errors,
+)
 
 state.init_state()
 st.title("Runs")
-listing = entries(executor=executor())  # runs, saved ensembles and searches
+user = current_user()
+listing = entries(executor=executor(), user=user)  # runs, saved ensembles and searches this user may see
 all_jobs = [j for j in listing if j.kind == "run"]
 if not listing:
     st.info("No runs yet. Start one on the **Train** page.")
@@ -68,20 +80,25 @@ with left:
         )
 with right:
     st.markdown("**Delete**")
-    active = job.status in ACTIVE
-    confirm = st.checkbox(f"Yes, delete “{job.name}” and all its files", key=f"c_confirm_{job.run_id}", disabled=active)
-    if active:
+    active, mine = job.status in ACTIVE, may_act(user, job.owner)
+    confirm = st.checkbox(f"Yes, delete “{job.name}” and all its files", key=f"c_confirm_{job.run_id}",
+                          disabled=active or not mine)  # fmt: skip
+    if not mine:
+        st.caption(f"Only its owner ({literal(owner_of(job))}) or an admin may delete, cancel or publish this run.")
+    elif active:
         st.caption("Cancel the run on the Train page and wait until it stops before deleting it.")
-    if st.button("Delete run", type="primary", disabled=not confirm or active, icon=":material/delete:"):
+    if st.button("Delete run", type="primary", disabled=not confirm or active or not mine, icon=":material/delete:"):
         with user_errors("Could not delete the run"):
             executor().delete(job.run_id)
             st.toast(f"Deleted {job.name}")
             st.rerun()
 
 st.divider()
+publish_section(job, user)
+st.divider()
 export_section(job)
 
-saved = {e.run_id: e for e in ensemble_entries()}
+saved = {e.run_id: e for e in visible(user, ensemble_entries())}
 if saved:
     st.divider()
     st.subheader("Saved ensembles")
@@ -109,10 +126,11 @@ if saved:
     e_left, e_right = st.columns(2)
     with e_left:
         st.caption("Evaluate and Predict pick saved ensembles like runs. Deleting one keeps its member runs.")
+        publish_section(ens, user)
     with e_right:
         sure = st.checkbox(f"Yes, delete the ensemble “{ens.name}”", key=f"c_confirm_{ens.run_id}")
         if st.button("Delete ensemble", type="primary", disabled=not sure, icon=":material/delete:"):
             with user_errors("Could not delete the ensemble"):
-                delete_ensemble(ens.run_dir)
+                delete_ensemble(ens.run_dir, user)
                 st.toast(f"Deleted {ens.name}")
                 st.rerun()

@@ -7,7 +7,8 @@ from classifier.data.dataset import check_trainable
 from classifier.models import list_backbones
 from classifier.training import TrainConfig
 from ui import state
-from ui.cache import dataset_index
+from ui.access import current_user
+from ui.cache import dataset_index, executor
 from ui.search import searches_section, space_form
 from ui.widgets import dataset_picker, user_errors
 
@@ -49,8 +50,9 @@ with st.expander("New search", expanded=not search.list_searches()):
                                img_size=int(img_size) if img_size else None)  # fmt: skip
             if data != "demo":
                 check_trainable(dataset_index(data))
+            executor().check_quota()  # its trials queue as this user's runs
             spec = search.create_search(base, raw, sampler=sampler, n_trials=int(n_trials), metric=metric,
-                                        name=name.strip() or None, prune=prune)  # fmt: skip
+                                        name=name.strip() or None, prune=prune, owner=current_user().name)  # fmt: skip
             search.launch_search(spec["id"])
             ss[state.SEARCH_ID] = ss["w_search_pick"] = spec["id"]
 

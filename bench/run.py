@@ -125,7 +125,8 @@ def our_fit(data: Path, args, workdir: Path, name: str, between=None) -> tuple[l
     clock.outside = 0.0
     cfg = TrainConfig(data=str(data), backbone=args.backbone, weights="none", img_size=args.img_size,
                       mode="finetune", augment="light", epochs=args.epochs, batch_size=args.batch_size, lr=5e-4,
-                      val_split=args.val_split, seed=0, cache=args.cache, checkpoint_every_steps=0)  # fmt: skip
+                      val_split=args.val_split, seed=0, cache=args.cache, checkpoint_every_steps=0,
+                      amp=not args.no_amp)  # fmt: skip
     t0 = time.perf_counter()
     result = fit(cfg, workdir / name, [clock])
     wall = time.perf_counter() - t0 - clock.outside
@@ -241,6 +242,7 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=20, help="single-image predictions timed")
     ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--no-amp", action="store_true", help="our fit in float32 too (as before bf16 on CPUs)")
     args = ap.parse_args()
     if args.quick:
         args.img_size, args.images, args.epochs, args.skip_probe, args.repeats = 64, 48, 2, True, 10

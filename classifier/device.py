@@ -15,14 +15,16 @@ from __future__ import annotations
 import gc
 import os
 import random
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from classifier.errors import RunError
+from classifier.errors import ClassifierError, RunError
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -208,3 +210,39 @@ def available_memory(device: torch.device) -> int | None:
     except OSError:
         return None
     return None
+
+
+WORKERS_ENV = "CLASSIFIER_SERVER_WORKERS"
+_HEAVY_LOCK = threading.Lock()
+_HEAVY: dict[str, Any] = {}  # "slots": the process's BoundedSemaphore, made on first use
+
+
+@contextmanager
+def heavy_work(what: str, wait_s: float = 300.0, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """A slot of this process's bounded worker for model work done inside the app's server process (the LR finder,
+    export, building an ensemble, attribution maps): at most `CLASSIFIER_SERVER_WORKERS` (default 1) at once, so
+    two sessions cannot load and run models together and run the server out of memory. Training runs are separate
+    processes that queue for the device; this is the same rule for what the server does itself. Waits up to
+    `wait_s` (calling `waiting()` once if it has to wait), then ServerBusy."""
+    import time
+
+    with _HEAVY_LOCK:
+        if "slots" not in _HEAVY:
+            _HEAVY["slots"] = threading.BoundedSemaphore(max(1, int(os.environ.get(WORKERS_ENV, "1") or 1)))
+        slots = _HEAVY["slots"]
+    if not slots.acquire(blocking=False):
+        if waiting is not None:
+            waiting()
+        end = time.monotonic() + wait_s
+        while not slots.acquire(timeout=0.5):  # short waits: a stopped script run gets out within half a second
+            if time.monotonic() > end:
+                raise ServerBusy(f"the server is busy with another session's model work; {what} was not started. "
+                                 "Try again in a minute")  # fmt: skip
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+class ServerBusy(ClassifierError):
+    """The server's bounded worker stayed busy past the wait."""

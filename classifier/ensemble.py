@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -32,6 +32,9 @@ from classifier.errors import ClassifierError, ImageError, RunError
 from classifier.metrics import compute_metrics, mean_average_precision
 from classifier.predict import LoadedRun, expand_inputs, format_prediction, load_run, predict_images, predict_items
 from classifier.task import DEFAULT_THRESHOLD, MULTI
+
+if TYPE_CHECKING:
+    from classifier.access import User
 
 FORMAT_VERSION = 1
 
@@ -173,6 +176,7 @@ def build_ensemble(
     device: str = "cpu",
     progress: Callable[[int, int, float | None], None] | None = None,
     runs: Sequence[LoadedRun] | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the average of `run_dirs` on their shared validation images and save it in `out_dir` (new or
     empty). Returns the metrics (`classifier.metrics.compute_metrics` plus `members`). `runs` may pass the
@@ -210,6 +214,7 @@ def build_ensemble(
         "dataset": {"root": str(root)},
         "n_val": len(items),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "owner": owner,  # who built it (None: without sign-in); only they or an admin delete or publish it
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p).resolve().relative_to(root.resolve()).as_posix() for p, _ in items]
@@ -264,14 +269,18 @@ def load_ensemble(ensemble_dir: str | Path, device: str = "cpu") -> Ensemble:
     return Ensemble(runs, name=info.get("name") or Path(ensemble_dir).name, ensemble_dir=Path(ensemble_dir))
 
 
-def delete_ensemble(ensemble_dir: str | Path) -> None:
+def delete_ensemble(ensemble_dir: str | Path, user: User | None = None) -> None:
     """Remove a saved ensemble's folder (its ensemble.json, metrics and predictions); member runs are untouched.
-    RunError when the folder is not a saved ensemble, so this never removes anything else."""
+    RunError when the folder is not a saved ensemble, so this never removes anything else; AccessError when `user`
+    (None: the local user) neither built it nor is an admin."""
     import shutil
+
+    from classifier.access import LOCAL_USER, check_owner
 
     d = Path(ensemble_dir)
     if not rundir.is_ensemble_dir(d):
         raise RunError(f"{d} is not a saved ensemble (no {rundir.ENSEMBLE}); nothing deleted")
+    check_owner(user or LOCAL_USER, rundir.read_ensemble_info(d).get("owner"), "delete", f"ensemble {d.name}")
     shutil.rmtree(d)
 
 

@@ -32,6 +32,7 @@ How the files are made (torch 2.15, onnx 1.23, onnxruntime 1.32, onnxscript 0.7)
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -78,7 +79,9 @@ FLOAT_MIN_AGREEMENT = 1.0  # float exports must give the same top-1 class on eve
 FLOAT_MAX_PROB_DIFF = 1e-3  # ... and no probability may move by more than this
 INT8_MAX_ACCURACY_DROP = 0.02  # int8: accuracy against the labels may fall by at most 2 points, or one image
 INT8_MIN_AGREEMENT = 0.95  # int8 without labels (generated inputs): top-1 agreement with PyTorch
-MAX_PARITY_IMAGES = 64
+# Every validation image up to this many (about 600 MB of 224 px inputs), so the accuracy shown is measured on the
+# same images as the run's headline; a 64-image sample gave 96.9 % beside a headline of 96.1 % on 153 images.
+MAX_PARITY_IMAGES = 1000
 CALIBRATION_IMAGES = 64  # training images for static int8 ranges
 CALIBRATION_BATCH = 8
 SPEED_BATCH = 16  # images per timed call (the first of the parity images)
@@ -116,6 +119,7 @@ class ExportReport:
     pytorch_images_per_s: float | None
     speed_batch: int
     threads: int
+    headline_accuracy: float | None = None  # the run's metrics.json accuracy (when checked on all its val images)
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -153,6 +157,7 @@ class ParityInputs:
     labels: np.ndarray | None  # class indices (multi-label: 0/1 rows), None for generated inputs
     source: str
     note: str
+    all_validation: bool = False  # every validation image: the images the run's headline metrics are measured on
 
 
 def parity_inputs(run: LoadedRun, max_images: int = MAX_PARITY_IMAGES) -> ParityInputs:
@@ -165,7 +170,7 @@ def parity_inputs(run: LoadedRun, max_images: int = MAX_PARITY_IMAGES) -> Parity
         note = f"{len(xs)} of the run's {len(rows)} validation images"
         if skipped:
             note += f" ({skipped} unreadable or missing under {root} were skipped)"
-        return ParityInputs(torch.stack(xs), np.array(ys), "validation images", note)
+        return ParityInputs(torch.stack(xs), np.array(ys), "validation images", note, len(xs) == len(rows))
     why = (
         f"none of its {len(rows)} validation images is readable under {root}" if rows else "it has no validation split"
     )
@@ -359,8 +364,10 @@ def export_run(
         make = _onnx_candidates if fmt == "onnx" else _torchscript_candidates
         checks, timed, notes = make(parity, Path(tmp), quantize, xs, say)
         say("Measuring speed…")
-        speed = throughput({"PyTorch": lambda: _torch_forward(run.model, xs), **timed}, len(xs), bench_seconds)
-        notes = [f"inputs: {inputs.note}", *notes, *_speed_notes(checks, speed, len(xs), parity.threads, quantize)]
+        speed = throughput({**_pytorch_timed(run.model, xs), **timed}, len(xs), bench_seconds)
+        pytorch_speed, layout_note = _best_pytorch(speed)
+        notes = [f"inputs: {inputs.note}", *notes, *_speed_notes(checks, speed, len(xs), parity.threads, quantize),
+                 layout_note]  # fmt: skip
         report = ExportReport(
             run_dir=str(run.run_dir),
             format=fmt,
@@ -370,9 +377,10 @@ def export_run(
             inputs=inputs.source,
             n_images=len(inputs.x),
             pytorch_accuracy=_round(pytorch_acc),
-            pytorch_images_per_s=_round(speed["PyTorch"], 2),
+            pytorch_images_per_s=_round(pytorch_speed, 2),
             speed_batch=len(xs),
             threads=parity.threads,
+            headline_accuracy=_headline_accuracy(run) if inputs.all_validation else None,
             checks=checks,
             notes=notes,
         )
@@ -500,8 +508,35 @@ def _check_args(fmt: str, quantize: str | None, out: str | Path | None) -> tuple
 
 
 def _torch_forward(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
+    with torch.inference_mode():
         return model(x).numpy()
+
+
+PYTORCH_LAYOUTS = {"PyTorch": torch.contiguous_format, "PyTorch channels_last": torch.channels_last}
+
+
+def _pytorch_timed(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """PyTorch in both memory layouts, so its side of the comparison is its best: in eager mode on a CPU,
+    EfficientNet-Lite0's depthwise convolutions ran 5x faster channels_last (6.4 against 1.2 images/s, batch 16)."""
+    out = {}
+    for name, layout in PYTORCH_LAYOUTS.items():
+        m = model if layout is torch.contiguous_format else copy.deepcopy(model).to(memory_format=layout)
+        xl = x.contiguous(memory_format=layout)
+        out[name] = lambda m=m, xl=xl: _torch_forward(m, xl)
+    return out
+
+
+def _best_pytorch(speed: dict[str, float]) -> tuple[float, str]:
+    """The faster PyTorch layout's images/s (taken out of `speed`) and a note naming both."""
+    timed = {name: speed.pop(name) for name in PYTORCH_LAYOUTS}
+    best = max(timed, key=timed.get)
+    both = ", ".join(f"{n.removeprefix('PyTorch').strip() or 'contiguous'} {v:.1f}" for n, v in timed.items())
+    return timed[best], f"PyTorch: the faster memory layout in inference mode ({both} images/s)"
+
+
+def _headline_accuracy(run: LoadedRun) -> float | None:
+    metrics = rundir.read_metrics(run.run_dir) or {}
+    return _round(metrics.get("accuracy"))
 
 
 def _check_batch_one(check: Check, probs: np.ndarray, single: np.ndarray, thresholds: Any = None) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from classifier.access import User
 from classifier.errors import ClassifierError, RunError
 from classifier.io import atomic_write_json
 from classifier.jobs.launcher import launch, reap
@@ -214,8 +215,10 @@ def create_search(
     prune: bool = True,
     n_startup_trials: int = 2,
     n_warmup_steps: int = 0,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Validate and write a new search (status "queued"); returns its spec. Nothing is submitted yet."""
+    """Validate and write a new search (status "queued"); returns its spec. Nothing is submitted yet. `owner`
+    (who started it) also owns its trials' runs."""
     if metric not in METRICS:
         raise ClassifierError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
     space = parse_space(space, sampler)
@@ -254,6 +257,7 @@ def create_search(
         "trials": [],
         "error": None,
         "launched_at": None,
+        "owner": owner,
     }
     search_dir(search_id).mkdir(parents=True)
     save_search(spec)
@@ -643,7 +647,9 @@ def _submit(spec: dict[str, Any], trial: Any, live: dict[int, Any], study: Any, 
               "intermediate": {}, "error": None, "started_at": time.time(), "ended_at": None}  # fmt: skip
     spec["trials"].append(record)
     try:
-        record["run_id"] = executor.submit(trial_config(spec["base_config"], params), name=f"{spec['name']} #{number}")
+        owner = {"owner": spec["owner"]} if spec.get("owner") else {}  # (executors from before owners take none)
+        record["run_id"] = executor.submit(trial_config(spec["base_config"], params), name=f"{spec['name']} #{number}",
+                                           **owner)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - a bad combination fails this trial, not the search
         record["state"], record["error"] = "failed", f"{type(e).__name__}: {e}"
         record["ended_at"] = time.time()
@@ -684,9 +690,13 @@ def launch_search(search_id: str, python: str = sys.executable) -> int:
     return proc.pid
 
 
-def cancel_search(search_id: str, executor: Any = None) -> None:
-    """Ask the driver to stop and cancel its queued/running trials; without a live driver, do it here."""
+def cancel_search(search_id: str, executor: Any = None, user: User | None = None) -> None:
+    """Ask the driver to stop and cancel its queued/running trials; without a live driver, do it here. Only the
+    search's owner or an admin may (`user`; None: the local operator)."""
+    from classifier.access import LOCAL_USER, check_owner
+
     spec = load_search(search_id)
+    check_owner(user or LOCAL_USER, spec.get("owner"), "cancel", f"search {spec.get('name') or search_id!r}")
     if spec["status"] in DONE_SEARCH:
         return
     cancel_flag(search_id).touch()

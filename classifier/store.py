@@ -24,11 +24,12 @@ from classifier.io import json_safe
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 RESUMABLE = ("interrupted", "cancelled", "failed")  # may go back to "queued" (classifier.jobs resume)
-JSON_COLUMNS = ("config", "progress", "metrics")
+JSON_COLUMNS = ("config", "progress", "metrics", "launch_args")
 COLUMNS = (
     "id", "name", "status", "created_at", "started_at", "ended_at", "pid", "run_dir", "config", "progress",
-    "metrics", "error", "device", "updated_at",
+    "metrics", "error", "device", "updated_at", "owner", "launch_args",
 )  # fmt: skip
+ADDED_COLUMNS = {"owner": "TEXT", "launch_args": "TEXT"}  # added to stores made before them (owner NULL: "local")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -56,6 +57,13 @@ class RunStore:
             # journal_mode is stored in the file, so this only has an effect the first time.
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            have = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    try:
+                        con.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError:  # another process added it a moment ago
+                        pass
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -68,16 +76,26 @@ class RunStore:
             yield con
 
     def create(
-        self, run_id: str, name: str, config: dict, run_dir: str, device: str = "cpu", status: str = "queued"
+        self,
+        run_id: str,
+        name: str,
+        config: dict,
+        run_dir: str,
+        device: str = "cpu",
+        status: str = "queued",
+        owner: str | None = None,
+        launch_args: list[str] | None = None,
     ) -> None:
-        """Insert a new run row (fails if `run_id` exists)."""
+        """Insert a new run row (fails if `run_id` exists). `launch_args`: the train command's arguments a
+        dispatcher starts the run with once its device is free (None: the caller starts it)."""
         _check_status(status)
         now = time.time()
+        args = None if launch_args is None else _dumps(launch_args)
         with self._connect() as con:
             con.execute(
-                "INSERT INTO runs (id, name, status, created_at, run_dir, config, progress, device, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, name, status, now, str(run_dir), _dumps(config), _dumps({}), device, now),
+                "INSERT INTO runs (id, name, status, created_at, run_dir, config, progress, device, updated_at, "
+                "owner, launch_args) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, name, status, now, str(run_dir), _dumps(config), _dumps({}), device, now, owner, args),
             )
 
     def update(self, run_id: str, **fields: Any) -> None:

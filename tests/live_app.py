@@ -77,15 +77,18 @@ def kill_training_processes(workspace: Path) -> None:
 
 
 @contextmanager
-def streamlit_app(base: Path, extra_args: Sequence[str] = ()) -> Iterator[Server]:
-    """`streamlit run app.py` on a free loopback port with the workspace `base/workspace`, healthy before it is
-    yielded; at the end the server's process group and any training processes of that workspace are ended."""
-    workspace, log_path, port = base / "workspace", base / "streamlit.log", free_port()
+def streamlit_app(
+    base: Path, extra_args: Sequence[str] = (), entry: str = "app.py", port: int | None = None, env: dict | None = None
+) -> Iterator[Server]:
+    """`streamlit run app.py` (or `entry`) on a free loopback port (or `port`) with the workspace `base/workspace`,
+    healthy before it is yielded; at the end the server's process group and any training processes of that workspace
+    are ended. `env`: more environment variables for the server."""
+    workspace, log_path, port = base / "workspace", base / "streamlit.log", port or free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    cmd = [sys.executable, "-m", "streamlit", "run", entry, "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", *extra_args]  # fmt: skip
-    env = {**os.environ, "CLASSIFIER_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "CLASSIFIER_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1", **(env or {})}
     start = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -67,6 +67,9 @@ def test_onnx_int8_export_shows_parity_and_speed_and_offers_the_bundle(completed
     cards = {m.label: m.value for m in at.metric}
     assert {"Top-1 agreement", "Max prob. difference", "Speed vs PyTorch", "Accuracy (ONNX int8)"} <= set(cards)
     assert cards["Speed vs PyTorch"].endswith("×")
+    acc = next(m for m in at.metric if m.label == "Accuracy (ONNX int8)")
+    assert "all the run's validation images" in acc.help and "headline accuracy" in acc.help
+    assert (acc.proto.delta == "") == ("no change" in acc.help)  # an arrow only for a real change
     frame = table(at)
     assert frame["model"].tolist() == ["PyTorch", "ONNX float32", "ONNX int8 dynamic", "ONNX int8"]
     assert frame.loc[1, "top-1 agreement"] == 1.0 and frame.loc[1, "check"] == "ok"

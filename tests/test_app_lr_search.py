@@ -90,7 +90,7 @@ class InstantExecutor:
     def __init__(self):
         self.runs: dict[str, dict] = {}
 
-    def submit(self, config, name=None):
+    def submit(self, config, name=None, owner=None):  # the Executor protocol's signature
         run_id = f"fake{len(self.runs) + 1}"
         self.runs[run_id] = {"acc": [0.3, 0.9, 0.6][len(self.runs) % 3], "polls": 0}
         return run_id

@@ -163,7 +163,7 @@ def test_cache_off_decodes_every_epoch_and_workers_follow_the_machine(data, tmp_
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for cores, on_cpu, on_cuda in [(2, 0, 1), (8, 4, 7), (32, 4, 8)]:
-        monkeypatch.setattr(os, "cpu_count", lambda c=cores: c)
+        monkeypatch.setattr(device_settings, "usable_cpus", lambda c=cores: c)  # affinity and quota
         assert (device_settings.default_workers(cpu), device_settings.default_workers(cuda)) == (on_cpu, on_cuda)
     # Explicit workers decode into the cache; training batches then come from the main process.
     r = fit(TrainConfig(data=str(data), **{**SETTINGS, "num_workers": 1, "epochs": 1}), tmp_path / "w")

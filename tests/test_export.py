@@ -67,6 +67,11 @@ def test_onnx_export_agrees_with_pytorch_on_validation_images(run_dir: Path, onn
     check = report.check
     assert check.name == "ONNX float32" and check.top1_agreement == 1.0 and check.max_prob_diff < 1e-5
     assert check.accuracy == report.pytorch_accuracy is not None
+    # every validation image: the run's headline accuracy (evaluated in float32) is the PyTorch accuracy here
+    headline = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+    assert report.headline_accuracy == pytest.approx(headline, abs=1e-4) == report.pytorch_accuracy
+    layouts = next(n for n in report.notes if n.startswith("PyTorch: the faster memory layout"))
+    assert "contiguous" in layouts and "channels_last" in layouts
     assert check.images_per_s > 0 and report.pytorch_images_per_s > 0 and report.speed_ratio() > 0
     d = report.to_dict()
     assert d["status"] == "ok" and d["reasons"] == [] and json.dumps(d)

@@ -37,7 +37,7 @@ class FakeExecutor:
         self.runs: dict[str, dict] = {}
         self.cancelled: list[str] = []
 
-    def submit(self, config, name=None):
+    def submit(self, config, name=None, owner=None):  # the Executor protocol's signature
         run_id = f"r{len(self.runs) + 1}"
         self.runs[run_id] = {"cfg": config, "acc": self.score(config, len(self.runs) + 1), "polls": 0,
                              "status": "queued"}  # fmt: skip

@@ -42,8 +42,12 @@ def _executor(workspace: str) -> Any:
 
 
 def executor() -> Any:
-    """The job executor of the current workspace (one per process and workspace)."""
-    return _executor(str(workspace_dir().resolve()))
+    """The job executor of the current workspace as this session's user may use it (`GuardedExecutor`: their role,
+    owners and quotas; the executor underneath is one per process and workspace)."""
+    from classifier.jobs.guard import GuardedExecutor
+    from ui.access import current_user
+
+    return GuardedExecutor(_executor(str(workspace_dir().resolve())), current_user())
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

@@ -4,16 +4,19 @@ the "combine runs" builder on the Evaluate page."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from classifier.device import heavy_work
 from classifier.ensemble import Ensemble, build_ensemble, ensembles_dir, read_ensemble
 from classifier.jobs import JobStatus, new_run_id
 from classifier.jobs.catalogue import ENSEMBLE_PREFIX
 from ui import state
+from ui.access import current_user
 from ui.cache import loaded_run
-from ui.widgets import jobs, run_label, user_errors
+from ui.widgets import jobs, run_label, server_busy_notice, user_errors
 
 PICK_NEXT = "_ensemble_pick_next"  # an entry a page wants selected in the run picker on its next run
 
@@ -24,8 +27,13 @@ def is_ensemble(job: Any) -> bool:
 
 def loaded_ensemble(entry: JobStatus) -> Ensemble:
     """The ensemble with its members' cached models (RunError when a member is gone)."""
-    info = read_ensemble(entry.run_dir)
-    return Ensemble([loaded_run(m["run_dir"]) for m in info["members"]], name=entry.name, ensemble_dir=entry.run_dir)
+    return loaded_ensemble_dir(entry.run_dir, entry.name)
+
+
+def loaded_ensemble_dir(folder: str | Path, name: str) -> Ensemble:
+    """A saved ensemble's folder as an Ensemble of cached member models."""
+    info = read_ensemble(folder)
+    return Ensemble([loaded_run(m["run_dir"]) for m in info["members"]], name=name, ensemble_dir=Path(folder))
 
 
 def apply_pending_pick(widget_key: str = "w_run_picker") -> None:
@@ -63,10 +71,11 @@ def ensemble_builder() -> None:
 
                 folder = new_run_id()
                 t0 = time.monotonic()
-                m = build_ensemble(
-                    [done[i].run_dir for i in picked], ensembles_dir() / folder, name=name.strip() or None,
-                    progress=progress, runs=runs,
-                )  # fmt: skip
+                with heavy_work("building the ensemble", waiting=server_busy_notice):  # one model job at a time
+                    m = build_ensemble(
+                        [done[i].run_dir for i in picked], ensembles_dir() / folder, name=name.strip() or None,
+                        progress=progress, runs=runs, owner=current_user().name or None,
+                    )  # fmt: skip
                 st.session_state[PICK_NEXT] = ENSEMBLE_PREFIX + folder
                 st.toast(f"Ensemble saved: accuracy {m['accuracy']:.1%} ({time.monotonic() - t0:.1f} s)")
                 st.rerun()

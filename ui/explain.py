@@ -17,10 +17,11 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
+from classifier.device import heavy_work
 from classifier.errors import ClassifierError
 from classifier.explain import METHODS, Attribution, attribute, colour_scale, cost_order, methods_using, overlay
 from ui import state
-from ui.widgets import user_errors
+from ui.widgets import server_busy_notice, user_errors
 
 MAX_CACHED = 48  # maps kept per session (each is one float32 map at the image's size)
 DISPLAY_SIDE = 768  # overlays are drawn (and downloaded) at most this many pixels on the longer side
@@ -53,7 +54,8 @@ def cached_attribution(
         bar.progress(frac, text=f"{label}: {done}/{total} forward passes{eta}")
 
     try:
-        result = attribute(run, image, method, target, progress=progress, **options)
+        with heavy_work("the attribution map", waiting=server_busy_notice):  # one model job in the server at a time
+            result = attribute(run, image, method, target, progress=progress, **options)
     finally:
         bar.empty()
     cache[key] = result

@@ -14,10 +14,11 @@ import pandas as pd
 import streamlit as st
 
 from classifier import rundir
+from classifier.device import heavy_work
 from classifier.export import default_export_path, export_run
 from classifier.io import atomic_write_json
 from ui.cache import file_mtime
-from ui.widgets import user_errors
+from ui.widgets import server_busy_notice, user_errors
 
 FORMATS = {"ONNX": "onnx", "TorchScript": "torchscript"}
 
@@ -52,7 +53,9 @@ def export_section(job: Any) -> None:
     if st.button("Build export", key=f"b_export_build_{job.run_id}", icon=":material/package_2:"):
         # user_errors outside the status box: a failure shows as an error box, not inside a collapsed status
         with user_errors("Export failed"), st.status("Exporting…", expanded=False) as box:
-            report = export_run(job.run_dir, fmt, bundle, quantize=quantize, progress=lambda msg: box.update(label=msg))
+            with heavy_work("the export", waiting=server_busy_notice):  # one model job in the server at a time
+                report = export_run(job.run_dir, fmt, bundle, quantize=quantize,
+                                    progress=lambda msg: box.update(label=msg))  # fmt: skip
             atomic_write_json(report_path, report.to_dict())
             box.update(label=f"Exported in {report.seconds:.0f} s", state="complete")
     saved = _saved_report(report_path, bundle, weights)
@@ -86,6 +89,19 @@ def _saved_report(report_path: Path, bundle: Path, weights: Path) -> dict[str, A
         return None
 
 
+def accuracy_help(r: dict[str, Any], ref: float | None, change: float | None) -> str:
+    """What the accuracy card was measured on, and how it relates to PyTorch and to the run's headline."""
+    if ref is None:
+        return f"Not measured: the check ran on {r['inputs']}."
+    text = f"PyTorch: {ref:.1%} on the same {r['n_images']} {r['inputs']}" + ("" if change else " (no change)")
+    head = r.get("headline_accuracy")
+    if head is not None:
+        text += f"; these are all the run's validation images, on which its headline accuracy is {head:.1%}"
+    else:
+        text += "; a part of the run's validation images (the headline uses all of them)"
+    return text + "."
+
+
 def show_report(r: dict[str, Any]) -> None:
     """Headline parity and speed cards, a table of every model compared, and a warning when the check flagged it."""
     check = r["checks"][-1]
@@ -98,10 +114,11 @@ def show_report(r: dict[str, Any]) -> None:
     cards[2].metric("Speed vs PyTorch", "—" if ratio is None else f"{ratio:.2f}×", border=True,
                     help=f"{check['images_per_s']} vs {r['pytorch_images_per_s']} images/s, batch of "
                     f"{r['speed_batch']}, {r['threads']} CPU threads, measured side by side")  # fmt: skip
-    acc = check.get("accuracy")
+    acc, ref = check.get("accuracy"), r["pytorch_accuracy"]
+    change = None if acc is None or ref is None else round((acc - ref) * 100, 1)
     cards[3].metric(f"Accuracy ({check['name']})", "—" if acc is None else f"{acc:.1%}", border=True,
-                    delta=None if acc is None or r["pytorch_accuracy"] is None
-                    else f"{(acc - r['pytorch_accuracy']) * 100:+.1f} pts vs PyTorch")  # fmt: skip
+                    delta=f"{change:+.1f} pts vs PyTorch" if change else None,  # no arrow for no change
+                    help=accuracy_help(r, ref, change))  # fmt: skip
     rows = [{"model": "PyTorch", "accuracy": r["pytorch_accuracy"], "top-1 agreement": 1.0, "max prob. diff": 0.0,
              "images/s": r["pytorch_images_per_s"], "size (MB)": None, "check": ""}]  # fmt: skip
     rows += [{"model": c["name"], "accuracy": c["accuracy"], "top-1 agreement": c["top1_agreement"],

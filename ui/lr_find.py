@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from classifier.device import heavy_work
 from classifier.figures import lr_find_figure
 from classifier.jobs.progress import duration
 from classifier.training import TrainConfig
 from classifier.training.config import config_field
 from classifier.training.lr_find import LRFindResult, lr_find
 from ui import state
-from ui.widgets import user_errors
+from ui.widgets import server_busy_notice, user_errors
 
 
 def _apply(lr_key: str, value: float) -> None:
@@ -51,8 +52,9 @@ def lr_finder_section(make_config: Callable[[], TrainConfig], lr_key: str) -> No
                     label = "Computing features" if phase == "features" else "Step"
                     bar.progress(min(1.0, frac), text=f"{label} {done}/{total} · ETA {duration(eta)}")
 
-                result = lr_find(config, start_lr=float(start), end_lr=float(end),
-                                 steps=int(steps) if steps else None, progress=progress)  # fmt: skip
+                with heavy_work("the LR finder", waiting=server_busy_notice):  # one model job in the server at a time
+                    result = lr_find(config, start_lr=float(start), end_lr=float(end),
+                                     steps=int(steps) if steps else None, progress=progress)  # fmt: skip
                 bar.empty()
                 ss[state.LR_FIND] = result.to_dict()
         shown = ss[state.LR_FIND]

@@ -13,12 +13,14 @@ import pandas as pd
 import streamlit as st
 
 from classifier import search
+from classifier.access import check_owner, visible
 from classifier.data.presets import AUGMENT_PRESETS
 from classifier.errors import ClassifierError
 from classifier.models import list_backbones
 from ui import state
+from ui.access import current_user
 from ui.cache import executor
-from ui.widgets import sticky_select, user_errors
+from ui.widgets import literal, sticky_select, user_errors
 
 POLL_SECONDS = 1.0
 ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "pruned": "✂️", "failed": "❌", "cancelled": "⏹️",
@@ -102,7 +104,7 @@ def search_label(spec: dict[str, Any]) -> str:
 
 def _draw(spec: dict[str, Any]) -> None:
     done = sum(t["state"] not in search.ACTIVE_TRIAL for t in spec["trials"])
-    st.markdown(f"**{spec['name']}** — {ICONS.get(spec['status'], '')} {spec['status']}")
+    st.markdown(f"**{literal(spec['name'])}** — {ICONS.get(spec['status'], '')} {spec['status']}")
     st.progress(done / max(1, spec["n_trials"]), text=f"{done} of {spec['n_trials']} trials finished "
                 f"({spec['sampler']} sampler, {spec['metric']}, pruning {spec['pruner']['kind']})")  # fmt: skip
     if spec.get("error"):
@@ -118,17 +120,18 @@ def _draw(spec: dict[str, Any]) -> None:
         st.switch_page("app_pages/evaluate.py")
     if spec["status"] in ("queued", "running") and c2.button("Cancel search", icon=":material/stop_circle:"):
         with user_errors("Cannot cancel the search"):
-            search.cancel_search(spec["id"])
+            search.cancel_search(spec["id"], user=current_user())
             st.toast("Cancelling the search and its running trials…")
     if spec["status"] == "interrupted" and c2.button("Resume search", icon=":material/replay:"):
         with user_errors("Cannot resume the search"):
+            check_owner(current_user(), spec.get("owner"), "resume", f"search {spec['name']!r}")
             search.launch_search(spec["id"])
             st.rerun()
 
 
 def searches_section() -> None:
     """Pick a search (default: the newest) and draw it; polls every second while it is queued or running."""
-    specs = search.list_searches()
+    specs = visible(current_user(), search.list_searches())
     if not specs:
         st.info("No searches yet. Define a space above and start one.", icon="ℹ️")
         return
@@ -136,7 +139,7 @@ def searches_section() -> None:
 
     @st.fragment(run_every=POLL_SECONDS if polling else None)
     def section() -> None:
-        by_id = {s["id"]: s for s in search.list_searches()}
+        by_id = {s["id"]: s for s in visible(current_user(), search.list_searches())}
         if polling and not any(s["status"] in ("queued", "running") for s in by_id.values()):
             st.rerun()
         labels = {i: search_label(s) for i, s in by_id.items()}

@@ -76,8 +76,11 @@ def use_dataset(path: str) -> None:
 
 
 def current_user() -> str:
-    """Who is using the app: "local" without sign-in (a single-user local tool)."""
-    return "local"
+    """Whose settings file this session reads and writes: the signed-in e-mail address, "local" without sign-in
+    (a single-user local tool), "" for a visitor who is not signed in (nothing is saved for visitors)."""
+    from ui.access import current_user as user
+
+    return user().name
 
 
 def begin_run() -> None:
@@ -86,7 +89,8 @@ def begin_run() -> None:
     ss = st.session_state
     if _STARTED not in ss:
         ss[_STARTED] = True
-        saved = read_user_settings(current_user())
+        name = current_user()
+        saved = read_user_settings(name) if name else {}
         ss[_SAVED] = dict(saved)
         for key, value in saved.items():
             if key.startswith(PERSISTED) and key not in ss:
@@ -105,9 +109,10 @@ def end_run() -> None:
         for k, v in ss.items()
         if isinstance(k, str) and k.startswith(PERSISTED) and not _RUN_SPECIFIC.search(k) and _plain(v)
     }
-    if current != ss.get(_SAVED):
+    name = current_user()
+    if name and current != ss.get(_SAVED):
         try:
-            write_user_settings(current_user(), current)
+            write_user_settings(name, current)
             ss[_SAVED] = current
         except OSError:
             pass  # a full disk must not break the page; the settings stay in this session

@@ -102,11 +102,12 @@ def dataset_picker(where: Any, label: str, key: str, help: str | None = None) ->
     """A selectbox of the workspace's datasets (newest first; the demo listed once, by name) that starts on and
     follows the session's dataset (`state.DATASET`): picking one here makes it the Data page's too."""
     from classifier.data.demo import demo_dataset_path
-    from classifier.data.ingest import workspace_datasets
+    from classifier.data.ingest import visible_datasets
+    from ui.access import current_user
 
     ss = st.session_state
     demo = str(demo_dataset_path())
-    options = [str(d) for d in workspace_datasets()]
+    options = [str(d) for d in visible_datasets(current_user())]
     if demo not in options:
         options.append("demo")  # generated into the workspace on first use
     current = ss[state.DATASET]
@@ -187,7 +188,10 @@ def run_picker(
     state.init_state()
     choices = {j.run_id: j for j in jobs() if j.status == "completed" or not completed_only}
     if ensembles:
-        choices.update({e.run_id: e for e in ensemble_entries()})
+        from classifier.access import visible
+        from ui.access import current_user
+
+        choices.update({e.run_id: e for e in visible(current_user(), ensemble_entries())})
     if not choices:
         st.info("No completed runs yet. Start one on the **Train** page.", icon="ℹ️")
         return None
@@ -209,3 +213,59 @@ def report_button(run_dir, run_id: str, help: str) -> None:
         icon=":material/description:",
         help=help,
     )
+
+
+def server_busy_notice() -> None:
+    """What a session sees while `classifier.device.heavy_work` waits for another session's model work."""
+    st.toast("Waiting for another session's model work on this server to finish…", icon="⏳")
+
+
+def publish_section(entry: Any, user: Any) -> None:
+    """Publish a completed run or saved ensemble on the public prediction page (or take it down): its owner, if a
+    trainer, or an admin. Visitors then see Home and that model's Predict page only."""
+    from classifier.access import may_act
+    from classifier.public import publish, published, unpublish
+    from ui.access import auth_configured
+
+    if not auth_configured():
+        return  # no visitors without sign-in: the local tool has nothing to publish to
+    if not user.can("train") or entry.status != "completed" or not may_act(user, entry.owner):
+        return
+    current = published()
+    if current is not None and current.get("id") == entry.run_id:
+        st.caption("This model is on the public prediction page.")
+        if st.button("Unpublish", icon=":material/public_off:", key=f"b_unpublish_{entry.run_id}"):
+            with user_errors("Cannot unpublish"):
+                unpublish(user)
+                st.rerun()
+        return
+    replaces = f" (it replaces {literal(current['name'])})" if current else ""
+    if st.button(
+        f"Publish on the public page{replaces}", icon=":material/public:", key=f"b_publish_{entry.run_id}",
+        help="Visitors who are not signed in can then predict with this model, and see nothing else.",
+    ):  # fmt: skip
+        with user_errors("Cannot publish"):
+            publish(entry, user)
+            st.toast(f"Published {entry.name}")
+            st.rerun()
+
+
+def delete_dataset_box(path: str, user: Any) -> None:
+    """Delete the shown dataset: workspace datasets only, for their owner or an admin, after a confirmation."""
+
+    from classifier.access import may_act
+    from classifier.data.ingest import dataset_owner, delete_dataset
+    from classifier.workspace import datasets_dir
+
+    p = Path(path)
+    if p.parent.resolve() != datasets_dir().resolve() or not may_act(user, dataset_owner(p)):
+        return
+    with st.expander("Delete this dataset"):
+        sure = st.checkbox(f"Yes, delete the dataset {literal(p.name)} and all its images", key=f"c_del_data_{p.name}")
+        st.caption("Runs trained on it keep their models and metrics; Explain and Evaluate galleries lose its images.")
+        if st.button("Delete dataset", type="primary", disabled=not sure, icon=":material/delete:", key="b_del_data"):
+            with user_errors("Could not delete the dataset"):
+                delete_dataset(p, user)
+                st.session_state[state.DATASET] = None
+                st.toast(f"Deleted {p.name}")
+                st.rerun()

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from classifier.cli import (
+    access,
     backbones,
     compare,
     demo_data,
@@ -55,6 +56,7 @@ COMMANDS = {  # command name -> its module, in the order `--help` lists them
         ensemble,
         report,
         backbones,
+        access,
     )
 }
 

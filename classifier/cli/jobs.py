@@ -4,7 +4,9 @@
     python -m classifier jobs list | status ID | logs ID | cancel ID | resume ID | delete ID   (--json for scripts)
 
 Every subcommand talks to `classifier.jobs.default_executor()`: local processes, or the Ray cluster with
-`CLASSIFIER_EXECUTOR=ray` and `CLASSIFIER_RAY_ADDRESS` (or `--executor ray --ray-address URL`).
+`CLASSIFIER_EXECUTOR=ray` and `CLASSIFIER_RAY_ADDRESS` (or `--executor ray --ray-address URL`), as `--user EMAIL` (or
+`CLASSIFIER_USER`) with that address's role, owners and quotas from the access file; without it, as the local
+operator (an admin).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             a.add_argument("--tail", type=int, default=None, metavar="LINES", help="only the last LINES lines")
         g = a.add_argument_group("executor")
         g.add_argument("--json", action="store_true", help="print JSON (one object) for scripts")
+        g.add_argument("--user", default=None, metavar="EMAIL",
+                       help="act as this signed-in user: their role, their runs, their quotas (default: "
+                       "CLASSIFIER_USER, else the local operator)")  # fmt: skip
         g.add_argument("--executor", choices=["local", "ray"], default=None,
                        help="where runs execute (default: CLASSIFIER_EXECUTOR, else local)")  # fmt: skip
         g.add_argument(
@@ -79,10 +84,12 @@ def _executor_env(a: argparse.Namespace):
 
 
 def run(a: argparse.Namespace) -> int:
+    from classifier.access import cli_user
     from classifier.jobs import default_executor
+    from classifier.jobs.guard import GuardedExecutor
 
     with _executor_env(a):
-        ex = default_executor()
+        ex = GuardedExecutor(default_executor(), cli_user(a.user))
         out = _ACTIONS[a.action](ex, a)
     text = out.pop("text", None)
     if a.action == "logs" and not a.json:

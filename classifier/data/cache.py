@@ -18,6 +18,11 @@ file, and the new pair replaces the old one (temp file + `os.replace`, so a conc
 complete file it opened). The images then stay in memory when they fit the budget
 (`CLASSIFIER_CACHE_MEMORY_MB`, default 2048 MB) or are read through a read-only memory map otherwise.
 
+On a shared server the files are capped in total (`CLASSIFIER_CACHE_MAX_MB`, default 8192 MB): every open marks its
+pair as used (the `.json`'s modification time), and after a new file is written the pairs used longest ago are
+deleted until the rest fit. A process still reading a deleted file keeps its open map (Linux frees it on close);
+its next open decodes again.
+
 Several processes can build one cache together (`group`: the ranks of a DDP run): rank 0 lays out the new file,
 every rank decodes its share of the missing images straight into it (disjoint slots of one shared memory map), and
 rank 0 puts it in place once all are done.
@@ -44,6 +49,8 @@ from classifier.workspace import cache_dir
 
 BUDGET_ENV = "CLASSIFIER_CACHE_MEMORY_MB"
 DEFAULT_BUDGET_MB = 2048
+MAX_ENV = "CLASSIFIER_CACHE_MAX_MB"
+DEFAULT_MAX_MB = 8192
 FORMAT = 1
 
 
@@ -67,6 +74,52 @@ def memory_budget() -> int:
     except ValueError:
         raise ValueError(f"{BUDGET_ENV} must be a number of megabytes, not {raw!r}") from None
     return int(max(0.0, mb) * 2**20)
+
+
+def max_cache_bytes() -> int:
+    """The decoded-image cache's cap on disk (`CLASSIFIER_CACHE_MAX_MB`, default 8192 MB)."""
+    raw = os.environ.get(MAX_ENV)
+    try:
+        mb = DEFAULT_MAX_MB if raw is None else float(raw)
+    except ValueError:
+        raise ValueError(f"{MAX_ENV} must be a number of megabytes, not {raw!r}") from None
+    return int(max(0.0, mb) * 2**20)
+
+
+def evict(max_bytes: int | None = None, keep: Path | None = None) -> list[Path]:
+    """Delete the cache pairs used longest ago until the `.u8` files total at most `max_bytes` (default
+    `max_cache_bytes()`); `keep` (the file just opened) is never deleted. Returns the data files removed."""
+    limit = max_cache_bytes() if max_bytes is None else max_bytes
+    pairs = []
+    for data in cache_dir().glob("*.u8"):
+        try:
+            size = data.stat().st_size
+        except OSError:
+            continue  # removed meanwhile
+        try:
+            used = data.with_suffix(".json").stat().st_mtime
+        except OSError:
+            used = 0.0  # no index: unusable, first to go
+        pairs.append((used, size, data))
+    total = sum(size for _, size, _ in pairs)
+    removed = []
+    for _, size, data in sorted(pairs, key=lambda p: p[0]):
+        if total <= limit:
+            break
+        if keep is not None and data.resolve() == keep.resolve():
+            continue
+        for f in (data.with_suffix(".json"), data):  # index first: a reader never finds an index without its data
+            f.unlink(missing_ok=True)
+        total -= size
+        removed.append(data)
+    return removed
+
+
+def _touch(index_file: Path) -> None:
+    try:
+        os.utime(index_file)  # last used: what `evict` orders by
+    except OSError:
+        pass
 
 
 def cache_side(data_config: dict[str, Any]) -> int | None:
@@ -189,6 +242,7 @@ def open_cache(
     slots = [valid(i) for i in range(len(paths))]
     in_memory = mode == "memory" or (mode == "auto" and len(paths) * 3 * side * side <= memory_budget())
     if old is not None and all(s is not None for s in slots):
+        _touch(index_file)
         # Everything is cached already: read it (a subset of the file's images, in the order asked for).
         if in_memory:
             array = np.ascontiguousarray(old[np.asarray(slots, dtype=np.int64)]) if paths else old[:0].copy()
@@ -205,6 +259,7 @@ def open_cache(
 
         atomic_write_json(index_file, {"format": FORMAT, "side": side, "interpolation": interpolation,
                                        "key": str(key), "entries": entries})  # fmt: skip
+        evict(keep=data_file)
     if group is not None:
         group.barrier()  # the file and its index are in place for every rank
     mapped = np.memmap(data_file, dtype=np.uint8, mode="r", shape=(count, 3, side, side))[: len(paths)]

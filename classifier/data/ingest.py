@@ -11,10 +11,14 @@ import tempfile
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from classifier.data.archive import ExtractReport, check_upload_size, extract_zip
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
 from classifier.errors import DatasetError, ImageError
+
+if TYPE_CHECKING:
+    from classifier.access import User
 from classifier.workspace import datasets_dir, workspace_dir
 
 DATA_ROOT_ENV = "CLASSIFIER_DATA_ROOT"
@@ -38,10 +42,22 @@ def workspace_datasets() -> list[Path]:
     return sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)
 
 
-def ingest_zip(data: bytes, filename: str, max_bytes: int) -> tuple[Path, ExtractReport | None]:
+def visible_datasets(user: User) -> list[Path]:
+    """The workspace datasets `user` may pick: an admin every one; others their own and the demo."""
+    from classifier.data.demo import demo_dataset_path
+
+    demo = demo_dataset_path().resolve()
+    return [d for d in workspace_datasets()
+            if user.is_admin or dataset_owner(d) == user.name or d.resolve() == demo]  # fmt: skip
+
+
+def ingest_zip(
+    data: bytes, filename: str, max_bytes: int, owner: str | None = None
+) -> tuple[Path, ExtractReport | None]:
     """Extract an uploaded zip into `datasets_dir()/<name>-<hash>`; the same bytes uploaded again reuse it.
 
-    Returns the dataset folder and the extraction report (None when an earlier extraction was reused).
+    Returns the dataset folder and the extraction report (None when an earlier extraction was reused). `owner`
+    (who uploaded it) is recorded beside the datasets, never inside the dataset folder.
     """
     check_upload_size(len(data), max_bytes)
     digest = hashlib.sha1(data).hexdigest()[:10]
@@ -52,12 +68,16 @@ def ingest_zip(data: bytes, filename: str, max_bytes: int) -> tuple[Path, Extrac
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return dest, extract_zip(tmp, dest, name=Path(filename).name)
+        report = extract_zip(tmp, dest, name=Path(filename).name)
     finally:
         os.unlink(tmp)
+    record_owner(dest, owner)
+    return dest, report
 
 
-def build_dataset(name: str, classes: Iterable[tuple[str, Iterable[tuple[str, bytes]]]]) -> tuple[Path, int, list]:
+def build_dataset(
+    name: str, classes: Iterable[tuple[str, Iterable[tuple[str, bytes]]]], owner: str | None = None
+) -> tuple[Path, int, list]:
     """Write `(class name, [(file name, bytes), ...])` groups to `datasets_dir()/<name>/<class>/`.
 
     Every file is decoded first; files that are not usable images are left out and returned as
@@ -85,7 +105,70 @@ def build_dataset(name: str, classes: Iterable[tuple[str, Iterable[tuple[str, by
             saved += 1
     if not saved:
         raise DatasetError("no usable images were given; drop images (JPEG, PNG, WebP, BMP, GIF, TIFF) per class")
+    record_owner(root, owner)
     return root, saved, bad
+
+
+def _owner_file(dataset: Path) -> Path:
+    # Beside the datasets, in a hidden folder `workspace_datasets` skips: nothing is written into a dataset.
+    return datasets_dir() / ".owners" / f"{dataset.name}.json"
+
+
+def record_owner(dataset: str | Path, owner: str | None) -> None:
+    """Remember who brought a workspace dataset in (kept if it already has an owner: a re-upload of the same
+    bytes reuses the first uploader's folder)."""
+    from classifier.io import atomic_write_json
+
+    path = _owner_file(Path(dataset))
+    if owner and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"owner": owner})
+
+
+def dataset_owner(dataset: str | Path) -> str | None:
+    """Who brought a workspace dataset in; None when unknown (made before owners were kept, or the demo)."""
+    import json
+
+    try:
+        return json.loads(_owner_file(Path(dataset)).read_text(encoding="utf-8")).get("owner")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def folder_bytes(path: str | Path) -> int:
+    """Bytes of the regular files under `path` (links not followed), 0 when it is gone."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            total += st.st_size if not os.path.islink(os.path.join(dirpath, f)) else 0
+    return total
+
+
+def delete_dataset(dataset: str | Path, user: User) -> None:
+    """Delete a workspace dataset: its owner or an admin only, and only a folder directly inside the workspace's
+    datasets folder (never a server folder). It is moved into `workspace/trash/` first (one rename), then removed."""
+    import shutil
+    import time
+
+    from classifier.access import check_owner
+
+    root = datasets_dir().resolve()
+    target = Path(dataset)
+    if target.is_symlink() or target.resolve().parent != root or target.name.startswith("."):
+        raise DatasetError(f"{dataset}: only datasets in the workspace can be deleted; nothing was deleted")
+    if not target.is_dir():
+        raise DatasetError(f"{dataset}: no such dataset in the workspace")
+    check_owner(user, dataset_owner(target), "delete", f"dataset {target.name}")
+    trash = workspace_dir() / "trash"
+    trash.mkdir(exist_ok=True)
+    moved = trash / f"dataset-{target.name}-{time.time_ns()}"
+    os.replace(target.resolve(), moved)
+    _owner_file(target).unlink(missing_ok=True)
+    shutil.rmtree(moved, ignore_errors=True)
 
 
 def allowed_data_root() -> Path | None:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from classifier import rundir
+from classifier.access import User, visible
 from classifier.compare import differing_settings, format_setting
 from classifier.errors import RunError
 from classifier.jobs.executor import Executor, JobStatus
@@ -35,8 +36,11 @@ NOT_RESULTS = ("num_workers", "cache", "checkpoint_every_steps")
 METRIC_KEYS = (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("ROC AUC", "roc_auc_macro"), ("ECE", "ece"))
 
 
-def entries(kinds: Iterable[str] = KINDS, executor: Executor | None = None) -> list[JobStatus]:
-    """The workspace's runs, then saved ensembles, then searches (each group newest first)."""
+def entries(
+    kinds: Iterable[str] = KINDS, executor: Executor | None = None, user: User | None = None
+) -> list[JobStatus]:
+    """The workspace's runs, then saved ensembles, then searches (each group newest first); with `user`, only what
+    that user may see (`classifier.access.visible`)."""
     kinds = tuple(kinds)
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -52,7 +56,7 @@ def entries(kinds: Iterable[str] = KINDS, executor: Executor | None = None) -> l
         out += ensemble_entries()
     if "search" in kinds:
         out += search_entries()
-    return out
+    return out if user is None else visible(user, out)
 
 
 def ensemble_entries() -> list[JobStatus]:
@@ -81,6 +85,7 @@ def ensemble_entries() -> list[JobStatus]:
                 config={"backbone": "ensemble"},
                 kind="ensemble",
                 members=list(info["members"]),
+                owner=info.get("owner"),
             )
         )
     return out
@@ -108,6 +113,7 @@ def search_entries() -> list[JobStatus]:
                 metrics={"metric": spec["metric"], "best": best.get("value"), "best_run": best.get("run_id")},
                 config={"sampler": spec["sampler"], "n_trials": spec["n_trials"], **spec.get("base_config", {})},
                 kind="search",
+                owner=spec.get("owner"),
             )
         )
     return out

@@ -74,22 +74,24 @@ class LocalProcessExecutor(Executor):
         self.store = store if store is not None else RunStore()
         self.python = python
 
-    def submit(self, config: TrainConfig, name: str | None = None) -> str:
-        """Queue `config` and start its process; returns the run id immediately."""
+    def submit(self, config: TrainConfig, name: str | None = None, owner: str | None = None) -> str:
+        """Queue `config` and return its run id at once. The run waits in the store, with no process, until its
+        device is free (`dispatch`); `owner` is who submitted it (None: the local user)."""
         cfg = resolve_config(config)
         device = pick_device(cfg.device)  # an unavailable --device cuda fails here, not later in the log
         run_id = new_run_id()
         run_dir = runs_dir() / run_id
         # The request keeps what the user left unset, for the time budget to choose; the store row shows it resolved.
         request = atomic_write_json(request_path(run_id), config.to_dict())
-        self.store.create(run_id, name or default_name(cfg), cfg.to_dict(), str(run_dir), device=device.type)
-        self._launch(run_id, ["--config-json", str(request), "--out", str(run_dir)])
+        args = ["--config-json", str(request), "--out", str(run_dir)]
+        self.store.create(run_id, name or default_name(cfg), cfg.to_dict(), str(run_dir), device=device.type,
+                          owner=owner, launch_args=args)  # fmt: skip
+        self.dispatch()
         return run_id
 
     def resume(self, run_id: str) -> None:
-        """Start an interrupted, cancelled or failed run again from its last checkpoint (same id, same run dir).
-
-        The row goes back to "queued" and then "running" as for a new run; the process is
+        """Queue an interrupted, cancelled or failed run again, to continue from its last checkpoint (same id, same
+        run dir); like a new run it waits in the store until its device is free. Its process is
         `python -m classifier train --resume RUN_DIR --run-id ID`.
         """
         row = self._row(run_id)
@@ -97,14 +99,38 @@ class LocalProcessExecutor(Executor):
             why = "it has no checkpoint to continue from" if row["status"] in RESUMABLE else f"it is {row['status']}"
             raise RunError(f"run {run_id} cannot be resumed: {why}")
         cancel_flag_path(run_id).unlink(missing_ok=True)  # an old cancel request must not stop the new process
-        if not self.store.transition(run_id, RESUMABLE, status="queued", error=None, ended_at=None, pid=None):
-            raise RunError(f"run {run_id} changed state meanwhile; look again before resuming")
         args = ["--resume", row["run_dir"]]
         if request_path(run_id).is_file():  # lets a run that stopped before writing config.json start over
             args += ["--config-json", str(request_path(run_id))]
+        if not self.store.transition(run_id, RESUMABLE, status="queued", error=None, ended_at=None, pid=None,
+                                     launch_args=args):  # fmt: skip
+            raise RunError(f"run {run_id} changed state meanwhile; look again before resuming")
         with open(log_path(run_id), "ab") as log:
             log.write(f"\n--- resumed at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
-        self._launch(run_id, args)
+        self.dispatch()
+
+    def dispatch(self) -> list[str]:
+        """Start the run that has waited longest on each device that is free; returns the ids started.
+
+        A device is busy while one of its runs is running or has a process waiting for the device lock, so queued
+        runs cost a store row each, not a Python process with torch imported (865 MB each, measured). Submit, resume,
+        `list` and every run's own process when it ends call this; a dispatch lock (`locks/dispatch.lock`) makes
+        them take turns, so a run is never started twice. The started process still takes the device lock before
+        training, which keeps one run per device even next to work that holds the lock outside the store.
+        """
+        started = []
+        with _file_lock(workspace_dir() / "locks" / "dispatch.lock"):
+            rows = [self._reconcile(r) for r in self.store.list() if r["status"] in ACTIVE]
+            rows = [r for r in rows if r["status"] in ACTIVE and not job_path(r["id"]).exists()]  # (not Ray's)
+            for device in sorted({r["device"] or "cpu" for r in rows}):
+                mine = [r for r in rows if (r["device"] or "cpu") == device]
+                if any(r["status"] == "running" or r.get("pid") is not None for r in mine):
+                    continue
+                waiting = sorted((r for r in mine if r.get("launch_args")), key=lambda r: r["updated_at"] or 0)
+                if waiting:
+                    self._launch(waiting[0]["id"], list(waiting[0]["launch_args"]))
+                    started.append(waiting[0]["id"])
+        return started
 
     def _launch(self, run_id: str, args: list[str]) -> None:
         """Start `python -m classifier train ARGS --run-id ID --quiet` in its own session; record its pid."""
@@ -121,6 +147,7 @@ class LocalProcessExecutor(Executor):
 
     def list(self, limit: int | None = None) -> list[JobStatus]:
         reap()
+        self.dispatch()
         return [job_status(self._reconcile(row)) for row in self.store.list(limit)]
 
     def cancel(self, run_id: str) -> None:
@@ -180,8 +207,11 @@ class LocalProcessExecutor(Executor):
         if row["status"] not in ACTIVE or job_path(row["id"]).exists():  # (a cluster executor's run: not ours)
             return row
         pid = row.get("pid")
+        if pid is None and row.get("launch_args"):
+            return row  # waiting in the store for its device: no process yet, nothing to lose
         if pid is None:
-            # updated_at: a resumed run's row is old, but it went back to "queued" just now.
+            # (rows queued before the dispatcher existed) updated_at: a resumed run's row is old, but it went back
+            # to "queued" just now.
             if time.time() - max(row["created_at"], row.get("updated_at") or 0) < LAUNCH_GRACE_S:
                 return row  # submit/resume is between writing the row and recording the pid
         elif _process_alive(int(pid), row["id"]):
@@ -264,6 +294,7 @@ def job_status(row: dict) -> JobStatus:
         ended_at=row["ended_at"],
         metrics=row["metrics"],
         config=row["config"] or {},
+        owner=row.get("owner"),
     )
 
 
@@ -302,6 +333,29 @@ def one_line(e: BaseException) -> str:
     """A failure as one line for the run's record: a user error's own message, else the exception type and text."""
     msg = " ".join(str(e).split())
     return msg if isinstance(e, ClassifierError) and msg else f"{type(e).__name__}: {msg}".rstrip(": ")
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (waiting for it); the kernel frees it if the process dies."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def dispatch_next(store: RunStore | None = None) -> None:
+    """Start the next queued run if its device is free (a run's own process calls this when it lets the device go,
+    so the queue moves on with no page open). Never raises: the run's own outcome is what its exit code tells."""
+    try:
+        LocalProcessExecutor(store).dispatch()
+    except Exception:  # noqa: BLE001 - a full disk or a locked store must not turn a finished run into a failure
+        log.exception("could not start the next queued run")
 
 
 @contextmanager
@@ -361,39 +415,42 @@ def run_job(
         store.create(run_id, run_id, config.to_dict(), str(out_dir))
     store.update(run_id, pid=os.getpid())
     try:
-        from classifier.training.run import fit
+        try:
+            from classifier.training.run import fit
 
-        raw = job_config(config, out_dir)
-        cfg = resolve_config(raw)
-        device = pick_device(cfg.device)
-        store.update(run_id, config=cfg.to_dict(), device=device.type)
+            raw = job_config(config, out_dir)
+            cfg = resolve_config(raw)
+            device = pick_device(cfg.device)
+            store.update(run_id, config=cfg.to_dict(), device=device.type)
 
-        def give_up() -> bool:
-            row = store.get(run_id)
-            return flag.exists() or row is None or row["status"] != "queued"
+            def give_up() -> bool:
+                row = store.get(run_id)
+                return flag.exists() or row is None or row["status"] != "queued"
 
-        with _device_lock(lock_name(device), give_up) as locked:
-            now = time.time()
-            if not locked or flag.exists():
-                store.transition(run_id, ("queued",), status="cancelled", ended_at=now)
-                return None
-            if not store.transition(run_id, ("queued",), status="running", started_at=now, pid=os.getpid()):
-                return None  # cancelled or deleted while we waited
-            if cfg.nproc is not None:
-                return launch_ranks(cfg, out_dir, argv)
-            cb = StoreCallback(store, run_id)
-            return fit(raw, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)  # fit plans on raw
-    except RankInterrupted as e:  # a rank was killed: resumable, like a killed single-process run
-        store.transition(run_id, (*ACTIVE, "failed"), status="interrupted", error=str(e), ended_at=time.time())
-        raise
-    except Exception as e:
-        # fit's own failure path already wrote "failed"; overwrite with the user-facing one-line message.
-        store.transition(run_id, (*ACTIVE, "failed"), status="failed", error=one_line(e), ended_at=time.time())
-        raise
-    except BaseException as e:  # KeyboardInterrupt, SystemExit: not the run's fault
-        store.transition(run_id, ACTIVE, status="interrupted", error=one_line(e) or INTERRUPTED_ERROR,
-                         ended_at=time.time())  # fmt: skip
-        raise
+            with _device_lock(lock_name(device), give_up) as locked:
+                now = time.time()
+                if not locked or flag.exists():
+                    store.transition(run_id, ("queued",), status="cancelled", ended_at=now)
+                    return None
+                if not store.transition(run_id, ("queued",), status="running", started_at=now, pid=os.getpid()):
+                    return None  # cancelled or deleted while we waited
+                if cfg.nproc is not None:
+                    return launch_ranks(cfg, out_dir, argv)
+                cb = StoreCallback(store, run_id)
+                return fit(raw, out_dir, [cb, *callbacks], should_cancel=flag.exists, resume=resume)  # fit plans on raw
+        except RankInterrupted as e:  # a rank was killed: resumable, like a killed single-process run
+            store.transition(run_id, (*ACTIVE, "failed"), status="interrupted", error=str(e), ended_at=time.time())
+            raise
+        except Exception as e:
+            # fit's own failure path already wrote "failed"; overwrite with the user-facing one-line message.
+            store.transition(run_id, (*ACTIVE, "failed"), status="failed", error=one_line(e), ended_at=time.time())
+            raise
+        except BaseException as e:  # KeyboardInterrupt, SystemExit: not the run's fault
+            store.transition(run_id, ACTIVE, status="interrupted", error=one_line(e) or INTERRUPTED_ERROR,
+                             ended_at=time.time())  # fmt: skip
+            raise
+    finally:
+        dispatch_next(store)  # the device is free again (or never taken): the next queued run starts
 
 
 def launch_ranks(cfg: TrainConfig, out_dir: str | Path, argv: Sequence[str] | None) -> FitResult:

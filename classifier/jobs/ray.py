@@ -84,15 +84,16 @@ class RayExecutor(Executor):
 
     # --- submitting ----------------------------------------------------------------------------------------------
 
-    def submit(self, config: TrainConfig, name: str | None = None) -> str:
-        """Queue `config` as a Ray job; returns the run id at once (the job's id is the run id)."""
+    def submit(self, config: TrainConfig, name: str | None = None, owner: str | None = None) -> str:
+        """Queue `config` as a Ray job; returns the run id at once (the job's id is the run id). `owner`: who
+        submitted it (None: the local user). Ray's own queue holds it until the cluster has room."""
         cfg = resolve_config(config)
         self.client  # noqa: B018 - an unreachable cluster fails here, before anything is recorded
         run_id = new_run_id()
         run_dir = runs_dir() / run_id
         request = atomic_write_json(request_path(run_id), cfg.to_dict())
         device = "cuda" if cfg.device == "cuda" else "cpu"
-        self.store.create(run_id, name or default_name(cfg), cfg.to_dict(), str(run_dir), device=device)
+        self.store.create(run_id, name or default_name(cfg), cfg.to_dict(), str(run_dir), device=device, owner=owner)
         self._start(run_id, cfg, ["--config-json", str(request), "--out", str(run_dir)])
         return run_id
 

@@ -170,8 +170,8 @@ class TrainConfig:
                  "mps": "Apple silicon"},
     )  # fmt: skip
     amp: bool = _field(
-        True, "mixed precision: bf16 autocast on CUDA (fp16 where bf16 is not supported) and on CPUs with AVX-512 "
-        "BF16 or AMX; off: float32 everywhere", "runtime", label="Mixed precision",
+        True, "mixed precision: bf16 autocast on CUDA (fp16 where bf16 is not supported); on CPUs with AVX-512 BF16 "
+        "or AMX where it measures faster for the model; off: float32 everywhere", "runtime", label="Mixed precision",
     )  # fmt: skip
     num_workers: int | None = _field(
         None, "DataLoader worker processes", "runtime", label="Loader workers", flag="workers",

@@ -65,6 +65,7 @@ from classifier.training.plan import (
     measure_throughput,
     saved_plan_config,
 )
+from classifier.training.precision import choose as choose_precision
 from classifier.training.resume import ResumeState, can_resume, load_resume
 from classifier.training.setup import SplitData, TrainingSetup, split_data
 
@@ -292,7 +293,8 @@ def _start(
         plan = saved.get("plan")
         model = model_from_run_config(run_config, ckpt.model, source=str(rundir.resume_path(out_dir)))
         data_config = run_config["data_config"]
-    setup = TrainingSetup(cfg, data, model, data_config, ranks)
+    saved_runtime = run_config.get("runtime") if ckpt is not None else None  # resumed: the precision it chose
+    setup = TrainingSetup(cfg, data, model, data_config, ranks, saved_runtime)
     main = ranks is None or ranks.main
     if ckpt is None and main:
         run_config["device"] = str(setup.device)
@@ -310,9 +312,10 @@ def _plan(raw: TrainConfig, cfg: TrainConfig, data: SplitData, built) -> tuple[T
     budget = budget_seconds(raw, device, built.weights != "none")
     if budget is None:
         return cfg, built.data_config, None
-    precision = Precision.for_device(device, cfg.amp)
-    precision.prepare(built.model)
     side = int(built.data_config["input_size"][-1])
+    default = Precision.for_device(device, cfg.amp)  # measured for this model once (cached: the run reuses it)
+    precision, _ = choose_precision(built.model, default, (3, side, side), len(data.classes), training=True)
+    precision.prepare(built.model)
     tp = measure_throughput(built.model, side, precision, len(data.classes), [p for p, _ in data.train[:6]],
                             draft_size(built.data_config))  # fmt: skip
     plan: Plan = choose_plan(raw, budget, len(data.train), len(data.val), tp, built.weights != "none")

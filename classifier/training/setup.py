@@ -44,6 +44,7 @@ from classifier.errors import ClassifierError
 from classifier.metrics import mean_average_precision
 from classifier.models import extract_features, freeze_bn_stats, set_trainable, set_trainable_mode
 from classifier.task import MULTI, SINGLE, join_labels, label_separator
+from classifier.training import precision
 from classifier.training.config import TrainConfig
 from classifier.training.distributed import Ranks
 from classifier.training.resume import EpochSampler
@@ -194,15 +195,16 @@ class TrainingSetup:
         model: nn.Module,
         data_config: dict[str, Any],
         ranks: Ranks | None = None,
+        saved_runtime: dict[str, Any] | None = None,
     ):
         self.cfg, self.data, self.model, self.data_config, self.ranks = cfg, data, model, data_config, ranks
         self.task = data.task
         check_task_options(cfg, self.task)
         self.device = pick_device(cfg.device) if ranks is None else ranks.device(pick_device(cfg.device))
-        self.precision = Precision.for_device(self.device, cfg.amp)
+        self.use_features = uses_features(cfg)
+        self.precision, probe = self._precision(saved_runtime)
         self.precision.prepare(model)
         self.workers = cfg.num_workers if cfg.num_workers is not None else default_workers(self.device)
-        self.use_features = uses_features(cfg)
         side = cache_side(data_config)
         self.cache_mode = cfg.cache if side is not None else "off"
         if self.cache_mode == "auto" and ranks is not None and ranks.world > 1:
@@ -218,6 +220,7 @@ class TrainingSetup:
             "channels_last": self.precision.channels_last,
             "compile": bool(cfg.compile),
             "threads": configure_threads(),
+            **({"precision_probe": probe} if probe else {}),
             **({"nproc": world, "backend": ranks.backend} if ranks is not None else {}),
         }
         self._loss = self._make_loss()
@@ -240,6 +243,17 @@ class TrainingSetup:
             return MultiLabelLoss(cfg.multilabel_loss, cfg.label_smoothing, weights)
         return nn.CrossEntropyLoss(weight=self._class_weights([y for _, y in self.data.train]),
                                    label_smoothing=cfg.label_smoothing)  # fmt: skip
+
+    def _precision(self, saved_runtime: dict[str, Any] | None) -> tuple[Precision, dict[str, Any] | None]:
+        """The run's precision: as recorded when resuming; bf16 on a CPU only where it measures fastest for this
+        model (`training.precision`; DDP ranks skip the measurement, which could differ between them)."""
+        default = Precision.for_device(self.device, self.cfg.amp)
+        if saved_runtime is not None:
+            return precision.from_runtime(self.device, saved_runtime) or default, None
+        if self.ranks is not None:
+            return default, None
+        size = tuple(int(v) for v in self.data_config["input_size"])
+        return precision.choose(self.model, default, size, len(self.data.classes), training=not self.use_features)
 
     def _class_weights(self, labels: list[int]) -> torch.Tensor | None:
         if self.cfg.imbalance != "weights":

@@ -71,3 +71,17 @@ def two_runs(tmp_path_factory) -> tuple[Path, Path]:
         cfg = TrainConfig(data=str(data), backbone="simple_cnn", weights="none", batch_size=8, num_workers=0, **kw)
         runs.append(fit(cfg, root / name).run_dir)
     return runs[0], runs[1]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test file: a sync Playwright keeps an event loop running on the main
+    thread for as long as it is open, so a second one in the same session could not start."""
+    from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
+    require_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need Playwright for Python")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_app import CHROMIUM, CHROMIUM_ARGS, ROOT, Server, require_chromium, streamlit_app
+from live_app import ROOT, Server, require_chromium, streamlit_app
 from PIL import Image, ImageDraw
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -43,14 +43,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with streamlit_app(tmp_path_factory.mktemp("browser")) as srv:
         print(f"\nstreamlit healthy after {srv.healthy_s:.1f} s at {srv.url}")
         yield srv
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[sync_api.Browser]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture

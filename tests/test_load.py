@@ -33,12 +33,15 @@ async_api = pytest.importorskip(
 
 
 def app_pages() -> list[tuple[str, str]]:
-    """(URL slug, page title) of every page in app.py's navigation, in its order; the default page's slug is ""."""
-    router = (ROOT / "app.py").read_text(encoding="utf-8")
+    """(URL slug, page title) of every page the navigation gives a local user (no sign-in: every page but Access),
+    in its order; the default page's slug is ""."""
+    from ui.access import HOME, SECTIONS
+
+    files = [HOME[0]] + [f for pages in SECTIONS.values() for f, _, _, can in pages if can != "access_list"]
     pages = []
-    for path, default in re.findall(r'st\.Page\("(app_pages/\w+\.py)"[^)]*?(default=True)?\)', router):
+    for path in files:
         title = re.search(r'st\.title\("([^"]+)"\)', (ROOT / path).read_text(encoding="utf-8")).group(1)
-        pages.append(("" if default else Path(path).stem, title))
+        pages.append(("" if path == HOME[0] else Path(path).stem, title))
     return pages
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_app import CHROMIUM, CHROMIUM_ARGS, Server, free_port, require_chromium, streamlit_app
+from live_app import Server, free_port, require_chromium, streamlit_app
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -95,14 +95,6 @@ def _publish_a_run(workspace: Path, src: Path) -> None:
         publish(entry, User(TRAINER, "trainer"))
     finally:
         os.environ["CLASSIFIER_WORKSPACE"] = old
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[sync_api.Browser]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def heading(page: sync_api.Page, title: str) -> sync_api.Locator:

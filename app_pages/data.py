@@ -20,9 +20,11 @@ from classifier.data.splits import assign_splits
 from classifier.data.transforms import AUGMENT_PRESETS, augment_preview
 from classifier.errors import ClassifierError
 from classifier.figures import class_histogram
+from classifier.task import MULTI
 from ui import state
 from ui.access import check_upload, current_user
 from ui.cache import dataset_index, thumbnail
+from ui.multilabel import label_overview
 from ui.quality import issues_tab
 from ui.widgets import dataset_problems, delete_dataset_box, literal, user_errors
 
@@ -86,10 +88,15 @@ elif source == "Images per class":
                 st.warning(f"{len(bad)} files are not usable images and were left out:")
                 st.dataframe(pd.DataFrame(bad, columns=["class", "file", "reason"]), hide_index=True)
 elif source == "Demo dataset":
-    st.write("Five shape classes (circle, square, triangle, star, cross) on cluttered backgrounds, 60 images each.")
-    if st.button("Use the demo dataset", type="primary"):
-        with user_errors("Could not prepare the demo dataset"), st.spinner("Generating (once)…"):
-            state.use_dataset(str(ensure_demo_dataset()))
+    st.write(
+        "Five shape classes (circle, square, triangle, star, cross) on cluttered backgrounds, 60 images each; "
+        "or the multi-label variant: 400 scenes with one to three of the shapes, labelled with those present."
+    )
+    left, right = st.columns(2)
+    for col, multi, label in ((left, False, "Use the demo dataset"), (right, True, "Use the multi-label demo")):
+        if col.button(label, type="primary" if not multi else "secondary"):
+            with user_errors("Could not prepare the demo dataset"), st.spinner("Generating (once)…"):
+                state.use_dataset(str(ensure_demo_dataset(multilabel=multi)))
 else:
     root = allowed_data_root()
     if root is None:
@@ -139,17 +146,20 @@ with user_errors():
 summary = index.summary(splits or None)
 counts = pd.DataFrame(summary["counts"]).reindex(index.classes).fillna(0).astype(int)
 counts["total"] = counts.sum(axis=1)
+multi = index.task == MULTI
 m1, m2, m3 = st.columns(3)
 m1.metric("Images", summary["n_images"], border=True)
-m2.metric("Classes", len(index.classes), border=True)
+m2.metric("Labels (multi-label)" if multi else "Classes", len(index.classes), border=True)
 m3.metric("Skipped files", len(summary["skipped"]), border=True)
 st.plotly_chart(class_histogram(summary["counts"]))
 st.dataframe(counts)
+if multi:
+    label_overview(summary)
 dataset_problems(summary, counts["total"])
 
 st.subheader("Samples")
 for label, cls in enumerate(index.classes):
-    paths = [index.path_of(s) for s in index.samples if s.label == label][:6]
+    paths = [index.path_of(s) for s in index.samples if label in index.label_indices(s)][:6]
     st.caption(f"**{literal(cls)}** — {int(counts.loc[cls, 'total'])} images")
     with user_errors():
         st.image([thumbnail(p, 128) for p in paths], caption=[p.name for p in paths], width=128)

@@ -1,4 +1,5 @@
-"""Evaluate: a completed run's (or a saved ensemble's) validation metrics, curves, calibration and worst mistakes."""
+"""Evaluate: a completed run's (or a saved ensemble's) validation metrics, curves, calibration and worst mistakes
+(a multi-label run's view is `ui.multilabel.evaluate_view`)."""
 
 from pathlib import Path
 
@@ -8,9 +9,11 @@ import streamlit as st
 from classifier import figures
 from classifier.errors import ClassifierError
 from classifier.metrics import compute_metrics, loss_gallery, most_confused, pr_curves, reliability_bins, roc_curves
+from classifier.task import MULTI
 from ui import state
-from ui.cache import thumbnail, val_predictions
+from ui.cache import run_predictions, thumbnail, val_predictions
 from ui.ensemble import apply_pending_pick, ensemble_builder, is_ensemble
+from ui.multilabel import evaluate_view
 from ui.widgets import metric_cards, report_button, run_picker, user_errors
 
 state.init_state()
@@ -22,6 +25,9 @@ if job is None:
     st.stop()
 m = None
 with user_errors("Cannot read this run's validation predictions", also=(OSError, KeyError, ValueError)):
+    if run_predictions(job.run_dir).task == MULTI:
+        evaluate_view(job, run_predictions(job.run_dir), is_ensemble(job))
+        st.stop()
     table, y_true, probs, names, root = val_predictions(job.run_dir)
     m = compute_metrics(y_true, probs, names)  # ValueError for labels outside the run's classes, or no rows
 if m is None:

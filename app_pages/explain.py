@@ -1,4 +1,5 @@
-"""Explain: why did the model say that? Attribution maps side by side for a validation image or an upload."""
+"""Explain: why did the model say that? Attribution maps side by side for a validation image or an upload (a
+multi-label run: any label as the target, images picked by label and outcome, `ui.multilabel`)."""
 
 import hashlib
 from pathlib import Path
@@ -10,9 +11,12 @@ from classifier import rundir
 from classifier.data.images import IMAGE_EXTENSIONS, load_image
 from classifier.explain import BASELINES, METHODS, crop_box
 from classifier.metrics import OUTCOMES, loss_gallery
+from classifier.task import MULTI
 from ui import state
-from ui.cache import file_mtime, loaded_run, val_predictions
+from ui.cache import file_mtime, loaded_run, run_predictions, val_predictions
 from ui.explain import baseline_help, colour_legend, maps_grid, method_help, used_by
+from ui.multilabel import pick_val_image
+from ui.multilabel import targets as ml_targets
 from ui.widgets import run_picker, user_errors
 
 state.init_state()
@@ -29,20 +33,32 @@ run = table = None
 with user_errors("Cannot load this run", also=(OSError, KeyError, ValueError)):
     run = loaded_run(job.run_dir)
     table, y_true, probs, names, root = val_predictions(job.run_dir)
+    vp = run_predictions(job.run_dir)
 if run is None or table is None:
     st.stop()
+multi = vp.task == MULTI
 
 # ------------------------------------------------------------------------------------------- the image
 VAL, UPLOAD = "Validation image", "Upload"
 if request and request.get("run_id") == job.run_id:
     ss["x_source"], ss["x_class"], ss["x_outcome"], ss["x_sort"] = VAL, "any", "all", "highest loss"
+    ss["x_ml_label"], ss["x_ml_outcome"] = "any", "all"
     ss["x_image"] = request["path"]
+    if request.get("label"):  # a multi-label gallery asks for one label's map
+        ss["ml_target_request"] = request["label"]
     ss[state.EXPLAIN_REQUEST] = None
 ss.setdefault("x_source", VAL)
 source = st.segmented_control("Image", [VAL, UPLOAD], key="x_source") or VAL
 image = true_idx = None
 image_key: tuple = ()
-if source == VAL:
+if source == VAL and multi:
+    rel, true_labels = pick_val_image(vp)
+    if rel is None:
+        st.stop()
+    path = Path(root) / rel
+    with user_errors("Cannot open this image"):
+        image, image_key, stem = load_image(path), ("val", str(path), file_mtime(path)), Path(rel).stem
+elif source == VAL:
     c1, c2, c3 = st.columns(3)
     cls = c1.selectbox("True class", ["any", *names], key="x_class")
     outcome = c2.selectbox("Outcome", list(OUTCOMES), key="x_outcome")
@@ -90,10 +106,16 @@ from classifier.predict import predict_images  # noqa: E402  (after the early st
 
 p = predict_images(run, [image])[0]
 pred = int(np.argmax(p))
-targets = {f"predicted: {names[pred]} ({p[pred]:.0%})": pred}
-if true_idx is not None:
-    targets[f"true: {names[true_idx]} ({p[true_idx]:.0%})"] = true_idx
-targets |= {f"class {c} ({p[i]:.0%})": i for i, c in enumerate(names)}
+if multi:
+    targets = ml_targets(p, names, run.thresholds, true_labels if source == VAL else [])
+    wanted = ss.pop("ml_target_request", None)  # the label a gallery's Explain asked for, whatever its probability
+    if wanted in names:
+        ss["x_target"] = next(k for k, i in targets.items() if i == names.index(wanted))
+else:
+    targets = {f"predicted: {names[pred]} ({p[pred]:.0%})": pred}
+    if true_idx is not None:
+        targets[f"true: {names[true_idx]} ({p[true_idx]:.0%})"] = true_idx
+    targets |= {f"class {c} ({p[i]:.0%})": i for i, c in enumerate(names)}
 if ss.get("x_target") not in targets:
     ss["x_target"] = next(iter(targets))
 t1, t2 = st.columns([1, 2])
@@ -132,9 +154,10 @@ options = {
     "nt_samples": int(nt_samples),
     "occlusion_window": max(1, round(size * window / 100)),
 }
+said = ", ".join(f"**{names[i]}** ({p[i]:.1%})" for i in np.flatnonzero(p >= run.thresholds)) if multi else ""
 st.caption(
-    f"Prediction **{names[pred]}** ({p[pred]:.1%}). Maps are computed on the {size} px input the model sees "
-    "and drawn over the original image."
+    (f"Labels predicted: {said or 'none'}." if multi else f"Prediction **{names[pred]}** ({p[pred]:.1%}).")
+    + f" Maps are computed on the {size} px input the model sees and drawn over the original image."
 )
 
 # ------------------------------------------------------------------------------------------ the overlays

@@ -1,5 +1,5 @@
 """Predict: run a trained model (or an ensemble of runs) on uploaded images or a camera photo; top-k per image and a
-CSV for a batch."""
+CSV for a batch (multi-label: the labels above their thresholds and per-label bars, `ui.multilabel`)."""
 
 from typing import Any
 
@@ -41,11 +41,15 @@ else:
 if run is None:
     st.stop()
 classes = run.class_names
+multi = run.thresholds is not None  # a multi-label run or ensemble
 how = (
     f"the mean of {len(run.members)} runs' probabilities, each through its own evaluation transform"
     if isinstance(run, Ensemble)
     else "the run's exact evaluation transform"
 )
-st.caption(f"{len(classes)} classes: {literal(', '.join(classes))}. Predictions use {how}.")
+unit = (
+    "labels (multi-label: each image gets every label whose probability reaches its threshold)" if multi else "classes"
+)
+st.caption(f"{len(classes)} {unit}: {literal(', '.join(classes))}. Predictions use {how}.")
 
 predict_section(run, tag)

@@ -4,11 +4,12 @@ import streamlit as st
 
 from classifier.data.splits import assign_splits
 from classifier.models import list_backbones, weight_sources
+from classifier.task import MULTI
 from classifier.training import TrainConfig
 from classifier.training.preflight import Problem, preflight, working_weights
 from ui import state
 from ui.cache import dataset_index, executor, weights_offline
-from ui.config_form import HYPERPARAMETERS, config_inputs, field_input, widget_key
+from ui.config_form import HYPERPARAMETERS, MULTILABEL_HYPERPARAMETERS, config_inputs, field_input, widget_key
 from ui.lr_find import lr_finder_section
 from ui.monitor import runs_section
 from ui.preflight import estimate, show_problems
@@ -55,6 +56,9 @@ mode = field_input(c3, "mode", "w_mode", "finetune", radio=True)  # the page alw
 with st.expander("Hyperparameters", expanded=True):
     settings_slot = st.container()
     settings = config_inputs(st.columns(4), HYPERPARAMETERS, mode)
+    if index is not None and index.task == MULTI:  # sigmoid per label: its loss, rare-label weight, thresholds
+        st.caption("Multi-label dataset: one sigmoid per label.")
+        settings |= config_inputs(st.columns(3), MULTILABEL_HYPERPARAMETERS, mode)
 lr_key = widget_key("lr", HYPERPARAMETERS["lr"], mode)  # the LR finder's "Use" button sets this widget
 name = st.text_input("Run name (optional)", key="w_run_name", placeholder="e.g. shapes-resnet18")
 

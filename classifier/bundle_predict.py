@@ -6,7 +6,9 @@ imports nothing from the workbench, only numpy, Pillow and the runtime:
     pip install onnxruntime pillow numpy        # torch instead of onnxruntime for a TorchScript model
     python predict_onnx.py photo.jpg [more.jpg ...] [--top-k 3]
 
-Prints one JSON line per image: {"path": ..., "top_k": [[class, probability], ...]}. The preprocessing
+Prints one JSON line per image: {"path": ..., "top_k": [[class, probability], ...]}; for a multi-label model
+(config.json "task": "multilabel") {"path": ..., "labels": [[label, probability], ...] (each label whose sigmoid
+probability reaches its threshold in config.json), "probabilities": {label: probability}}. The preprocessing
 repeats the training run's evaluation transform from config.json: resize the shorter side to
 floor(size / crop_pct) with the run's interpolation, centre crop to size x size, scale to 0..1, normalise.
 """
@@ -87,6 +89,14 @@ def main() -> None:
     pre, classes = config["preprocessing"], config["class_names"]
     batch = np.stack([preprocess(load_rgb(p, pre), pre) for p in args.images])
     logits = logits_of(batch, config).astype(np.float64)
+    if config.get("task") == "multilabel":
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        thresholds = config["thresholds"]
+        for path, p in zip(args.images, probs):
+            above = [i for i in np.argsort(-p, kind="stable") if p[i] >= thresholds[i]]
+            print(json.dumps({"path": path, "labels": [[classes[i], round(float(p[i]), 6)] for i in above],
+                              "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}}))  # fmt: skip
+        return
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     for path, p in zip(args.images, probs):

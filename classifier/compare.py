@@ -34,6 +34,8 @@ COLORS = qualitative.Plotly
 COMPARABLE = ("queued", "running", "completed", "cancelled", "interrupted")
 # The headline metrics table: (column, metrics.json key); validation loss comes from the history.
 METRIC_COLUMNS = (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("ROC AUC", "roc_auc_macro"), ("ECE", "ece"))
+# A multi-label run's headline (its accuracy and ECE are not defined: None); the columns join when a run has them.
+MULTILABEL_COLUMNS = (("mAP", "map"), ("micro F1", "micro_f1"), ("subset accuracy", "subset_accuracy"))
 
 
 @dataclass
@@ -128,10 +130,11 @@ def per_class_f1(runs: Sequence[ComparedRun]) -> dict[str, Any]:
     table: dict[str, dict[str, float]] = {}
     no_metrics = []
     for run in runs:
-        if not run.metrics or not run.metrics.get("per_class"):
+        rows = (run.metrics or {}).get("per_class") or (run.metrics or {}).get("per_label")  # multi-label: per label
+        if not rows:
             no_metrics.append(run.key)
             continue
-        for row in run.metrics["per_class"]:
+        for row in rows:
             name = str(row["name"])
             if name not in table:
                 classes.append(name)
@@ -282,6 +285,11 @@ def confusion_figures(runs: Sequence[ComparedRun], normalize: bool = True) -> li
     out = []
     for run in runs:
         m = run.metrics or {}
+        if m.get("label_confusion") is not None and m.get("class_names"):  # multi-label: missed vs predicted label
+            fig = figures.label_confusion_figure(m["label_confusion"], m["class_names"])
+            fig.update_layout(title={"text": run.key})
+            out.append((run.key, fig))
+            continue
         if m.get("confusion_matrix") is None or not m.get("class_names"):
             out.append((run.key, None))
             continue
@@ -323,14 +331,16 @@ def headline_metrics(run: ComparedRun) -> dict[str, Any]:
     training: its latest epoch's validation accuracy and loss ("so far"); the rest need the final evaluation.
     """
     m = run.metrics
+    multi = (m or {}).get("task") == "multilabel" or "val_map" in run.history.columns
+    columns = METRIC_COLUMNS + (MULTILABEL_COLUMNS if multi else ())
     if m:
         best = m.get("best_epoch")
-        row: dict[str, Any] = {col: m.get(key) for col, key in METRIC_COLUMNS}
+        row: dict[str, Any] = {col: m.get(key) for col, key in columns}
         row["val loss"] = _last(run.history, "val_loss", best) if best is not None else m.get("log_loss")
         row["from"] = f"best epoch {best}" if best is not None else "final weights"
         return row
-    row = {col: None for col, _ in METRIC_COLUMNS}
-    row["accuracy"] = _last(run.history, "val_acc")
+    row = {col: None for col, _ in columns}
+    row["accuracy" if not multi else "mAP"] = _last(run.history, "val_map" if multi else "val_acc")
     row["val loss"] = _last(run.history, "val_loss")
     row["from"] = f"epoch {run.epochs_done} so far" if run.epochs_done else "no epoch yet"
     return row
@@ -338,8 +348,10 @@ def headline_metrics(run: ComparedRun) -> dict[str, Any]:
 
 def metrics_table(runs: Sequence[ComparedRun]) -> pd.DataFrame:
     """The headline metrics side by side: one row per run (`headline_metrics`), numbers left as numbers."""
-    cols = ["run", "status", "epochs", *(c for c, _ in METRIC_COLUMNS), "val loss", "from"]
     rows = [{"run": r.key, "status": r.status, "epochs": r.epochs_done, **headline_metrics(r)} for r in runs]
+    multi = any("mAP" in row for row in rows)
+    metric_cols = [c for c, _ in METRIC_COLUMNS + (MULTILABEL_COLUMNS if multi else ())]
+    cols = ["run", "status", "epochs", *metric_cols, "val loss", "from"]
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -5,6 +5,9 @@ backbones and image sizes combine. A saved ensemble is a folder with `ensemble.j
 dataset root), `metrics.json` and `val_predictions.csv` in the same format as a run's, so the Evaluate page
 and `classifier.rundir.read_val_predictions` treat it like a run; nothing in it is a model of its own.
 
+Multi-label runs combine the same way (each label's sigmoid probabilities averaged; every member must be multi-label
+with the same labels); the ensemble predicts a label at 0.5, whatever thresholds its members tuned.
+
     >>> metrics = build_ensemble(["runs/a", "runs/b"], "ensembles/ab")  # doctest: +SKIP
     >>> ens = load_ensemble("ensembles/ab")  # doctest: +SKIP
     >>> ens.predict_images([image])  # doctest: +SKIP
@@ -26,8 +29,9 @@ from PIL import Image
 from classifier import rundir
 from classifier.data.images import load_image
 from classifier.errors import ClassifierError, ImageError, RunError
-from classifier.metrics import compute_metrics
+from classifier.metrics import compute_metrics, mean_average_precision
 from classifier.predict import LoadedRun, expand_inputs, format_prediction, load_run, predict_images, predict_items
+from classifier.task import DEFAULT_THRESHOLD, MULTI
 
 if TYPE_CHECKING:
     from classifier.access import User
@@ -51,6 +55,11 @@ def check_same_classes(runs: Sequence[LoadedRun]) -> list[str]:
     first = runs[0].class_names
     for run in runs[1:]:
         names = run.class_names
+        if run.task != runs[0].task:
+            raise RunError(
+                f"run {run.run_dir} ({run.task}) cannot join an ensemble with {runs[0].run_dir} ({runs[0].task}): "
+                "an ensemble's runs all answer the same kind of question"
+            )
         if names == first:
             continue
         if sorted(names) == sorted(first):
@@ -81,6 +90,15 @@ class Ensemble:
     def __post_init__(self) -> None:
         self.class_names = check_same_classes(self.members)
 
+    @property
+    def task(self) -> str:
+        return self.members[0].task
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """0.5 per label for a multi-label ensemble (its members' tuned thresholds do not carry over to the mean)."""
+        return [DEFAULT_THRESHOLD] * len(self.class_names) if self.task == MULTI else None
+
     def predict_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Mean of the members' class probabilities (n, C), each member through its own eval transform."""
         return np.mean([predict_images(run, images, batch_size) for run in self.members], axis=0)
@@ -104,7 +122,7 @@ class Ensemble:
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
             for (i, _), p in zip(chunk, self.predict_images([im for _, im in chunk], batch_size)):
-                results[i] = format_prediction(results[i]["path"], p, self.class_names, top_k)
+                results[i] = format_prediction(results[i]["path"], p, self.class_names, top_k, self.thresholds)
         return results
 
 
@@ -184,7 +202,7 @@ def build_ensemble(
         for r in runs
     ]
     stored = [{**m, "run_dir": _relative_to(Path(m["run_dir"]), out_dir)} for m in members]
-    metrics["members"] = [{**m, "accuracy": float((p.argmax(1) == y).mean())} for m, p in zip(members, member_probs)]
+    metrics["members"] = [{**m, **_member_score(y, p)} for m, p in zip(members, member_probs)]
     info = {
         "format": "ensemble",
         "format_version": FORMAT_VERSION,
@@ -192,6 +210,7 @@ def build_ensemble(
         "combine": "mean of probabilities",
         "members": stored,  # run dirs relative to the ensemble dir: the workspace can move
         "class_names": names,
+        "task": runs[0].task,
         "dataset": {"root": str(root)},
         "n_val": len(items),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -205,6 +224,13 @@ def build_ensemble(
     return metrics
 
 
+def _member_score(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """A member's own headline on the shared images: accuracy, or (multi-label) mean average precision."""
+    if y.ndim == 2:
+        return {"map": mean_average_precision(y, probs)}
+    return {"accuracy": float((probs.argmax(1) == y).mean())}
+
+
 def evaluate_ensemble(
     ensemble_dir: str | Path, data: str | Path | None = None, split: str = "val", device: str = "cpu"
 ) -> dict[str, Any]:
@@ -215,7 +241,7 @@ def evaluate_ensemble(
     ens = load_ensemble(ensemble_dir, device=device)
     items = evaluation_items(ens.members[0], data, split)
     probs = ens.predict_items([p for p, _ in items])
-    metrics = compute_metrics(np.array([y for _, y in items]), probs, ens.class_names)
+    metrics = compute_metrics(np.array([y for _, y in items]), probs, ens.class_names, thresholds=ens.thresholds)
     metrics["split"] = split
     metrics["members"] = [str(r.run_dir) for r in ens.members]
     return metrics

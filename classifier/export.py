@@ -4,7 +4,9 @@ Every export is compared with the run's PyTorch model on the run's own validatio
 the run's exact evaluation transform (at most `max_images`, spread over the classes). A float export must
 agree on every top-1 prediction and stay within `FLOAT_MAX_PROB_DIFF` on every probability; an int8 model
 must not lose more than `INT8_MAX_ACCURACY_DROP` accuracy against the labels (or one image, on a small set).
-Each model is also run on one image alone, which must give what it gave inside the batch. Whatever misses its
+Each model is also run on one image alone, which must give what it gave inside the batch. A multi-label run is
+compared on its sigmoid outputs: "top-1 agreement" is then the share of images whose predicted label set (at the
+run's thresholds) is the same, and accuracy is exact-match (subset) accuracy. Whatever misses its
 bar gets status "warning" and a reason: it is reported, never offered as fine. When no validation image is
 readable (dataset moved or deleted), generated images are used instead and the report says so.
 
@@ -66,6 +68,7 @@ from classifier.model_io import (
     quantize_onnx_static,
 )
 from classifier.predict import LoadedRun, load_run
+from classifier.task import MULTI, probabilities
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZE = ("int8",)
@@ -151,7 +154,7 @@ class ExportReport:
 @dataclass
 class ParityInputs:
     x: torch.Tensor  # (n, 3, H, W), already through the run's evaluation transform
-    labels: np.ndarray | None  # class indices, None for generated inputs
+    labels: np.ndarray | None  # class indices (multi-label: 0/1 rows), None for generated inputs
     source: str
     note: str
     all_validation: bool = False  # every validation image: the images the run's headline metrics are measured on
@@ -159,8 +162,9 @@ class ParityInputs:
 
 def parity_inputs(run: LoadedRun, max_images: int = MAX_PARITY_IMAGES) -> ParityInputs:
     """Up to `max_images` validation images of the run (split.csv, relative to the dataset root), taken in turn
-    from each class and run through the run's evaluation transform. Unreadable or moved images are skipped;
-    when none is readable, generated images go through the same transform instead and the note says so."""
+    from each class (a multi-label image by its first label) and run through the run's evaluation transform.
+    Unreadable or moved images are skipped; when none is readable, generated images go through the same transform
+    instead and the note says so."""
     xs, ys, skipped, rows, root = _split_images(run, "val", max_images)
     if xs:
         note = f"{len(xs)} of the run's {len(rows)} validation images"
@@ -187,29 +191,32 @@ def calibration_inputs(run: LoadedRun, max_images: int = CALIBRATION_IMAGES) -> 
 
 
 def _split_images(run: LoadedRun, split: str, max_images: int):
-    """(images, labels, skipped, split rows, dataset root) of one split of the run, classes interleaved."""
+    """(images, targets, skipped, split rows, dataset root) of one split of the run, classes interleaved: a
+    multi-label image goes by its first label and its target is the 0/1 vector of its labels."""
     root = Path(run.config.get("dataset", {}).get("root", ""))
-    names = {c: i for i, c in enumerate(run.class_names)}
+    names = list(run.class_names)
     rows = rundir.read_split(run.run_dir, split)
-    by_class: dict[str, list[str]] = {}
+    by_class: dict[str, list[tuple[str, Any]]] = {}
     for r in rows:
-        if r.get("label") in names:
-            by_class.setdefault(r["label"], []).append(r["path"])
+        labels = r["labels"] if "labels" in r else [r.get("label")]
+        if all(n in names for n in labels):
+            target = [int(c in labels) for c in names] if run.task == MULTI else names.index(labels[0])
+            by_class.setdefault(labels[0] if labels else "", []).append((r["path"], target))
     queue = _interleave(list(by_class.items()))
     draft = (draft_size(run.config["data_config"]),) * 2
     xs, ys, skipped = [], [], 0
-    for label, rel in queue:
+    for _, (rel, target) in queue:
         if len(xs) >= max_images:
             break
         try:
             xs.append(run.transform(load_image(root / rel, draft_size=draft)))
-            ys.append(names[label])
+            ys.append(target)
         except ClassifierError:
             skipped += 1
     return xs, ys, skipped, rows, root
 
 
-def _interleave(groups: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
+def _interleave(groups: list[tuple[str, list[Any]]]) -> list[tuple[str, Any]]:
     """Round-robin over classes, so a capped sample still covers every class."""
     out = []
     for i in range(max((len(paths) for _, paths in groups), default=0)):
@@ -231,19 +238,30 @@ def _generated(run: LoadedRun, n: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------- parity, speed
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+def decide(probs: np.ndarray, thresholds: Any = None) -> np.ndarray:
+    """What a model answers per image: its top class, or (with `thresholds`, a multi-label run) its 0/1 label row."""
+    return probs.argmax(1) if thresholds is None else (probs >= np.asarray(thresholds)[None, :]).astype(np.int64)
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a == b if a.ndim == 1 else (a == b).all(axis=1)
 
 
 def compare(
-    reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None, *, name: str, file: str, size_mb: float
+    reference: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    name: str,
+    file: str,
+    size_mb: float,
+    thresholds: Any = None,
 ) -> Check:
-    """Top-1 agreement, largest probability difference and accuracy of `probs` against `reference`."""
-    agree = float(np.mean(reference.argmax(1) == probs.argmax(1)))
+    """Top-1 agreement (multi-label: the same label set), largest probability difference and accuracy (multi-label:
+    exact match) of `probs` against `reference`."""
+    agree = float(np.mean(_agree(decide(reference, thresholds), decide(probs, thresholds))))
     diff = float(np.abs(reference - probs).max())
-    acc = None if labels is None else float(np.mean(probs.argmax(1) == labels))
+    acc = None if labels is None else float(np.mean(_agree(decide(probs, thresholds), labels)))
     return Check(name, file, round(size_mb, 3), agree, diff, acc)
 
 
@@ -256,7 +274,7 @@ def judge(check: Check, pytorch_accuracy: float | None, quantized: bool, n_image
     problems = []
     if not quantized:
         if check.top1_agreement < FLOAT_MIN_AGREEMENT:
-            problems.append(f"top-1 class differs from PyTorch on {1 - check.top1_agreement:.1%} of the images")
+            problems.append(f"top-1 class (label set) differs from PyTorch on {1 - check.top1_agreement:.1%} of images")
         if check.max_prob_diff > FLOAT_MAX_PROB_DIFF:
             problems.append(f"a probability differs by {check.max_prob_diff:.2g} (allowed {FLOAT_MAX_PROB_DIFF:g})")
     elif check.accuracy is not None and pytorch_accuracy is not None:
@@ -307,10 +325,11 @@ class _Parity:
     threads: int
 
     def check(self, name: str, path: Path, forward: Callable[[torch.Tensor], np.ndarray], quantized: bool) -> Check:
-        x = self.inputs.x
-        probs = _softmax(forward(x))
-        check = compare(self.ref, probs, self.inputs.labels, name=name, file=path.name, size_mb=_mb(path))
-        _check_batch_one(check, probs, _softmax(forward(x[:1])))
+        x, run = self.inputs.x, self.run
+        probs = probabilities(forward(x), run.task)
+        check = compare(self.ref, probs, self.inputs.labels, name=name, file=path.name, size_mb=_mb(path),
+                        thresholds=run.thresholds)  # fmt: skip
+        _check_batch_one(check, probs, probabilities(forward(x[:1]), run.task), run.thresholds)
         return judge(check, self.pytorch_acc, quantized, len(x))
 
 
@@ -337,8 +356,8 @@ def export_run(
     run.model.eval()
     inputs = parity_inputs(run, max_images)
     with torch.no_grad():
-        ref = _softmax(run.model(inputs.x).numpy())
-    pytorch_acc = None if inputs.labels is None else float(np.mean(ref.argmax(1) == inputs.labels))
+        ref = probabilities(run.model(inputs.x).numpy(), run.task)
+    pytorch_acc = None if inputs.labels is None else float(np.mean(_agree(decide(ref, run.thresholds), inputs.labels)))
     parity = _Parity(run, inputs, ref, pytorch_acc, torch.get_num_threads())
     xs = inputs.x[:SPEED_BATCH]
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
@@ -520,12 +539,13 @@ def _headline_accuracy(run: LoadedRun) -> float | None:
     return _round(metrics.get("accuracy"))
 
 
-def _check_batch_one(check: Check, probs: np.ndarray, single: np.ndarray) -> None:
+def _check_batch_one(check: Check, probs: np.ndarray, single: np.ndarray, thresholds: Any = None) -> None:
     """The same image alone must give what it gave inside the batch (the batch axis really is dynamic)."""
     diff = float(np.abs(probs[:1] - single).max())
     if diff > FLOAT_MAX_PROB_DIFF:
         check.max_prob_diff = max(check.max_prob_diff, diff)
-        check.top1_agreement = min(check.top1_agreement, float(probs[0].argmax() == single[0].argmax()))
+        same = _agree(decide(probs[:1], thresholds), decide(single, thresholds))
+        check.top1_agreement = min(check.top1_agreement, float(same[0]))
 
 
 def _mb(path: Path) -> float:
@@ -549,8 +569,15 @@ def bundle_config(run: LoadedRun, report: ExportReport, opset: int | None = None
         "model_file": check.file,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "input": "float32 (batch, 3, height, width), batch size free; the output is logits (softmax -> probabilities)",
+        "input": "float32 (batch, 3, height, width), batch size free; the output is logits ("
+        + (
+            "sigmoid per label -> probabilities; a label is predicted at or above its threshold)"
+            if run.task == MULTI
+            else "softmax -> probabilities)"
+        ),
+        "task": run.task,
         "class_names": run.class_names,
+        **({"thresholds": run.thresholds} if run.task == MULTI else {}),
         "preprocessing": {
             "input_size": list(dc["input_size"]),
             "interpolation": dc["interpolation"],
@@ -619,14 +646,38 @@ def predict_snippet() -> str:
     return (Path(__file__).with_name("bundle_predict.py")).read_text(encoding="utf-8")
 
 
+CARD_METRICS = {  # task -> (metrics.json key, label) in the card's list
+    "single-label": (("accuracy", "accuracy"), ("top_k_accuracy", "top-k accuracy"), ("macro_f1", "macro F1"),
+                     ("roc_auc_macro", "ROC AUC (macro, one-vs-rest)"), ("ece", "expected calibration error"),
+                     ("n_val", "validation images")),
+    MULTI: (("map", "mean average precision (mAP)"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"),
+            ("subset_accuracy", "subset accuracy (every label right)"), ("hamming_loss", "Hamming loss"),
+            ("label_ranking_ap", "label-ranking average precision"), ("n_val", "validation images")),
+}  # fmt: skip
+CARD_WORDS = {  # task -> what the card calls things
+    "single-label": {"unit": "class", "agreement": "top-1 agreement",
+                     "use": "Sorting images into the {n} classes above",
+                     "answer": "The model always answers with one of its classes; it cannot say that an image shows "
+                               "none of them."},
+    MULTI: {"unit": "label", "agreement": "label-set agreement (at the thresholds)",
+            "use": "Tagging images with any of the {n} labels above (multi-label: sigmoid per label, a label is "
+                   "predicted at or above its threshold in config.json)",
+            "answer": "Each label is decided on its own at its threshold; an image can get no label, and labels the "
+                      "training set never showed together may be predicted together."},
+}  # fmt: skip
+
+
 def model_card(run: LoadedRun, report: ExportReport) -> str:
-    """MODEL_CARD.md: data, training settings, validation metrics, intended use, limitations (parity included)."""
+    """MODEL_CARD.md: data, training settings, validation metrics, intended use, limitations (parity included);
+    its words and metrics are the run's task's (`CARD_WORDS`, `CARD_METRICS`)."""
     metrics = rundir.read_metrics(run.run_dir) or {}
-    lines = _card_data(run, report) + _card_training(run) + _card_metrics(metrics) + _card_use(run, report, metrics)
+    words = CARD_WORDS[run.task]
+    lines = (_card_data(run, report, words) + _card_training(run) + _card_metrics(metrics, CARD_METRICS[run.task],
+             words) + _card_use(run, report, metrics, words))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def _card_data(run: LoadedRun, report: ExportReport) -> list[str]:
+def _card_data(run: LoadedRun, report: ExportReport, words: dict[str, str]) -> list[str]:
     cfg = run.config
     counts = rundir.split_counts(run.run_dir)
     root = cfg.get("dataset", {}).get("root", "")
@@ -640,11 +691,12 @@ def _card_data(run: LoadedRun, report: ExportReport) -> list[str]:
         "## Data",
         "",
         f"- Dataset: `{Path(root).name}` ({cfg.get('dataset', {}).get('layout', '?')})",
-        f"- Classes ({len(run.class_names)}): {', '.join(run.class_names)}",
+        f"- {words['unit'].capitalize()}s ({len(run.class_names)}): {', '.join(run.class_names)}"
+        + (" (multi-label: any number per image)" if run.task == MULTI else ""),
     ]
     if counts:
         splits = [s for s in ("train", "val", "test") if any(s in c for c in counts.values())]
-        lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+        lines += ["", f"| {words['unit']} | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
         lines += [f"| {c} | " + " | ".join(str(counts.get(c, {}).get(s, 0)) for s in splits) + " |"
                   for c in run.class_names]  # fmt: skip
     return lines
@@ -674,33 +726,32 @@ def _card_training(run: LoadedRun) -> list[str]:
     ]
 
 
-def _card_metrics(metrics: dict[str, Any]) -> list[str]:
+def _card_metrics(metrics: dict[str, Any], keys: tuple, words: dict[str, str]) -> list[str]:
     lines: list[str] = []
     if metrics:
-        for key, label in (("accuracy", "accuracy"), ("top_k_accuracy", f"top-{metrics.get('top_k', '?')} accuracy"),
-                           ("macro_f1", "macro F1"), ("roc_auc_macro", "ROC AUC (macro, one-vs-rest)"),
-                           ("ece", "expected calibration error"), ("n_val", "validation images")):  # fmt: skip
+        for key, label in keys:
             if metrics.get(key) is not None:
                 value = metrics[key]
+                label = label.replace("top-k", f"top-{metrics.get('top_k', '?')}")
                 lines.append(f"- {label}: {value:.4g}" if isinstance(value, float) else f"- {label}: {value}")
-        per_class = metrics.get("per_class") or []
-        if per_class:
-            lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        rows = metrics.get("per_class") or metrics.get("per_label") or []
+        if rows:
+            lines += ["", f"| {words['unit']} | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
             lines += [f"| {p['name']} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} | {p['support']} |"
-                      for p in per_class]  # fmt: skip
+                      for p in rows]  # fmt: skip
     else:
         lines.append("- metrics.json is missing from the run.")
     return lines
 
 
-def _card_use(run: LoadedRun, report: ExportReport, metrics: dict[str, Any]) -> list[str]:
+def _card_use(run: LoadedRun, report: ExportReport, metrics: dict[str, Any], words: dict[str, str]) -> list[str]:
     check = report.check
     lines: list[str] = []
     lines += [
         "",
         "## Export check",
         "",
-        f"Compared with the PyTorch model on {report.n_images} {report.inputs}: top-1 agreement "
+        f"Compared with the PyTorch model on {report.n_images} {report.inputs}: {words['agreement']} "
         f"{check.top1_agreement:.1%}, largest probability difference {check.max_prob_diff:.2g}"
         + (
             f", accuracy {check.accuracy:.1%} (PyTorch {report.pytorch_accuracy:.1%})"
@@ -713,13 +764,13 @@ def _card_use(run: LoadedRun, report: ExportReport, metrics: dict[str, Any]) -> 
         "",
         "## Intended use",
         "",
-        f"Sorting images into the {len(run.class_names)} classes above, for images like those of the training set "
+        words["use"].format(n=len(run.class_names)) + ", for images like those of the training set "
         "(same kind of camera, framing and subjects). Use the preprocessing in config.json "
         f"(`{SNIPPET_FILES[report.format]}` implements it).",
         "",
         "## Limitations",
         "",
-        "- The model always answers with one of its classes; it cannot say that an image shows none of them.",
+        f"- {words['answer']}",
         f"- The metrics come from {metrics.get('n_val', '?')} validation images of one dataset; expect lower accuracy "
         "on images that look different (other cameras, lighting, backgrounds).",
         "- Probabilities can be over- or under-confident (see the calibration error above).",

@@ -289,3 +289,74 @@ def lr_find_figure(result: Any) -> go.Figure:
     fig.update_xaxes(type="log")
     title = "Learning-rate finder" + (f" (stopped early: {result.reason})" if result.stopped_early else "")
     return _style(fig, title, "learning rate (log scale)", "smoothed training loss")
+
+
+# --- multi-label ---------------------------------------------------------------------------------------------------
+
+
+def labels_per_image_bar(hist: Sequence[int]) -> go.Figure:
+    """How many images have 0, 1, 2, ... labels (`hist[k]` = images with k labels)."""
+    fig = go.Figure(go.Bar(x=[str(k) for k in range(len(hist))], y=list(hist), text=list(hist), textposition="auto"))
+    fig.update_xaxes(type="category")
+    return _style(fig, "Labels per image", "labels on the image", "images")
+
+
+def cooccurrence_heatmap(matrix: Any, names: Sequence[str]) -> go.Figure:
+    """Images that carry both labels (the diagonal: images with the label), annotated with the counts."""
+    z = np.asarray(matrix, dtype=np.int64)
+    fig = go.Figure(
+        go.Heatmap(z=z, x=list(names), y=list(names), colorscale="Blues", text=z.astype(str), texttemplate="%{text}",
+                   hovertemplate="%{y} and %{x}: %{z} images<extra></extra>", colorbar={"title": "images"})
+    )  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    return _style(fig, "Labels that share images (co-occurrence)", "label", "label")
+
+
+def label_confusion_figure(matrix: Any, names: Sequence[str]) -> go.Figure:
+    """`classifier.metrics.label_confusion`: rows = the label missed, columns = the label predicted wrongly on the
+    same image."""
+    z = np.asarray(matrix, dtype=np.int64)
+    fig = go.Figure(
+        go.Heatmap(z=z, x=list(names), y=list(names), colorscale="Reds", text=z.astype(str), texttemplate="%{text}",
+                   hovertemplate="missed %{y}, predicted %{x}: %{z} images<extra></extra>",
+                   colorbar={"title": "images"})
+    )  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    return _style(fig, "Which label is predicted in place of which", "predicted wrongly", "missed")
+
+
+def binary_confusion_grid(per_label: Sequence[Mapping[str, Any]], columns: int = 4) -> go.Figure:
+    """A 2x2 confusion matrix per label (rows: true yes/no, columns: predicted yes/no), small multiples."""
+    n = len(per_label)
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[str(r["name"]) for r in per_label],
+                        horizontal_spacing=0.06, vertical_spacing=0.12)  # fmt: skip
+    for i, r in enumerate(per_label):
+        z = [[r["tp"], r["fn"]], [r["fp"], r["tn"]]]
+        text = [[f"TP {r['tp']}", f"FN {r['fn']}"], [f"FP {r['fp']}", f"TN {r['tn']}"]]
+        fig.add_trace(
+            go.Heatmap(z=[[r["tp"], -r["fn"]], [-r["fp"], r["tn"]]], x=["yes", "no"], y=["yes", "no"], text=text,
+                       texttemplate="%{text}", colorscale="RdBu", zmid=0, showscale=False, customdata=z,
+                       hovertemplate="true %{y}, predicted %{x}: %{customdata}<extra></extra>"),
+            row=i // cols + 1, col=i % cols + 1,
+        )  # fmt: skip
+    fig.update_yaxes(autorange="reversed", title_text="")
+    fig.update_layout(height=max(260, 220 * rows))
+    return _style(fig, "Per label: true (rows) against predicted (columns)")
+
+
+def label_bars(labels: Sequence[str], probs: Sequence[float], thresholds: Sequence[float]) -> go.Figure:
+    """Every label's probability for one image, the bars of predicted labels (at or above their threshold) solid,
+    each threshold marked."""
+    colours = ["#1f77b4" if p >= t else "#c7d7e8" for p, t in zip(probs, thresholds)]
+    fig = go.Figure(
+        go.Bar(x=list(probs), y=list(labels), orientation="h", marker={"color": colours},
+               text=[f"{p:.1%}" for p in probs], textposition="auto", name="probability")
+    )  # fmt: skip
+    fig.add_trace(go.Scatter(x=list(thresholds), y=list(labels), mode="markers", name="threshold",
+                             marker={"symbol": "line-ns-open", "size": 18, "color": "#d62728"}))  # fmt: skip
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_layout(showlegend=False, height=max(200, 40 * len(labels) + 90))
+    return _style(fig, "Labels (solid: predicted; red mark: threshold)", "probability", "label")

@@ -8,6 +8,13 @@
 weights file into `workspace/cache/onnx/`, through `classifier.model_io`); `backend="auto"` times both
 on one batch and keeps the faster (on this project's 2-core CPU, ONNX Runtime measured 2-4x PyTorch's images/s,
 see docs/benchmarks.md). `run.model` stays the PyTorch model either way (explanations need it).
+
+A multi-label run (`run.task`) gives each label's sigmoid probability instead of a softmax over the classes, and
+its predictions are the labels whose probability reaches the run's threshold (`run.thresholds`, from metrics.json:
+0.5, or tuned per label on validation):
+
+>>> predict_paths(multi_run, ["street.jpg"])  # doctest: +SKIP
+[{'path': 'street.jpg', 'labels': [['bus', 0.93], ['bicycle', 0.61]], 'probabilities': {'bicycle': 0.61, ...}}]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from classifier.device import pick_device
 from classifier.errors import ClassifierError, ImageError, ModelError, RunError
 from classifier.model_io import cached_onnx_session, onnx_forward
 from classifier.models.factory import model_from_run_config
+from classifier.task import MULTI, task_of
 from classifier.workspace import cache_dir
 
 
@@ -45,10 +53,15 @@ class LoadedRun:
     device: torch.device
     backend: str = "torch"  # torch | onnx: what predict_tensor runs
     session: Any = None  # the ONNX Runtime session when backend == "onnx"
+    thresholds: list[float] | None = None  # a multi-label run's per-label thresholds; None for single-label
 
     @property
     def class_names(self) -> list[str]:
         return list(self.config["class_names"])
+
+    @property
+    def task(self) -> str:
+        return task_of(self.config)
 
 
 BACKENDS = ("torch", "onnx", "auto")
@@ -68,6 +81,8 @@ def load_run(run_dir: str | Path, device: str = "cpu", backend: str = "torch") -
     dev = pick_device(device)
     model.to(dev)
     run = LoadedRun(run_dir, config, model, eval_transform(config["data_config"], config.get("grayscale", False)), dev)
+    if run.task == MULTI:
+        run.thresholds = rundir.read_thresholds(run_dir, len(run.class_names))
     if backend == "onnx" and dev.type != "cpu":
         raise RunError(f"backend onnx runs on the CPU; load the run with device cpu, not {dev.type}")
     if backend != "torch" and dev.type == "cpu":
@@ -114,7 +129,12 @@ def predict_tensor(run: LoadedRun, x: torch.Tensor) -> np.ndarray:
         logits = torch.from_numpy(onnx_forward(run.session, x.float().cpu().numpy()))
     else:
         logits = run.model(x.to(run.device))
-    return torch.softmax(logits.float(), 1).cpu().numpy().astype(np.float64)
+    return activate(logits, run.task).cpu().numpy().astype(np.float64)
+
+
+def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Probabilities from logits: softmax over the classes, or each label's sigmoid (multi-label)."""
+    return torch.sigmoid(logits.float()) if task == MULTI else torch.softmax(logits.float(), 1)
 
 
 def predict_images(run: LoadedRun, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
@@ -138,7 +158,19 @@ def predict_items(
     return np.concatenate(out)
 
 
-def format_prediction(path: str, probs: np.ndarray, class_names: list[str], top_k: int = 3) -> dict[str, Any]:
+def format_prediction(
+    path: str, probs: np.ndarray, class_names: list[str], top_k: int = 3, thresholds: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """One image's result: `{"path", "label", "probability", "top_k"}`; with `thresholds` (a multi-label run),
+    `{"path", "labels": [[label, p], ...] (those at or above their threshold, most probable first),
+    "probabilities": {label: p}}`."""
+    if thresholds is not None:
+        order = [int(i) for i in np.argsort(-probs, kind="stable") if probs[i] >= thresholds[i]]
+        return {
+            "path": path,
+            "labels": [[class_names[i], round(float(probs[i]), 6)] for i in order],
+            "probabilities": {c: round(float(v), 6) for c, v in zip(class_names, probs)},
+        }
     order = np.argsort(-probs)[: max(1, min(top_k, len(class_names)))]
     return {
         "path": path,
@@ -170,7 +202,7 @@ def predict_paths(run: LoadedRun, inputs: Iterable[str], top_k: int = 3, batch_s
     def flush() -> None:
         probs = predict_images(run, [im for _, _, im in pending], batch_size)
         for (i, path, _), p in zip(pending, probs):
-            results[i] = format_prediction(path, p, run.class_names, top_k)
+            results[i] = format_prediction(path, p, run.class_names, top_k, run.thresholds)
         pending.clear()
 
     for path in expand_inputs(inputs):

@@ -26,6 +26,7 @@ from classifier import figures, rundir
 from classifier.compare import flatten, format_setting
 from classifier.io import atomic_write_text
 from classifier.metrics import compute_metrics, pr_curves, reliability_bins, roc_curves
+from classifier.task import MULTI
 
 HEADLINE = (
     ("accuracy", "Accuracy", "{:.1%}"),
@@ -38,10 +39,21 @@ HEADLINE = (
     ("log_loss", "Log loss", "{:.3f}"),
     ("n_val", "Validation images", "{:d}"),
 )
+MULTILABEL_HEADLINE = (
+    ("map", "mAP (macro AP)", "{:.3f}"),
+    ("micro_f1", "Micro F1", "{:.3f}"),
+    ("macro_f1", "Macro F1", "{:.3f}"),
+    ("subset_accuracy", "Subset accuracy", "{:.1%}"),
+    ("hamming_loss", "Hamming loss", "{:.3f}"),
+    ("label_ranking_ap", "Label-ranking AP", "{:.3f}"),
+    ("roc_auc_macro", "ROC AUC (macro)", "{:.3f}"),
+    ("n_val", "Validation images", "{:d}"),
+)
 SECTIONS = ("Settings", "Dataset", "Metrics", "Per class", "Figures")
 # What a reader needs first to know what was trained, as (flattened config key, label); everything else is folded.
 # An ensemble has its own: its members.
 FIRST_SETTINGS = (
+    ("task", "Task"),
     ("backbone", "Backbone"),
     ("weights", "Weights"),
     ("train.mode", "Mode"),
@@ -100,7 +112,7 @@ def _dataset_section(run_dir: Path, info: dict[str, Any], vp: Any, fig_html: Cal
     root = html.escape(str(info.get("dataset", {}).get("root", "?")))
     rows = rundir.read_split(run_dir)
     if rows:
-        counts = Counter((r["label"], r["split"]) for r in rows)
+        counts = Counter((c, r["split"]) for r in rows for c in (r["labels"] if "labels" in r else [r["label"]]))
         splits = sorted({s for _, s in counts}, key=lambda s: ("train", "val", "test").index(s) if s in
                         ("train", "val", "test") else 9)  # fmt: skip
         df = pd.DataFrame(
@@ -108,15 +120,38 @@ def _dataset_section(run_dir: Path, info: dict[str, Any], vp: Any, fig_html: Cal
         )
         total = sum(counts.values())
     else:  # an ensemble: only its validation images are known
-        per = Counter(vp.table["label"])
+        per = Counter(vp.table["label"]) if vp.y_true.ndim == 1 else dict(zip(names, vp.y_true.sum(axis=0).tolist()))
         df = pd.DataFrame([{"class": c, "val": per.get(c, 0)} for c in names], columns=["class", "val"])
         total = len(vp.table)
+    unit = "labels (multi-label; an image counts once per label)" if vp.task == MULTI else "classes"
     return (
-        f"<p>{total} images, {len(names)} classes; dataset folder <code>{root}</code>.</p>"
+        f"<p>{total} images, {len(names)} {unit}; dataset folder <code>{root}</code>.</p>"
         + _table(df)
         + f"<div>{fig_html(figures.class_histogram({c: df.set_index('class')[c].to_dict() for c in df.columns[1:]}))}"
         "</div>"
     )
+
+
+def _task_parts(m: dict[str, Any], vp: Any) -> tuple[tuple, list[go.Figure], str]:
+    """The task's headline cards, figures and the note under the cards."""
+    args = (vp.y_true, vp.probs, vp.class_names)
+    if vp.task == MULTI:
+        t = m["thresholds"]
+        figs = [figures.per_class_bar(m["per_label"]), figures.binary_confusion_grid(m["per_label"]),
+                figures.label_confusion_figure(m["label_confusion"], vp.class_names),
+                figures.roc_figure(roc_curves(*args)), figures.pr_figure(pr_curves(*args))]  # fmt: skip
+        where = "tuned per label on validation" if m["threshold_source"] != "default" else "0.5 for every label"
+        note = f"Multi-label: a label is predicted when its sigmoid probability reaches its threshold ({where}: " + (
+            ", ".join(f"{c} {v:.2f}" for c, v in zip(vp.class_names, t)) + ")."
+        )
+        return MULTILABEL_HEADLINE, figs, note
+    bins = reliability_bins(vp.y_true, vp.probs)
+    figs = [figures.confusion_matrix_figure(m["confusion_matrix"], vp.class_names, normalize=True),
+            figures.per_class_bar(m["per_class"]), figures.roc_figure(roc_curves(*args)),
+            figures.pr_figure(pr_curves(*args)), figures.reliability_figure(bins)]  # fmt: skip
+    note = f"Top-k uses k = {m['top_k']}. ECE: expected calibration error over {len(bins['bin_count'])} confidence "
+    note += "bins."
+    return HEADLINE, figs, note
 
 
 def run_name(run_dir: Path, info: dict[str, Any]) -> str:
@@ -152,7 +187,7 @@ def report_html(run_dir: str | Path, title: str | None = None) -> str:
     run_dir = Path(run_dir)
     info = rundir.read_info(run_dir)
     vp = rundir.read_val_predictions(run_dir)
-    m = compute_metrics(vp.y_true, vp.probs, vp.class_names)
+    m = compute_metrics(vp.y_true, vp.probs, vp.class_names, thresholds=vp.thresholds)
     first = [True]
 
     def fig_html(fig: go.Figure) -> str:
@@ -164,24 +199,18 @@ def report_html(run_dir: str | Path, title: str | None = None) -> str:
     dataset = _dataset_section(run_dir, info, vp, fig_html)
     is_ensemble = info.get("format") == "ensemble"
     name = title or run_name(run_dir, info)
+    headline, task_figs, note = _task_parts(m, vp)
     cards = "".join(
-        f'<div class="card">{label}<b>{_fmt(m.get(key), pattern)}</b></div>' for key, label, pattern in HEADLINE
+        f'<div class="card">{label}<b>{_fmt(m.get(key), pattern)}</b></div>' for key, label, pattern in headline
     )
-    per_class = pd.DataFrame(m["per_class"]).rename(
+    per_class = pd.DataFrame(m.get("per_class") or m["per_label"]).rename(
         columns={"name": "class", "f1": "F1", "roc_auc": "ROC AUC", "average_precision": "AP"}
     )
     figs = []
     history = rundir.read_history(run_dir)
     if history is not None and not history.empty:
         figs.append(figures.history_curves(history))
-    bins = reliability_bins(vp.y_true, vp.probs)
-    figs += [
-        figures.confusion_matrix_figure(m["confusion_matrix"], vp.class_names, normalize=True),
-        figures.per_class_bar(m["per_class"]),
-        figures.roc_figure(roc_curves(vp.y_true, vp.probs, vp.class_names)),
-        figures.pr_figure(pr_curves(vp.y_true, vp.probs, vp.class_names)),
-        figures.reliability_figure(bins),
-    ]
+    figs += task_figs
     body = [
         f"<h1>{html.escape(name)}</h1>",
         f'<p class="muted">{"Ensemble" if is_ensemble else "Run"} <code>{html.escape(str(run_dir))}</code>; '
@@ -192,8 +221,7 @@ def report_html(run_dir: str | Path, title: str | None = None) -> str:
         dataset,
         "<h2>Metrics</h2>",
         f'<div class="cards">{cards}</div>',
-        f'<p class="muted">Top-k uses k = {m["top_k"]}. ECE: expected calibration error over '
-        f"{len(bins['bin_count'])} confidence bins.</p>",
+        f'<p class="muted">{note}</p>',
         "<h2>Per class</h2>",
         _table(per_class),
         "<h2>Figures</h2>",

@@ -7,12 +7,16 @@ run file's name.
       metrics.json                validation metrics of the best epoch (written when the run ends)
       history.csv                 one row per finished epoch (rewritten after each)
       split.csv                   path,label,split of every image used, relative to the dataset root
+                                  (a multi-label run: path,labels,split, labels as in a dataset CSV)
       val_predictions.csv         path,label,pred,prob,p_<class>... of the validation images
+                                  (a multi-label run: path,labels,pred,p_<label>..., pred = labels at the thresholds)
       last.safetensors            the resume checkpoint (classifier.training.resume), deleted when the run completes
       progress.json               a remote run's status and progress (classifier.jobs.remote), read by its executor
 
 Every write is atomic (`classifier.io`), the resume checkpoint included (its tensors and state are packed by
-`classifier.training.resume`); readers raise `RunError` naming the file when it is missing or unreadable.
+`classifier.training.resume`); readers raise `RunError` naming the file when it is missing or unreadable. A
+multi-label run (config.json `task`, `classifier.task`) keeps its labels in one cell per image, separated as
+`classifier.task.label_separator` says for its label names, and its thresholds in metrics.json (`thresholds`).
 `read_*` functions that return None mean "not written yet", which is normal for a run still training.
 """
 
@@ -33,6 +37,7 @@ import numpy as np
 
 from classifier.errors import RunError
 from classifier.io import atomic_save_safetensors, atomic_write_json, atomic_write_text, csv_text, spreadsheet_safe
+from classifier.task import DEFAULT_THRESHOLD, MULTI, join_labels, label_separator, split_labels, task_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -124,6 +129,14 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     return atomic_write_json(Path(run_dir) / METRICS, metrics)
+
+
+def read_thresholds(run_dir: str | Path, n_labels: int) -> list[float]:
+    """A multi-label run's per-label thresholds from metrics.json (0.5 each before it exists or when absent)."""
+    t = (read_metrics(run_dir) or {}).get("thresholds")
+    if isinstance(t, list) and len(t) == n_labels and all(isinstance(v, (int, float)) for v in t):
+        return [float(v) for v in t]
+    return [DEFAULT_THRESHOLD] * n_labels
 
 
 def write_progress(run_dir: str | Path, report: dict[str, Any]) -> Path:
@@ -276,43 +289,50 @@ def _read_csv(file: Path) -> list[dict[str, str]]:
         raise RunError(f"cannot read {file}: {e}") from e
 
 
-def split_text(rows: Iterable[tuple[str, str, str]]) -> str:
-    """split.csv's text for (path relative to the dataset root, label, split) rows."""
-    return csv_text(("path", "label", "split"), rows)
+def split_text(rows: Iterable[tuple[str, str, str]], task: str | None = None) -> str:
+    """split.csv's text for (path relative to the dataset root, label, split) rows (`labels` for multi-label)."""
+    return csv_text(("path", "labels" if task == MULTI else "label", "split"), rows)
 
 
-def write_split(run_dir: str | Path, rows: Iterable[tuple[str, str, str]]) -> Path:
-    return atomic_write_text(Path(run_dir) / SPLIT, split_text(rows))
+def write_split(run_dir: str | Path, rows: Iterable[tuple[str, str, str]], task: str | None = None) -> Path:
+    return atomic_write_text(Path(run_dir) / SPLIT, split_text(rows, task))
 
 
-def same_split(run_dir: str | Path, rows: Iterable[tuple[str, str, str]]) -> bool:
+def same_split(run_dir: str | Path, rows: Iterable[tuple[str, str, str]], task: str | None = None) -> bool:
     """Whether the run's split.csv lists exactly these rows (a resumed run must see the same data)."""
     file = Path(run_dir) / SPLIT
-    return file.is_file() and file.read_text(encoding="utf-8") == split_text(rows)
+    return file.is_file() and file.read_text(encoding="utf-8") == split_text(rows, task)
 
 
-def read_split(run_dir: str | Path, split: str | None = None) -> list[dict[str, str]]:
-    """split.csv rows ({"path", "label", "split"}), all or those of one split; [] when the run has none."""
+def read_split(run_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """split.csv rows ({"path", "label", "split"}), all or those of one split; [] when the run has none. A
+    multi-label run's rows have "labels" (a list of label names) instead of "label"."""
     file = Path(run_dir) / SPLIT
     if not file.is_file():
         return []
-    rows = _read_csv(file)
+    rows: list[dict[str, Any]] = _read_csv(file)
+    if rows and "labels" in rows[0]:
+        sep = label_separator(read_info(run_dir)["class_names"])
+        rows = [{**r, "labels": split_labels(r["labels"], sep)} for r in rows]
     return rows if split is None else [r for r in rows if r.get("split") == split]
 
 
 def split_counts(run_dir: str | Path) -> dict[str, dict[str, int]]:
-    """{label: {split: images}} from split.csv ({} when the run has none)."""
+    """{label: {split: images}} from split.csv ({} when the run has none); an image counts for each of its labels."""
     counts: dict[str, dict[str, int]] = {}
     for r in read_split(run_dir):
-        per = counts.setdefault(r.get("label", "?"), {})
-        per[r.get("split", "?")] = per.get(r.get("split", "?"), 0) + 1
+        for label in r["labels"] if "labels" in r else [r.get("label", "?")]:
+            per = counts.setdefault(label, {})
+            per[r.get("split", "?")] = per.get(r.get("split", "?"), 0) + 1
     return counts
 
 
 def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> Path:
-    """history.csv: the known columns in a fixed order (extra keys such as `data_share` stay in the store)."""
-    rows = [[_cell(r.get(c)) for c in HISTORY_COLUMNS] for r in history]
-    return atomic_write_text(Path(run_dir) / HISTORY, csv_text(HISTORY_COLUMNS, rows))
+    """history.csv: the known columns in a fixed order, and `val_map` after them for a multi-label run (extra keys
+    such as `data_share` stay in the store)."""
+    columns = HISTORY_COLUMNS + (("val_map",) if any("val_map" in r for r in history) else ())
+    rows = [[_cell(r.get(c)) for c in columns] for r in history]
+    return atomic_write_text(Path(run_dir) / HISTORY, csv_text(columns, rows))
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
@@ -333,15 +353,33 @@ def _cell(v: Any) -> str:
 
 
 def write_val_predictions(
-    run_dir: str | Path, paths: Sequence[str], labels: Sequence[int], probs: np.ndarray, class_names: Sequence[str]
+    run_dir: str | Path,
+    paths: Sequence[str],
+    labels: Sequence[Any],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    thresholds: Sequence[float] | None = None,
 ) -> Path:
-    """val_predictions.csv: path (relative to the dataset root), label, pred, prob, then p_<class> per class."""
+    """val_predictions.csv: path (relative to the dataset root), label, pred, prob, then p_<class> per class. For a
+    multi-label run (`labels` are 0/1 vectors): path, labels, pred (the labels at `thresholds`, default 0.5), then
+    p_<label>."""
     names = list(class_names)
+    probs_cols = [f"p_{c}" for c in names]
+    if np.ndim(labels) == 2:
+        sep = label_separator(names)
+        t = np.full(len(names), DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
+        rows = [
+            [p, join_labels([names[j] for j in np.flatnonzero(y)], sep),
+             join_labels([names[j] for j in np.flatnonzero(row >= t)], sep), *(f"{v:.6f}" for v in row)]
+            for p, y, row in zip(paths, labels, probs)
+        ]  # fmt: skip
+        header = ["path", "labels", "pred", *probs_cols]
+        return atomic_write_text(Path(run_dir) / VAL_PREDICTIONS, csv_text(header, rows))
     rows = []
     for p, y, row in zip(paths, labels, probs):
         k = int(row.argmax())
         rows.append([p, names[y], names[k], f"{row[k]:.6f}", *(f"{v:.6f}" for v in row)])
-    header = ["path", "label", "pred", "prob", *(f"p_{c}" for c in names)]
+    header = ["path", "label", "pred", "prob", *probs_cols]
     return atomic_write_text(Path(run_dir) / VAL_PREDICTIONS, csv_text(header, rows))
 
 
@@ -350,10 +388,12 @@ class ValPredictions:
     """A run's stored validation predictions (`val_predictions.csv`), what the Evaluate page computes from."""
 
     table: pd.DataFrame
-    y_true: np.ndarray  # class indices; -1 for a label that is not among the class names
+    y_true: np.ndarray  # class indices, -1 for a label that is not among the class names; multi-label: 0/1 (n, C)
     probs: np.ndarray  # (n, C) float64
     class_names: list[str]
     root: str  # the dataset root the table's paths are relative to
+    task: str = "single-label"
+    thresholds: list[float] | None = None  # a multi-label run's per-label thresholds (metrics.json)
 
 
 def read_val_predictions(run_dir: str | Path) -> ValPredictions:
@@ -366,11 +406,23 @@ def read_val_predictions(run_dir: str | Path) -> ValPredictions:
     if not file.is_file():
         raise RunError(f"{run_dir} has no {VAL_PREDICTIONS} yet: the run has not finished its evaluation")
     names = [str(c) for c in info["class_names"]]
-    df = pd.read_csv(file, keep_default_na=False, dtype={"label": str, "pred": str, "path": str})
-    missing = [f"p_{c}" for c in names if f"p_{c}" not in df.columns]
+    multi = task_of(info) == MULTI
+    key = "labels" if multi else "label"
+    df = pd.read_csv(file, keep_default_na=False, dtype={key: str, "pred": str, "path": str})
+    missing = [f"p_{c}" for c in names if f"p_{c}" not in df.columns] + ([key] if key not in df.columns else [])
     if missing:
-        raise RunError(f"{file} lacks the probability columns {', '.join(missing)}")
+        raise RunError(f"{file} lacks the columns {', '.join(missing)}")
     probs = df[[f"p_{c}" for c in names]].to_numpy(dtype=np.float64)
+    if multi:
+        sep, index = label_separator(names), {c: i for i, c in enumerate(names)}
+        y_true = np.zeros((len(df), len(names)), dtype=np.int64)
+        for i, cell in enumerate(df["labels"]):
+            unknown = [n for n in split_labels(cell, sep) if n not in index]
+            if unknown:
+                raise RunError(f"{file}, row {i + 2}: labels {', '.join(unknown)} are not among the run's labels")
+            y_true[i, [index[n] for n in split_labels(cell, sep)]] = 1
+        thresholds = read_thresholds(run_dir, len(names))
+        return ValPredictions(df, y_true, probs, names, str(info["dataset"]["root"]), MULTI, thresholds)
     y_true = df["label"].map({c: i for i, c in enumerate(names)}).fillna(-1).to_numpy(dtype=np.int64)
     return ValPredictions(df, y_true, probs, names, str(info["dataset"]["root"]))
 

@@ -64,6 +64,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "accuracy": ("maximize", "val_acc"),
     "macro_f1": ("maximize", "val_acc"),
     "roc_auc_macro": ("maximize", "val_acc"),
+    "map": ("maximize", "val_map"),  # a multi-label run's mean average precision (its best-epoch score)
     "val_loss": ("minimize", "val_loss"),
 }
 ACTIVE_TRIAL = ("queued", "running")

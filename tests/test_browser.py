@@ -2,8 +2,9 @@
 
 Home → demo → Train a short linear probe → close the tab mid-run and come back in a new session → switch pages
 while it trains (timed) → Evaluate → click a confusion-matrix cell → Explain an image of it → Predict on an
-uploaded PNG → Runs. Prints one `FIGURES ...` line (seconds
-to a healthy server, to the first painted page, and per page switch). `SAVE_SCREENSHOTS=1` writes the
+uploaded PNG → Runs; and a multi-label walk: the multi-label demo → a linear probe with tuned thresholds → Evaluate
+(mAP, a label's gallery) → Explain that image for that label → Predict two scenes. Prints one `FIGURES ...` line
+(seconds to a healthy server, to the first painted page, and per page switch). `SAVE_SCREENSHOTS=1` writes the
 screenshots to docs/screenshots/ (otherwise to pytest's tmp dir, so a test run leaves the repo clean).
 """
 
@@ -75,6 +76,22 @@ def assert_clean(page: sync_api.Page) -> None:
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
     errors = page.locator('[data-testid="stAlertContentError"]')
     assert errors.count() == 0, errors.all_inner_texts()
+
+
+def choose(page: sync_api.Page, label: str, option: str) -> None:
+    """Pick `option` in the selectbox `label`. A click that lands while charts above it still lay out focuses the
+    box without opening its list (seen on the multi-label Evaluate page), so the list is opened again until it shows."""
+    box = page.get_by_role("combobox", name=label, exact=True)
+    item = page.get_by_role("option", name=option, exact=True)
+    for _ in range(4):
+        box.click()
+        try:
+            item.wait_for(timeout=3000)
+            break
+        except sync_api.TimeoutError:
+            page.keyboard.press("Escape")
+    item.click()
+    expect(box).to_have_value(option)
 
 
 def switch_to(page: sync_api.Page, url: str, slug: str, title: str) -> float:
@@ -360,7 +377,6 @@ def test_settings_stay_through_page_switches_and_a_reload(server: Server, browse
     switch_to(page, url, "train", "Train")
     expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value(dataset, timeout=STEP_MS)
     page.locator('[data-testid="stRadioOption"]', has_text="Linear probe").click()
-    expect(field(page, "Epochs")).to_have_value("20", timeout=STEP_MS)
     wanted = {"Epochs": "5", "Learning rate": "0.010000", "Image size": "96", "Run name (optional)": "kept-run"}
     for label, value in wanted.items():
         box = field(page, label)
@@ -404,3 +420,109 @@ def test_settings_stay_through_page_switches_and_a_reload(server: Server, browse
     expect(page.get_by_role("button", name="Start training")).to_be_enabled()
     assert_clean(page)
     context.close()
+
+
+def scene_png(shapes: tuple[str, ...], seed: int) -> bytes:
+    """A multi-label demo scene with these shapes, as the multi-label demo draws them (192 px)."""
+    import numpy as np
+
+    from classifier.data.demo import demo_scene
+
+    image, _ = demo_scene(list(shapes), np.random.default_rng(seed), 192)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_multilabel_run_through_evaluate_explain_and_predict(server: Server, browser: sync_api.Browser) -> None:
+    """The multi-label demo from the Data page, a linear probe with tuned thresholds, then Evaluate (mAP, the per-label
+    table, a label's false positives or negatives) → Explain that image for that label → Predict two scenes (labels
+    above their thresholds, per-label bars, the CSV)."""
+    url, name = server.url, "browser-multilabel"
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(f"{url}/data")
+    heading(page, "Data").wait_for(timeout=SLOW_MS)
+    page.locator('[data-testid="stRadioOption"]', has_text="Demo dataset").click()
+    page.get_by_role("button", name="Use the multi-label demo").click()
+    expect(page.get_by_role("heading", name="Dataset: demo-multilabel-seed0")).to_be_visible(timeout=SLOW_MS)
+    labels = page.locator('[data-testid="stMetric"]', has_text="Labels (multi-label)")
+    expect(labels).to_contain_text("5", timeout=STEP_MS)  # the heading comes first; the index of 400 scenes after
+    expect(page.get_by_text(re.compile(r"labels per image on average; 0 images have no label"))).to_be_visible(
+        timeout=STEP_MS
+    )
+    assert_clean(page)
+
+    switch_to(page, url, "train", "Train")
+    expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("demo-multilabel-seed0")
+    page.locator('[data-testid="stRadioOption"]', has_text="Linear probe").click()
+    page.locator('[data-testid="stCheckbox"]', has_text="Tune thresholds").click()
+    # Epochs set, not assumed: the Train page keeps the last settings used in this workspace (the walks above)
+    for label, value in (("Epochs", "20"), ("Image size", "128"), ("Run name (optional)", name)):
+        box = field(page, label)
+        box.fill(value)
+        box.press("Enter")
+        expect(box).to_have_value(value)
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Start training").click()
+    line = page.locator('[data-testid="stMarkdownContainer"] p', has_text=f"{name} —")
+    expect(line).to_contain_text("completed", timeout=240_000)
+    assert_clean(page)
+    evaluate_then_explain(page, url, name, "efficientnet_lite0")
+    predict_scenes(page, url, name)
+    context.close()
+
+
+def evaluate_then_explain(page: sync_api.Page, url: str, name: str, backbone: str) -> None:
+    """Evaluate the multi-label run `name` (headline metrics, thresholds tuned, the gallery of every image of a
+    label), then Explain its first gallery image for that label."""
+    switch_to(page, url, "evaluate", "Evaluate")
+    picker = page.get_by_role("combobox", name="Completed run or saved ensemble", exact=True)
+    picker.click()
+    page.get_by_role("option", name=re.compile(name)).click()
+    expect(picker).to_have_value(re.compile(rf"^{name} · {backbone} · mAP \d\.\d{{3}}"))
+    mean_ap = page.locator('[data-testid="stMetric"]', has_text="mAP").locator('[data-testid="stMetricValue"]')
+    expect(mean_ap).to_have_text(re.compile(r"^0\.\d{3}$|^1\.000$"), timeout=STEP_MS)
+    print(f"multi-label linear probe mAP in the browser: {mean_ap.inner_text()}")
+    for label in ("Micro F1", "Subset accuracy", "Hamming loss"):
+        expect(page.locator('[data-testid="stMetricLabel"]', has_text=label)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"5 labels \(multi-label: any number per image\) · thresholds tuned"))
+           ).to_be_visible()  # fmt: skip
+    choose(page, "Images", "all")
+    gallery = page.locator('[data-testid="stCaptionContainer"]', has_text=re.compile(r"^p\(.* · threshold "))
+    expect(gallery.first).to_be_visible(timeout=STEP_MS)
+    first_path = gallery.first.locator("code").inner_text()
+    label = page.get_by_role("combobox", name="Label", exact=True).input_value()
+    assert_clean(page)
+    page.get_by_role("button", name="Explain").first.click()
+    heading(page, "Explain").wait_for(timeout=STEP_MS)
+    expect(page.get_by_role("combobox", name=re.compile(r"^Validation image"))).to_have_value(
+        re.compile("^" + re.escape(first_path))
+    )
+    target = page.get_by_role("combobox", name="Explain the score of", exact=True)
+    expect(target).to_have_value(re.compile(rf"^label {label} \("))
+    for method in ("Grad-CAM", "Integrated gradients", "Saliency"):
+        expect(page.locator('[data-testid="stCaptionContainer"]', has_text=re.compile(rf"^{method} · \d+\.\d+ s"))
+               ).to_be_visible(timeout=SLOW_MS)  # fmt: skip
+    expect(page.get_by_text(re.compile(r"^Labels predicted: "))).to_be_visible()
+    assert_clean(page)
+
+
+def predict_scenes(page: sync_api.Page, url: str, name: str) -> None:
+    """Predict two uploaded scenes with the run `name`: labels above their thresholds, per-label bars, the CSV."""
+    switch_to(page, url, "predict", "Predict")
+    picker = page.get_by_role("combobox", name="Model (a completed run or a saved ensemble)", exact=True)
+    expect(picker).to_have_value(re.compile(name), timeout=STEP_MS)
+    expect(page.get_by_text(re.compile(r"^5 labels \(multi-label"))).to_be_visible(timeout=STEP_MS)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        files=[{"name": "two.png", "mimeType": "image/png", "buffer": scene_png(("circle", "star"), 1)},
+               {"name": "one.png", "mimeType": "image/png", "buffer": scene_png(("cross",), 2)}]
+    )  # fmt: skip
+    expect(page.get_by_role("button", name="Download predictions (CSV)")).to_be_visible(timeout=60_000)
+    expect(page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot')).to_have_count(2, timeout=STEP_MS)
+    found = page.locator('[data-testid="stMarkdownContainer"] p').filter(
+        has_text=re.compile(r"^(no label above its threshold|(circle|cross|square|star|triangle) \d+\.\d%)")
+    )
+    expect(found).to_have_count(2, timeout=STEP_MS)
+    print(f"predicted for two.png (circle, star) and one.png (cross): {found.all_inner_texts()}")
+    assert_clean(page)

@@ -49,6 +49,8 @@ FLAGS = {
     "warmup_epochs": "--warmup-epochs",
     "weight_decay": "--weight-decay",
     "label_smoothing": "--label-smoothing",
+    "multilabel_loss": "--multilabel-loss",
+    "pos_weight": "--pos-weight",
     "grad_clip": "--grad-clip",
     "early_stopping": "--early-stopping",
     "time_budget": "--time-budget",
@@ -61,6 +63,7 @@ FLAGS = {
     "auto_batch_size": "--auto-batch-size",
     "nproc": "--nproc",
     "checkpoint_every_steps": "--checkpoint-every-steps",
+    "tune_thresholds": "--tune-thresholds",
 }
 # Every field away from its default, so a flag that is dropped or mapped to the wrong field shows.
 CHANGED = TrainConfig(
@@ -70,6 +73,7 @@ CHANGED = TrainConfig(
     epochs=3, batch_size=8, lr=0.01, optimizer="sgd", scheduler="onecycle", warmup_epochs=1.0, weight_decay=0.01,
     label_smoothing=0.05, grad_clip=0.0, early_stopping=4, time_budget=30.0, seed=7, device="cpu", amp=False,
     num_workers=2, cache="off", compile=True, auto_batch_size=True, nproc=2, checkpoint_every_steps=50,
+    multilabel_loss="asl", pos_weight="auto", tune_thresholds=True,
 )  # fmt: skip
 
 
@@ -132,8 +136,9 @@ def test_train_has_a_flag_per_field_with_its_name_default_choices_and_help():
 
 def test_lr_find_and_search_have_the_settings_and_runtime_flags_but_not_the_run_dir_ones():
     for name in ("lr-find", "search"):
-        assert set(config_actions(command(name))) == {f.name for f in config_fields()} - {"checkpoint_every_steps"}
-        assert {f.name for f in config_fields("output")} == {"checkpoint_every_steps"}
+        output = {"checkpoint_every_steps", "tune_thresholds"}
+        assert set(config_actions(command(name))) == {f.name for f in config_fields()} - output
+        assert {f.name for f in config_fields("output")} == {"checkpoint_every_steps", "tune_thresholds"}
 
 
 @pytest.mark.parametrize("name", ["train", "lr-find", "search"])

@@ -18,6 +18,7 @@ from classifier import rundir
 from classifier.data.dataset import DatasetIndex, index_dataset
 from classifier.data.versions import DatasetVersions
 from classifier.predict import LoadedRun, load_run
+from classifier.rundir import ValPredictions, read_val_predictions
 from classifier.workspace import workspace_dir
 
 
@@ -93,6 +94,18 @@ def val_predictions(run_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.n
     """(table, y_true indices, probabilities, class names, dataset root) from a run's (or a saved ensemble's)
     val_predictions.csv."""
     return _val_predictions(str(run_dir), file_mtime(rundir.path(run_dir, rundir.VAL_PREDICTIONS)))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _run_predictions(run_dir: str, mtime: float, metrics_mtime: float) -> ValPredictions:
+    return read_val_predictions(run_dir)
+
+
+def run_predictions(run_dir: str | Path) -> ValPredictions:
+    """A run's (or ensemble's) val_predictions.csv with its task and thresholds (metrics.json), re-read when either
+    file changes."""
+    stamps = (file_mtime(rundir.path(run_dir, name)) for name in (rundir.VAL_PREDICTIONS, rundir.METRICS))
+    return _run_predictions(str(run_dir), *stamps)
 
 
 def file_mtime(path: str | Path) -> float:

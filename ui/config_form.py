@@ -33,6 +33,11 @@ HYPERPARAMETERS = {  # TrainConfig field -> the Train page's widget key (tests a
     "seed": "w_train_seed",
     "nproc": "w_nproc",
 }
+MULTILABEL_HYPERPARAMETERS = {  # shown (and applied) only for a multi-label dataset, where they mean something
+    "multilabel_loss": "w_ml_loss",
+    "pos_weight": "w_pos_weight",
+    "tune_thresholds": "w_tune_thresholds",
+}
 _FIELD_DEFAULT = object()  # field_input's `default` when the caller gives none: the field's own default
 
 
@@ -121,7 +126,7 @@ def apply_config(train: dict[str, Any]) -> None:
     else:
         ss[f"w_weights_{cfg.backbone}"], ss["w_weights_path"] = "file", cfg.weights
     defaults = TrainConfig(mode=mode).resolved()
-    for name, key in HYPERPARAMETERS.items():
+    for name, key in (HYPERPARAMETERS | MULTILABEL_HYPERPARAMETERS).items():
         value = getattr(cfg, name)
         ss[widget_key(name, key, mode)] = getattr(defaults, name) if value is None and name != "img_size" else value
     ss[state.VAL_SPLIT] = ss["w_val"] = cfg.val_split

@@ -1,5 +1,5 @@
 """Predicting on uploaded images or a camera photo: the part the Predict page and the public prediction page share
-(top-k per image, a table and a spreadsheet-safe CSV for a batch)."""
+(top-k per image, a table and a spreadsheet-safe CSV for a batch; multi-label: `ui.multilabel.predict_view`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from classifier.errors import ImageError
 from classifier.figures import topk_bar
 from classifier.io import spreadsheet_safe
 from classifier.predict import format_prediction, predict_images
+from ui.multilabel import predict_view
 from ui.widgets import literal
 
 
@@ -23,7 +24,9 @@ def predict_section(run: Any, tag: str, before_predict: Callable[[tuple, int], N
     `before_predict(files, n)` is called with the uploads' ids and the number of images just before the model runs
     (again on every rerun with the same files); it may raise a ClassifierError (a limit)."""
     classes = run.class_names
-    top_k = st.slider("Classes to show per image", 1, min(10, len(classes)), min(3, len(classes)), key="w_topk")
+    multi = getattr(run, "thresholds", None) is not None  # a multi-label run or ensemble: labels above thresholds
+    top_k = 0 if multi else st.slider("Classes to show per image", 1, min(10, len(classes)), min(3, len(classes)),
+                                      key="w_topk")  # fmt: skip
     files = st.file_uploader(
         "Images", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), accept_multiple_files=True, key="u_pred_files"
     )
@@ -49,6 +52,9 @@ def predict_section(run: Any, tag: str, before_predict: Callable[[tuple, int], N
         before_predict(tuple(getattr(f, "file_id", f.name) for f in files), len(images))
     with st.spinner(f"Predicting {len(images)} image(s)…"):
         probs = run.predict_images(images) if isinstance(run, Ensemble) else predict_images(run, images)
+    if multi:
+        predict_view(images, names, probs, run, tag)
+        return
     results = [format_prediction(n, p, classes, top_k) for n, p in zip(names, probs)]
     if len(results) > 1:
         _batch_table(results, probs, classes, tag)

@@ -77,10 +77,12 @@ def dataset_problems(summary: dict[str, Any], per_class: pd.Series, max_ratio: f
     """Warnings for a dataset summary: class imbalance (with what to do), duplicates, leakage, skipped files."""
     totals = per_class[per_class > 0]
     if len(totals) > 1 and totals.max() / totals.min() > max_ratio:
+        what, fix = ("Labels", "set *Positive weight* to *auto* or the multi-label loss to *asl*") if summary.get(
+            "task") == "multilabel" else ("Classes", "set imbalance handling to *weights* or *sampler*")  # fmt: skip
         st.warning(
-            f"Classes are imbalanced: {totals.idxmax()} has {totals.max()} images, {totals.idxmin()} only "
-            f"{totals.min()} ({totals.max() / totals.min():.1f}×). On **Train**, set imbalance handling to *weights* "
-            "or *sampler*, or collect more images of the small classes."
+            f"{what} are imbalanced: {totals.idxmax()} has {totals.max()} images, {totals.idxmin()} only "
+            f"{totals.min()} ({totals.max() / totals.min():.1f}×). On **Train**, {fix}, or collect more images of the "
+            f"small {what.lower()}."
         )
     if summary["duplicates"]:
         st.warning(f"{len(summary['duplicates'])} groups of identical images (same bytes): they count twice.")
@@ -157,6 +159,8 @@ def run_label(j: Any, with_accuracy: bool = False) -> str:
     when = time.strftime("%b %d %H:%M", time.localtime(j.created_at)) if j.created_at else ""
     acc = (j.metrics or {}).get("accuracy") if with_accuracy else None
     acc_text = f" · acc {acc:.1%}" if acc is not None else ""
+    if with_accuracy and (j.metrics or {}).get("map") is not None:  # a multi-label run: its mean average precision
+        acc_text = f" · mAP {j.metrics['map']:.3f}"
     return f"{j.name or j.run_id} · {(j.config or {}).get('backbone', '?')}{acc_text} · {when} · #{j.run_id[-6:]}"
 
 

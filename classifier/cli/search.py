@@ -38,7 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--search-epochs", nargs="+", type=int, metavar="N", help="epochs choices")
     g.add_argument("--search-augment", nargs="+", metavar="PRESET", help="augmentation preset choices")
     g.add_argument("--search-backbone", nargs="+", metavar="NAME", help="backbone choices")
-    g.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1", "roc_auc_macro", "val_loss"])
+    g.add_argument(
+        "--metric",
+        default="accuracy",
+        choices=["accuracy", "macro_f1", "roc_auc_macro", "map", "val_loss"],
+        help="what the search maximises (val_loss: minimises); map: multi-label mean average precision",
+    )
     g.add_argument("--name", default=None, help="a display name for the search")
     g.add_argument("--parallel", type=int, default=1, help="trials submitted at once (they queue per device)")
     g.add_argument("--no-prune", action="store_true", help="do not stop bad trials early (median pruner)")

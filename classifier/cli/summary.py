@@ -46,13 +46,21 @@ def run(a: argparse.Namespace) -> int:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"dataset {s['root']} ({s['layout']}): {s['n_images']} images, {len(s['classes'])} classes"]
+    multi = s.get("task") == "multilabel"
+    unit, units = ("label", "labels") if multi else ("class", "classes")
+    kind = ", multi-label" if multi else ""
+    lines = [f"dataset {s['root']} ({s['layout']}{kind}): {s['n_images']} images, {len(s['classes'])} {units}"]
     if s.get("version"):
         lines.append(f"  version {s['version']}: {len(s['relabelled'])} relabelled, {len(s['excluded'])} excluded")
     splits = list(s["counts"])
-    lines.append("  " + "class".ljust(24) + "".join(sp.rjust(8) for sp in splits))
+    lines.append("  " + unit.ljust(24) + "".join(sp.rjust(8) for sp in splits))
     for c in s["classes"]:
         lines.append("  " + c[:23].ljust(24) + "".join(str(s["counts"][sp].get(c, 0)).rjust(8) for sp in splits))
+    if multi:
+        lab = s["labels"]
+        hist = ", ".join(f"{k}: {n}" for k, n in enumerate(lab["labels_per_image"]))
+        lines.append(f"  labels per image (labels: images): {hist}; mean {lab['mean_labels']:.2f}")
+        lines.append(f"  images with no label (negative for every label): {lab['no_label']}")
     sz = s["image_size"]
     lines.append(f"  image sizes: {sz['min_width']}-{sz['max_width']} x {sz['min_height']}-{sz['max_height']} px")
     if s["skipped"]:

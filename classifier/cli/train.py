@@ -16,6 +16,7 @@ from classifier.errors import ClassifierError
 
 NAME = "train"
 SUMMARY_KEYS = ("accuracy", "macro_f1", "roc_auc_macro", "ece", "n_val", "best_epoch")
+MULTILABEL_KEYS = ("task", "map", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "n_val", "best_epoch")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -149,8 +150,9 @@ def _print_result(result) -> int:
         print(f"error: training failed: {result.error}", file=sys.stderr)
         return 1
     m = result.metrics or {}
+    keys = MULTILABEL_KEYS if m.get("task") == "multilabel" else SUMMARY_KEYS
     print(json.dumps({"status": result.status, "run_dir": str(result.run_dir), "seconds": round(result.seconds, 1),
-                      **{k: m.get(k) for k in SUMMARY_KEYS},
+                      **{k: m.get(k) for k in keys},
                       **({"plan": result.plan["summary"]} if result.plan else {})}))  # fmt: skip
     return 0
 

@@ -6,7 +6,9 @@ Four sources are understood:
 - a folder with `train/` and `val/` (or `valid/`, `validation/`), optionally `test/`, each holding class
   subfolders; those splits are used as given;
 - a `.zip` of either layout (one wrapping top-level folder is tolerated), extracted safely first;
-- a CSV with columns `path,label` (optionally `split`), paths relative to the CSV.
+- a CSV with columns `path,label` (optionally `split`), paths relative to the CSV; a CSV with a `labels` column
+  (several labels per image) or one 0/1 column per label is a multi-label dataset (`classifier.data.multilabel`),
+  and the index's `task` says so.
 
 Every candidate image is fully decoded once; a file that cannot be used is skipped and listed with its
 reason, never stopping the rest from loading. Exact duplicates are found by content hash.
@@ -27,10 +29,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from classifier.data.images import DEFAULT_MAX_PIXELS, is_image_path, load_image, probe_image
+from classifier.data.multilabel import check_labels, label_stats, read_rows
 from classifier.errors import DatasetError, ImageError
+from classifier.task import MULTI, SINGLE, split_labels
 
 if TYPE_CHECKING:
     from classifier.data.archive import ArchiveLimits
@@ -51,6 +55,7 @@ class Sample:
     sha1: str = ""
     width: int = 0
     height: int = 0
+    labels: tuple[int, ...] | None = None  # a multi-label sample's label indices (maybe none); None: single-label
 
 
 @dataclass
@@ -72,6 +77,8 @@ class DatasetIndex:
     excluded: list[str] = field(default_factory=list)  # paths the version leaves out
     relabelled: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (class in the files, now)
     base: DatasetIndex | None = None  # version 0, which splits are drawn from, so a relabel never moves an image
+    task: str = SINGLE  # single-label | multilabel (classifier.task)
+    csv_lines: dict[str, int] = field(default_factory=dict)  # a CSV dataset's line of each path, for error messages
 
     @property
     def has_splits(self) -> bool:
@@ -85,8 +92,13 @@ class DatasetIndex:
         splits = splits or [s.split or "all" for s in self.samples]
         out: dict[str, dict[str, int]] = defaultdict(lambda: {c: 0 for c in self.classes})
         for s, sp in zip(self.samples, splits):
-            out[sp][self.classes[s.label]] += 1
+            for c in self.label_indices(s):
+                out[sp][self.classes[c]] += 1
         return dict(out)
+
+    def label_indices(self, sample: Sample) -> tuple[int, ...]:
+        """The sample's class (single-label) or its labels (multi-label, maybe none) as indices."""
+        return tuple(sample.labels or ()) if self.task == MULTI else (sample.label,)
 
     def duplicate_groups(self) -> list[list[str]]:
         """Groups of paths whose bytes are identical."""
@@ -130,6 +142,8 @@ class DatasetIndex:
             "version": self.version,
             "relabelled": {p: list(v) for p, v in self.relabelled.items()},
             "excluded": list(self.excluded),
+            "task": self.task,
+            **({"labels": label_stats(self, splits)} if self.task == MULTI else {}),
         }
 
 
@@ -188,20 +202,31 @@ def _candidates_from_class_folders(base: Path, root: Path, split: str | None) ->
     return out
 
 
-def _candidates_from_csv(csv_path: Path) -> tuple[Path, list[tuple[str, str, str | None]], list[str]]:
+@dataclass
+class _FromCsv:
+    root: Path
+    rows: list[tuple[str, Any, str | None]]  # (path, class name | tuple of label names, split)
+    notes: list[str]
+    task: str = SINGLE
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+def _candidates_from_csv(csv_path: Path) -> _FromCsv:
+    """A CSV's rows: `path,label` is single-label; a `labels` column or one 0/1 column per label is multi-label."""
     root = csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-            if "path" not in fields or "label" not in fields:
-                raise DatasetError(
-                    f"{csv_path}: a dataset CSV needs the columns path,label (found: {', '.join(fields) or 'none'})"
-                )
+            if "label" in fields and "labels" in fields:
+                raise DatasetError(f"{csv_path}: has both a label and a labels column; keep one")
+            if "label" not in fields or "path" not in fields:
+                multi = read_rows(csv_path, reader, MAX_CSV_ROWS, SPLIT_NAMES)  # or the error naming the columns
+                return _FromCsv(root, list(multi.rows), multi.notes, MULTI, multi.lines)
             rows, notes = _csv_rows(csv_path, reader)
     except UnicodeDecodeError as e:
         raise DatasetError(f"{csv_path}: not a UTF-8 text CSV ({e})") from e
-    return root, rows, notes
+    return _FromCsv(root, rows, notes)
 
 
 def _csv_rows(csv_path: Path, reader: csv.DictReader) -> tuple[list[tuple[str, str, str | None]], list[str]]:
@@ -302,15 +327,15 @@ def index_dataset(
     """
     src = Path(source).expanduser()
     links: list[Skipped] = []
-    notes: list[str] = []
+    from_csv = _FromCsv(src, [], [])
     if not src.exists():
         raise DatasetError(f"dataset {src} does not exist; give a folder of class subfolders, a .zip or a CSV")
     root = src
     if src.is_file() and src.suffix.lower() == ".zip":
         root = _unwrap(_extract_cached(src, extract_to, limits))
     if root.is_file() and root.suffix.lower() == ".csv":
-        root, candidates, notes = _candidates_from_csv(root)
-        layout = "csv"
+        from_csv = _candidates_from_csv(root)
+        root, candidates, layout = from_csv.root, from_csv.rows, "csv"
     elif root.is_dir():
         root = _unwrap(root)
         split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in _subdirs(root) if d.name.lower() in SPLIT_NAMES}
@@ -321,8 +346,8 @@ def index_dataset(
             for split, d in sorted(split_dirs.items()):
                 candidates += _candidates_from_class_folders(d, root, split)
         elif not _subdirs(root) and len(csvs) == 1:
-            root, candidates, notes = _candidates_from_csv(csvs[0])
-            layout = "csv"
+            from_csv = _candidates_from_csv(csvs[0])
+            root, candidates, layout = from_csv.root, from_csv.rows, "csv"
         else:
             layout = "class-folders"
             candidates = _candidates_from_class_folders(root, root, None)
@@ -340,21 +365,32 @@ def index_dataset(
                 progress(i, len(candidates))
 
     results = _skip_placeholders(root, candidates, results)
-    classes = sorted({c[1] for c, r in zip(candidates, results) if not isinstance(r, str)})
+    multi = from_csv.task == MULTI
+    used = [c for c, r in zip(candidates, results) if not isinstance(r, str)]
+    classes = sorted({n for c in used for n in _names(c, multi)})
     class_idx = {c: i for i, c in enumerate(classes)}
     samples, skipped = [], list(links)
     for (rel, label, split), r in zip(candidates, results):
         if isinstance(r, str):
             skipped.append(Skipped(rel, r))
+        elif multi:
+            samples.append(Sample(rel, -1, split, *r[:3], labels=tuple(class_idx[n] for n in label)))
         else:
             samples.append(Sample(rel, class_idx[label], split, *r[:3]))
-    warnings = notes + ([f"{len(links)} symbolic links were not followed"] if links else [])
-    empty = sorted({c[1] for c in candidates} - set(classes))
+    warnings = from_csv.notes + ([f"{len(links)} symbolic links were not followed"] if links else [])
+    empty = sorted({n for c in candidates for n in _names(c, multi)} - set(classes))
     if empty:
-        warnings.append(f"class folders with no usable images were left out: {', '.join(empty)}")
+        what = "labels" if multi else "class folders"
+        warnings.append(f"{what} with no usable images were left out: {', '.join(empty)}")
     if layout == "split-folders" and not any(s.split == "val" for s in samples):
         warnings.append("no val/ folder with images: a validation split will be drawn from train/")
-    return DatasetIndex(root, classes, samples, skipped, layout, str(src), warnings)
+    return DatasetIndex(root, classes, samples, skipped, layout, str(src), warnings, task=from_csv.task,
+                        csv_lines=from_csv.lines)  # fmt: skip
+
+
+def _names(candidate: tuple[str, Any, str | None], multi: bool) -> tuple[str, ...]:
+    """The label names of a candidate row: its labels (multi-label) or its one class."""
+    return tuple(candidate[1]) if multi else (candidate[1],)
 
 
 def _extract_cached(archive: Path, extract_to: str | Path | None, limits: ArchiveLimits | None) -> Path:
@@ -385,6 +421,9 @@ def check_trainable(index: DatasetIndex) -> None:
             "(JPEG, PNG, WebP, BMP, GIF or TIFF), train/ and val/ folders of class subfolders, "
             "or a CSV with path,label."
         )
+    if index.task == MULTI:
+        check_labels(index)
+        return
     if len(index.classes) < 2:
         raise DatasetError(
             f"{where}: only one class ({index.classes[0]!r}) has images; a classifier needs at least two classes."
@@ -435,25 +474,35 @@ def save_version(
 def apply_overlay(
     index: DatasetIndex, version: int, relabel: dict[str, str], exclude: set[str], where: str = ""
 ) -> DatasetIndex:
-    """`index` as dataset version `version` sees it: `relabel` (path -> class name) applied, `exclude` left out.
+    """`index` as dataset version `version` sees it: `relabel` (path -> class name; for a multi-label dataset the
+    image's labels joined by ';', empty for none) applied, `exclude` left out.
 
     The class list is the files' one, less classes the version leaves without images (a warning says so). A relabel
     to a class the dataset does not have is a DatasetError; edits of images no longer in the files are ignored with
     a warning."""
+    multi = index.task == MULTI
     known = {s.path for s in index.samples}
-    unknown = sorted({c for c in relabel.values() if c not in index.classes})
+    wanted = {p: tuple(sorted(set(split_labels(v, ";")))) if multi else (v,) for p, v in relabel.items()}
+    unknown = sorted({c for v in wanted.values() for c in v if c not in index.classes})
     if unknown:
         raise DatasetError(
             f"dataset version {version} ({where}) relabels images to {', '.join(map(repr, unknown))}, which is not "
-            f"a class of {index.source or index.root} ({', '.join(index.classes)})"
+            f"a {'label' if multi else 'class'} of {index.source or index.root} ({', '.join(index.classes)})"
         )
     gone = sorted((set(relabel) | exclude) - known)
     kept = [s for s in index.samples if s.path not in exclude]
-    names = [relabel.get(s.path, index.classes[s.label]) for s in kept]
-    classes = [c for c in index.classes if c in set(names)]
+    before = [tuple(index.classes[c] for c in index.label_indices(s)) for s in kept]
+    names = [wanted.get(s.path, b) for s, b in zip(kept, before)]
+    used = {n for ns in names for n in ns}
+    classes = [c for c in index.classes if c in used]
     idx = {c: i for i, c in enumerate(classes)}
-    samples = [Sample(s.path, idx[n], s.split, s.sha1, s.width, s.height) for s, n in zip(kept, names)]
-    moved = {s.path: (index.classes[s.label], n) for s, n in zip(kept, names) if n != index.classes[s.label]}
+    samples = [
+        Sample(s.path, -1, s.split, s.sha1, s.width, s.height, tuple(idx[n] for n in ns))
+        if multi
+        else Sample(s.path, idx[ns[0]], s.split, s.sha1, s.width, s.height)
+        for s, ns in zip(kept, names)
+    ]
+    moved = {s.path: (";".join(b), ";".join(ns)) for s, b, ns in zip(kept, before, names) if ns != b}
     warnings = list(index.warnings)
     if gone:
         warnings.append(f"dataset version {version} edits {len(gone)} images that are no longer there, e.g. {gone[0]}")
@@ -462,5 +511,5 @@ def apply_overlay(
         warnings.append(f"dataset version {version} leaves no images in class {left}; it is left out")
     return DatasetIndex(
         index.root, classes, samples, index.skipped, index.layout, index.source, warnings, version,
-        sorted(exclude & known), moved, index,
+        sorted(exclude & known), moved, index, index.task, index.csv_lines,
     )  # fmt: skip

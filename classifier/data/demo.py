@@ -3,6 +3,9 @@
 Each image holds one object whose *shape* is the label; its colour, size, position, rotation and the
 background are all random, so a model has to look at geometry rather than colour to score well. A binary
 mask of the object can be written alongside for segmentation-style checks (e.g. explanation overlap).
+
+The multi-label variant (`make_multilabel_demo`) draws one to three distinct shapes per scene, one per quarter of
+the image, and lists the shapes present as the image's labels, with one mask per shape.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from classifier.io import atomic_write_text, csv_text
 
 DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross")
 
@@ -85,22 +90,44 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def demo_image(cls: str, rng: np.random.Generator, size: int) -> tuple[Image.Image, Image.Image]:
     """Render one sample of class `cls`: (RGB image, mode-"L" mask with object = 255, background = 0)."""
+    pts, radius, centre = _place(cls, rng, (0, 0, size, size))
+    coverage = _coverage(pts, size)
+    bg = _background(rng, size)
+    img = _paint(bg, pts, radius, centre, coverage, rng)
+    rgb = _finish(img, rng)
+    # threshold at half coverage: the mask is the object's own geometry, not its anti-aliased fringe
+    mask = Image.fromarray(np.where(coverage >= 128, 255, 0).astype(np.uint8), "L")
+    return rgb, mask
+
+
+def _place(cls: str, rng: np.random.Generator, box: tuple[int, int, int, int]) -> tuple[np.ndarray, float, np.ndarray]:
+    """The object's outline in image coordinates inside `box` (x0, y0, x1, y1), its radius and centre."""
+    x0, y0, x1, y1 = box
     pts = _outline(cls, rng)
     # scale halfway between equal extent and equal area, so neither span nor pixel count gives the class away
     area = 0.5 * abs(float(np.dot(pts[:, 0], np.roll(pts[:, 1], 1)) - np.dot(pts[:, 1], np.roll(pts[:, 0], 1))))
-    radius = rng.uniform(0.13, 0.24) * size * (math.pi / area) ** 0.25
+    radius = rng.uniform(0.13, 0.24) * (x1 - x0) * (math.pi / area) ** 0.25
     pts = pts * radius
     lo, hi = pts.min(0), pts.max(0)
-    centre = np.array([rng.uniform(1 - lo[i], size - 1 - hi[i]) for i in range(2)])
-    pts = pts + centre
+    start, stop = (x0, y0), (x1, y1)
+    centre = np.array([rng.uniform(start[i] + 1 - lo[i], stop[i] - 1 - hi[i]) for i in range(2)])
+    return pts + centre, radius, centre
 
+
+def _coverage(pts: np.ndarray, size: int) -> np.ndarray:
+    """The polygon's coverage of each pixel, 0-255, drawn at `_SUPERSAMPLE`x and box-averaged."""
     ss = _SUPERSAMPLE
     hi_mask = Image.new("L", (size * ss, size * ss), 0)
     ImageDraw.Draw(hi_mask).polygon([tuple(p) for p in (pts * ss)], fill=255)
-    coverage = np.asarray(hi_mask.resize((size, size), Image.BOX))
-    alpha = coverage.astype(np.float32)[..., None] / 255.0
+    return np.asarray(hi_mask.resize((size, size), Image.BOX))
 
-    bg = _background(rng, size)
+
+def _paint(
+    bg: np.ndarray, pts: np.ndarray, radius: float, centre: np.ndarray, coverage: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """`bg` with the object painted in: a colour that stands out from what is behind it, mildly shaded."""
+    size = bg.shape[0]
+    alpha = coverage.astype(np.float32)[..., None] / 255.0
     x0, y0 = np.floor(np.maximum(pts.min(0), 0)).astype(int)
     x1, y1 = np.ceil(np.minimum(pts.max(0), size)).astype(int)
     local = bg[y0:y1, x0:x1].reshape(-1, 3).mean(0)
@@ -119,17 +146,37 @@ def demo_image(cls: str, rng: np.random.Generator, size: int) -> tuple[Image.Ima
     dx, dy = _rot(rng.uniform(0, 2 * np.pi))[0] * rng.uniform(-0.15, 0.15)
     shade = 1.0 + dx * (grid[None, :] - centre[0] / radius) + dy * (grid[:, None] - centre[1] / radius)
     obj = best.astype(np.float32) * shade[..., None]
-    img = bg + (obj - bg) * alpha
+    return bg + (obj - bg) * alpha
 
+
+def _finish(img: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """Sometimes a slight blur, always sensor-like noise."""
+    size = img.shape[0]
     pil = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
     if rng.uniform() < 0.5:
         pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
     sigma = np.float32(rng.uniform(8, 15))
     noisy = np.asarray(pil, dtype=np.float32) + rng.standard_normal((size, size, 3), dtype=np.float32) * sigma
-    rgb = Image.fromarray(noisy.round().clip(0, 255).astype(np.uint8), "RGB")
-    # threshold at half coverage: the mask is the object's own geometry, not its anti-aliased fringe
-    mask = Image.fromarray(np.where(coverage >= 128, 255, 0).astype(np.uint8), "L")
-    return rgb, mask
+    return Image.fromarray(noisy.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
+def demo_scene(
+    classes: Sequence[str], rng: np.random.Generator, size: int
+) -> tuple[Image.Image, dict[str, Image.Image]]:
+    """One multi-label scene: each shape of `classes` (distinct) in its own quarter of the image, on one cluttered
+    background. (RGB image, {shape: mode-"L" mask}). Quarters keep shapes apart, so every mask is one object and a
+    map's peak can be scored against each label on its own."""
+    half = size // 2
+    cells = [(x, y, x + half, y + half) for y in (0, half) for x in (0, half)]
+    boxes = [cells[int(i)] for i in rng.permutation(4)[: len(classes)]]
+    placed = [_place(cls, rng, box) for cls, box in zip(classes, boxes)]
+    img = _background(rng, size)
+    masks = {}
+    for cls, (pts, radius, centre) in zip(classes, placed):
+        coverage = _coverage(pts, size)
+        img = _paint(img, pts, radius, centre, coverage, rng)
+        masks[cls] = Image.fromarray(np.where(coverage >= 128, 255, 0).astype(np.uint8), "L")
+    return _finish(img, rng), masks
 
 
 def make_demo_dataset(
@@ -173,28 +220,72 @@ def make_demo_dataset(
     return out
 
 
-def demo_dataset_path(seed: int = 0) -> Path:
-    """Where the built-in demo dataset lives in the workspace (it may not exist yet)."""
+MULTILABEL_CSV = "labels.csv"
+
+
+def make_multilabel_demo(
+    out: str | Path,
+    *,
+    n_images: int = 400,
+    size: int = 192,
+    seed: int = 0,
+    masks_out: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a multi-label demo set: `out/scene_NNNN.png` with one to three distinct demo shapes each, and
+    `out/labels.csv` (`path,labels`, the shapes present separated by spaces); with `masks_out`, one mask per shape
+    present at `masks_out/<shape>/scene_NNNN.png`, so attribution maps can be scored per label.
+
+    Each scene's randomness comes from (seed, index) alone; 192 px by default, so a model at its usual 192-224 px
+    input sees the shapes at about their own scale."""
+    if n_images < 1 or size < 32 or seed < 0:
+        raise ValueError("need n_images >= 1, size >= 32 and a non-negative seed")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_images):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, len(DEMO_CLASSES), i]))
+        k = int(rng.integers(1, 4))
+        shapes = [DEMO_CLASSES[int(j)] for j in sorted(rng.permutation(len(DEMO_CLASSES))[:k])]
+        rgb, masks = demo_scene(shapes, rng, size)
+        name = f"scene_{i:04d}.png"
+        rgb.save(out / name, format="PNG")
+        rows.append((name, " ".join(shapes)))
+        for shape, mask in masks.items() if masks_out is not None else ():
+            (Path(masks_out) / shape).mkdir(parents=True, exist_ok=True)
+            mask.save(Path(masks_out) / shape / name, format="PNG")
+        if progress is not None:
+            progress(i + 1, n_images)
+    atomic_write_text(out / MULTILABEL_CSV, csv_text(("path", "labels"), rows))
+    return out
+
+
+def demo_dataset_path(seed: int = 0, multilabel: bool = False) -> Path:
+    """Where the built-in demo dataset (or its multi-label variant) lives in the workspace (it may not exist yet)."""
     from classifier.workspace import datasets_dir
 
-    return datasets_dir() / f"demo-seed{seed}"
+    return datasets_dir() / f"demo{'-multilabel' if multilabel else ''}-seed{seed}"
 
 
-def ensure_demo_dataset(seed: int = 0) -> Path:
-    """The built-in demo dataset in the workspace (generated on first use), masks in `workspace/masks/`."""
+def ensure_demo_dataset(seed: int = 0, multilabel: bool = False) -> Path:
+    """The built-in demo dataset in the workspace (generated on first use), masks in `workspace/masks/`; with
+    `multilabel`, the scenes of `make_multilabel_demo` (a folder with labels.csv) and their per-shape masks."""
     import os
     import shutil
     import tempfile
 
     from classifier.workspace import workspace_dir
 
-    out = demo_dataset_path(seed)
+    out = demo_dataset_path(seed, multilabel)
     if out.is_dir():
         return out
     # Build beside the final place and rename: two sessions asking at once never see a half-written set.
     tmp = Path(tempfile.mkdtemp(dir=workspace_dir(), prefix=".demo-"))
     try:
-        make_demo_dataset(tmp / "data", seed=seed, masks_out=tmp / "masks")
+        if multilabel:
+            make_multilabel_demo(tmp / "data", seed=seed, masks_out=tmp / "masks")
+        else:
+            make_demo_dataset(tmp / "data", seed=seed, masks_out=tmp / "masks")
         (workspace_dir() / "masks").mkdir(exist_ok=True)
         masks = workspace_dir() / "masks" / out.name
         if not masks.exists():

@@ -12,7 +12,9 @@ layer, target and baseline, reduces the result to one 2-D map and puts that map 
 Conventions (the same for every method):
 
 - **What is explained**: the model's raw logit for the target class (not the softmax probability).
-  `target=None` explains the predicted class; a class name is looked up in the run's class names.
+  `target=None` explains the predicted class; a class name is looked up in the run's class names. For a
+  multi-label run each label is its own target (its logit; the probability reported is that label's sigmoid), and
+  `target=None` explains the most probable label.
 - **Input space**: attributions are computed on the normalised tensor the model sees, i.e. the run's
   evaluation transform (resize the shorter side to `size / crop_pct`, centre crop `size`, normalise).
 - **Channel reduction**: gradient methods (saliency, SmoothGrad, integrated gradients, GradientSHAP, guided

@@ -24,6 +24,7 @@ from classifier.errors import ClassifierError
 from classifier.explain.baselines import BASELINES
 from classifier.explain.geometry import crop_box, place_map
 from classifier.explain.methods import AttributionMethod, Inputs, MethodOutput, Options, get_method
+from classifier.task import MULTI, SINGLE, task_of
 
 
 @dataclass
@@ -136,7 +137,7 @@ def _run(
     counted = _Counted(parts.model, progress)
     counted.total = 1 + method.forward_passes(options, (int(x.shape[-2]), int(x.shape[-1])))  # 1: the prediction
     with _attribution_mode(parts.model) as handles:
-        t = _predict(counted, x, target, parts.names, extra)
+        t = _predict(counted, x, target, parts.names, extra, parts.task)
         inputs = Inputs(
             model=counted,
             module=parts.model,
@@ -191,6 +192,7 @@ class _ModelParts(NamedTuple):
     data_config: dict[str, Any]
     names: list[str] | None
     backbone: str | None
+    task: str = SINGLE  # a multi-label run's target is one of its labels, its probability that label's sigmoid
 
 
 def _model_parts(
@@ -208,7 +210,7 @@ def _model_parts(
     transform = run.transform if data_config is run_dc else eval_transform(data_config)
     names = list(class_names) if class_names is not None else run.class_names
     backbone = run.config.get("backbone") or run.config.get("timm_name")
-    return _ModelParts(run.model, transform, data_config, names, backbone)
+    return _ModelParts(run.model, transform, data_config, names, backbone, task_of(run.config))
 
 
 def _as_image(image: Image.Image | str | Path) -> Image.Image:
@@ -277,14 +279,20 @@ def _attribution_mode(model: nn.Module) -> Iterator[list[Any]]:
 
 
 def _predict(
-    counted: _Counted, x: torch.Tensor, target: int | str | None, names: list[str] | None, extra: dict[str, Any]
+    counted: _Counted,
+    x: torch.Tensor,
+    target: int | str | None,
+    names: list[str] | None,
+    extra: dict[str, Any],
+    task: str = SINGLE,
 ) -> int:
-    """One forward pass: the target index (None: the predicted class), with its logit and probability in `extra`."""
+    """One forward pass: the target index (None: the predicted class, for a multi-label run its most probable label),
+    with its logit and probability (softmax, or that label's sigmoid) in `extra`."""
     with torch.no_grad():
         logits = counted(x)
     pred = int(logits[0].argmax())
     t = resolve_target(target, names, int(logits.shape[-1]), pred)
-    probs = torch.softmax(logits.float(), -1)[0]
+    probs = torch.sigmoid(logits.float())[0] if task == MULTI else torch.softmax(logits.float(), -1)[0]
     extra["logit"] = float(logits[0, t])
     extra["probability"] = float(probs[t])
     extra["predicted"] = pred

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = (
     "accuracy", "macro_f1", "roc_auc_macro", "ece", "best_epoch", "n_val", "n_train", "epochs_run", "train_seconds",
 )  # fmt: skip
+MULTILABEL_SUMMARY_KEYS = ("task", "map", "micro_f1", "subset_accuracy")  # added for a multi-label run
 
 
 class LocalProcessExecutor(Executor):
@@ -559,4 +560,7 @@ def metrics_summary(run_dir: Path) -> dict[str, Any] | None:
         m = rundir.read_metrics(run_dir)
     except RunError:
         return None
-    return None if m is None else {k: m.get(k) for k in SUMMARY_KEYS}
+    if m is None:
+        return None
+    keys = SUMMARY_KEYS + (MULTILABEL_SUMMARY_KEYS if m.get("task") == "multilabel" else ())
+    return {k: m.get(k) for k in keys}

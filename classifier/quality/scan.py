@@ -29,6 +29,7 @@ import pandas as pd
 from classifier.io import atomic_write_json, atomic_write_text, csv_text
 from classifier.quality.find import ISSUE_TYPES, find_issues
 from classifier.quality.probe import C_GRID, REPEATS, out_of_sample_probs
+from classifier.task import MULTI
 from classifier.training.config import TrainConfig
 from classifier.workspace import cache_dir
 
@@ -96,6 +97,7 @@ def scan_dataset(
 
     from classifier.data.dataset import check_trainable, load_dataset
     from classifier.data.features import feature_identity
+    from classifier.data.multilabel import label_matrix
     from classifier.data.splits import assign_splits
     from classifier.models import build_model
     from classifier.training.setup import frozen_features
@@ -109,7 +111,8 @@ def scan_dataset(
     with torch.random.fork_rng(devices=[]):  # seeded random weights (weights none), without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         built = build_model(cfg.backbone, len(index.classes), cfg.weights, img_size=cfg.img_size)
-    samples = [(s.path, s.sha1, index.classes[s.label], sp) for s, sp in zip(index.samples, splits)]
+    names = [";".join(index.classes[c] for c in index.label_indices(s)) for s in index.samples]  # multi: a;b
+    samples = [(s.path, s.sha1, n, sp) for s, n, sp in zip(index.samples, names, splits)]
     identity = feature_identity(built.model, built.data_config, grayscale=cfg.grayscale)
     key = _key(
         {"identity": identity, "samples": samples, "folds": folds, "seed": cfg.seed, "c": C_GRID, "repeats": REPEATS}
@@ -122,7 +125,8 @@ def scan_dataset(
     t1 = time.time()
     features, runtime = frozen_features(cfg, index, built.model, built.data_config, emit)
     t2 = time.time()
-    labels = np.array([s.label for s in index.samples])
+    # Multi-label: the 0/1 matrix, which the probe (one-vs-rest heads) and cleanlab (task "multilabel") take as is.
+    labels = label_matrix(index) if index.task == MULTI else np.array([s.label for s in index.samples])
     probe = out_of_sample_probs(features.numpy(), labels, len(index.classes), folds, cfg.seed,
                                 lambda d, t: emit("probe", d, t))  # fmt: skip
     t3 = time.time()

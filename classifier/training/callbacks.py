@@ -29,7 +29,7 @@ import numpy as np
 
 from classifier import rundir
 from classifier.device import free_memory
-from classifier.metrics import compute_metrics
+from classifier.metrics import compute_metrics, tune_thresholds
 from classifier.training.events import Callback, CancelFit, FitState, OutOfMemoryFailure, StopFit
 
 OOM_MIN_BATCH_SIZE = 1  # below this an out-of-memory error fails the run instead of halving the batch again
@@ -75,15 +75,20 @@ class Schedule(Callback):
 
 
 class MixupCutmix(Callback):
-    """Mixup / CutMix of the batch and its (label-smoothed) targets; the loss then compares probabilities."""
+    """Mixup / CutMix of the batch and its (label-smoothed) targets; the loss then compares probabilities. With
+    `multi_label`, the 0/1 target vectors are mixed as they are (timm's multi-label mixing; the multi-label loss
+    smooths them itself)."""
 
     order = -25
 
-    def __init__(self, mixup: float, cutmix: float, label_smoothing: float, num_classes: int):
+    def __init__(
+        self, mixup: float, cutmix: float, label_smoothing: float, num_classes: int, multi_label: bool = False
+    ):
         from timm.data import Mixup
 
-        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                         num_classes=num_classes)  # fmt: skip
+        smoothing = 0.0 if multi_label else label_smoothing
+        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes,
+                         multi_label=multi_label)  # fmt: skip
 
     def on_batch_start(self, state: FitState) -> None:
         if state.x.shape[0] % 2:  # timm's Mixup pairs samples, so it needs an even batch
@@ -161,7 +166,8 @@ class Throughput(Callback):
 
 
 class SaveBest(Callback):
-    """The best epoch by validation accuracy (ties: lower loss) goes to model.safetensors; its validation
+    """The best epoch by validation accuracy (multi-label: mean average precision; ties: lower loss) goes to
+    model.safetensors; its validation
     probabilities are kept for metrics.json and val_predictions.csv. `write=False` (DDP ranks other than 0) keeps
     track of the best epoch without writing the file."""
 
@@ -172,7 +178,7 @@ class SaveBest(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         val = state.val
-        score = (val["acc"], -val["loss"])
+        score = (val.get("score", val["acc"]), -val["loss"])  # accuracy; mean average precision for multi-label
         if math.isfinite(val["loss"]) and score > state.best_score:
             state.best_score, state.best_epoch, state.best_val = score, state.epoch, val
             if self.write:
@@ -241,26 +247,30 @@ class RunFiles(Callback):
     def _write_metrics(self, state: FitState) -> None:
         probs = state.best_val["probs"]
         classes = self.data.classes
-        metrics = compute_metrics(np.array([y for _, y in self.data.val]), probs, classes)
+        y_val = np.array([y for _, y in self.data.val])
+        thresholds = tune_thresholds(y_val, probs) if state.config.tune_thresholds and len(y_val) else None
+        metrics = compute_metrics(y_val, probs, classes, thresholds=thresholds, tuned=thresholds is not None)
         metrics.update({"best_epoch": state.best_epoch, "epochs_run": len(state.history), "status": state.status,
                         "n_train": len(self.data.train),
                         "train_seconds": round(state.seconds(), 2), "backbone": self.run_config["backbone"],
                         "mode": state.config.mode})  # fmt: skip
         root = self.data.index.root
         paths = [p.relative_to(root).as_posix() for p, _ in self.data.val]
-        rundir.write_val_predictions(state.out_dir, paths, [y for _, y in self.data.val], probs, classes)
+        rundir.write_val_predictions(state.out_dir, paths, y_val, probs, classes, metrics.get("thresholds"))
         if self.data.test:
-            metrics["test"] = self._test_metrics(state)
+            metrics["test"] = self._test_metrics(state, metrics.get("thresholds"))
         rundir.write_metrics(state.out_dir, metrics)
         self.metrics = metrics
 
-    def _test_metrics(self, state: FitState) -> dict[str, Any]:
+    def _test_metrics(self, state: FitState, thresholds: list[float] | None) -> dict[str, Any]:
+        """The test split's metrics (a multi-label run's at the thresholds chosen on validation)."""
         from classifier.predict import load_run, predict_items
 
         device = next(state.model.parameters()).device
         run = load_run(state.out_dir, device=str(device))
         probs = predict_items(run, [p for p, _ in self.data.test])
-        return compute_metrics(np.array([y for _, y in self.data.test]), probs, self.data.classes)
+        return compute_metrics(np.array([y for _, y in self.data.test]), probs, self.data.classes,
+                               thresholds=thresholds)  # fmt: skip
 
 
 class ProgressPrinter(Callback):

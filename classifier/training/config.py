@@ -140,6 +140,17 @@ class TrainConfig:
         label="Label smoothing", min=0.0, max=0.5, format="%.2f",
         auto="0 for linear, which keeps it calibrated; 0.1 for partial and finetune",
     )  # fmt: skip
+    multilabel_loss: str = _field(
+        "bce", "multi-label datasets: the loss on each label's sigmoid", "optimisation", label="Multi-label loss",
+        choices={"bce": "binary cross-entropy per label (label smoothing moves targets towards 0.5)",
+                 "asl": "asymmetric loss (timm's AsymmetricLossMultiLabel): easy negatives count less, for many "
+                 "labels with few positives each"},
+    )  # fmt: skip
+    pos_weight: str = _field(
+        "none", "multi-label datasets: weight of each label's positive images in the loss", "optimisation",
+        label="Positive weight", choices={"none": "every image counts the same",
+                                          "auto": "negatives / positives per label, so rare labels count as much"},
+    )  # fmt: skip
     grad_clip: float = _field(1.0, "largest global gradient norm; 0 = off", "optimisation", label="Gradient clipping")
     time_budget: float | None = _field(
         None, "finish within this many minutes: a short throughput probe picks the mode, epochs and image size you "
@@ -191,6 +202,11 @@ class TrainConfig:
         None, "write the resume checkpoint (last.safetensors) every this many optimizer steps as well as at every "
         "epoch end; 0 = epoch ends only", "output", label="Checkpoint every", unit="steps", min=0,
         auto="after every 2 minutes of training",
+    )  # fmt: skip
+    tune_thresholds: bool = _field(
+        False, "multi-label datasets: per label, the probability threshold that maximises its F1 on validation "
+        "(metrics.json shows it beside 0.5; predict uses it); off = 0.5 for every label", "output",
+        label="Tune thresholds",
     )  # fmt: skip
 
     def resolved(self) -> TrainConfig:

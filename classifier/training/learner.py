@@ -116,6 +116,7 @@ class Learner:
             "train_acc": pos["correct"] / max(1, pos["seen"]),
             "val_loss": s.val["loss"],
             "val_acc": s.val["acc"],
+            **({"val_map": s.val["map"]} if "map" in s.val else {}),  # a multi-label run's score
             "lr": s.lr,
             "seconds": round(train_seconds + time.time() - vt, 3),
             "images_per_sec": pos["seen"] / max(train_seconds, 1e-6),
@@ -171,7 +172,7 @@ class Learner:
         pos["samples"] += drawn
         pos["seen"] += n
         pos["loss_sum"] += s.loss * n
-        pos["correct"] += int((s.logits.argmax(1) == s.y).sum())
+        pos["correct"] += setup.hits(s.logits, s.y)
         pos["seconds"] = time.time() - self._pass_started
         s.step += 1
         s.batch += 1
@@ -189,17 +190,18 @@ class Learner:
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, Any]:
-        """Mean cross-entropy, accuracy and class probabilities (float64, n x C) over `loader`."""
+        """Mean validation loss, accuracy, the best-epoch score and the probabilities (float64, n x C) over `loader`
+        (the task's loss and figures: `TrainingSetup.val_batch` / `val_result`)."""
         self.setup.set_mode(False)
         probs, ys, loss_sum = [], [], 0.0
         for x, y in loader:
             x, y = self.setup.prep_val(x), y.to(self.setup.device, non_blocking=True)
             with self.setup.precision.autocast(training=False):
                 logits = self.setup.forward(x).float()
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            probs.append(torch.softmax(logits, 1).cpu())
+            loss, p = self.setup.val_batch(logits, y)
+            loss_sum += loss
+            probs.append(p.cpu())
             ys.append(y.cpu())
         p = torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros((0, 0))
         yy = torch.cat(ys).numpy() if ys else np.zeros(0, dtype=np.int64)
-        acc = float((p.argmax(1) == yy).mean()) if len(yy) else 0.0
-        return {"loss": loss_sum / max(1, len(yy)), "acc": acc, "probs": p}
+        return self.setup.val_result(loss_sum, p, yy)

@@ -356,5 +356,6 @@ class HeadProbe(Callback):
             # The probe is the run's best so far ("epoch 0"): a fine-tune epoch replaces it only by beating it, so
             # the plan never ends below the linear probe (on hymenoptera 2 partial epochs after a 0.954 probe
             # reached 0.941).
-            outer.best_score, outer.best_epoch, outer.best_val = (val["acc"], -val["loss"]), 0, val
+            score = (val.get("score", val["acc"]), -val["loss"])  # as SaveBest scores: mAP for multi-label
+            outer.best_score, outer.best_epoch, outer.best_val = score, 0, val
             rundir.save_weights(outer.out_dir, self.setup.model.state_dict(), 0)

@@ -32,7 +32,7 @@ from classifier.errors import ClassifierError
 from classifier.models.factory import ArchitectureProbe, default_weights, probe_architecture
 from classifier.models.registry import resolve_backbone
 from classifier.training.config import TrainConfig
-from classifier.training.setup import uses_features
+from classifier.training.setup import check_task_options, uses_features
 
 PARAM_BYTES = 12  # float32 weights + gradients + AdamW's two moments, per parameter
 
@@ -74,6 +74,12 @@ def _data_problem(cfg: TrainConfig, index: DatasetIndex | None) -> tuple[Problem
         check_trainable(index)
     except ClassifierError as e:
         return Problem("data", str(e)), index
+    try:
+        check_task_options(cfg, index.task)  # e.g. a class-imbalance setting on multi-label data
+    except ClassifierError as e:
+        fix = {"imbalance": "none"} if cfg.imbalance != "none" else {"multilabel_loss": "bce", "pos_weight": "none",
+                                                                    "tune_thresholds": False}  # fmt: skip
+        return Problem("config", str(e), fix), index
     return None, index
 
 

@@ -36,6 +36,7 @@ from classifier.device import Precision, pick_device, seed_everything
 from classifier.errors import RunError
 from classifier.models import build_model, resolve_data_config
 from classifier.models.factory import model_from_run_config, set_trainable_mode
+from classifier.task import MULTI
 from classifier.training.callbacks import (
     CancelCallback,
     EarlyStopping,
@@ -218,7 +219,8 @@ def shared_callbacks(cfg: TrainConfig, setup: TrainingSetup) -> list[Callback]:
     """Callbacks that are part of the recipe, so the LR finder uses them too: mixup/cutmix, head warm-up."""
     out: list[Callback] = []
     if cfg.mixup or cfg.cutmix:
-        out.append(MixupCutmix(cfg.mixup, cfg.cutmix, cfg.label_smoothing, len(setup.data.classes)))
+        out.append(MixupCutmix(cfg.mixup, cfg.cutmix, cfg.label_smoothing, len(setup.data.classes),
+                               multi_label=setup.task == MULTI))  # fmt: skip
     if cfg.mode in ("finetune", "partial") and cfg.head_warmup_epochs and not setup.use_features:
         out.append(HeadWarmup(cfg.head_warmup_epochs, lambda on: set_trainable_mode(setup.model, cfg.mode, on)))
     return out
@@ -265,6 +267,7 @@ def _start(
             "weights": built.weights,
             "num_classes": len(data.classes),
             "class_names": data.classes,
+            "task": data.task,
             "data_config": data_config,
             "grayscale": cfg.grayscale,
             "dataset": {
@@ -281,7 +284,7 @@ def _start(
         }
     else:
         # The weights come from the checkpoint: rebuild the architecture without downloading anything.
-        if not rundir.same_split(out_dir, data.split_rows()):
+        if not rundir.same_split(out_dir, data.split_rows(), data.task):
             raise RunError(
                 f"the dataset {cfg.data} changed since run {out_dir} started (its train/val split differs from "
                 "split.csv); cannot resume. Start a new run."
@@ -296,7 +299,7 @@ def _start(
     if ckpt is None and main:
         run_config["device"] = str(setup.device)
         rundir.write_config(out_dir, run_config)
-        rundir.write_split(out_dir, data.split_rows())
+        rundir.write_split(out_dir, data.split_rows(), data.task)
     if cfg.auto_batch_size and setup.device.type == "cuda" and not setup.use_features:
         _auto_batch_size(cfg, setup, run_config, out_dir, saved, ranks)
     return run_config, setup, plan

@@ -10,6 +10,12 @@ both build it here, so a range test uses exactly what a run with the same settin
 A linear probe without augmentation (`use_features`) runs the frozen backbone once over every image and trains
 the head on the stored features, which takes seconds on a CPU.
 
+The task (`classifier.task`) decides the targets, the loss and the validation figures, here and nowhere else in
+training: single-label targets are class indices, trained with (class-weighted, label-smoothed) cross-entropy and
+validated by accuracy; multi-label targets are 0/1 vectors, trained with binary cross-entropy on each label's
+sigmoid (optionally `pos_weight` = negatives / positives per label) or timm's asymmetric loss, validated by mean
+average precision (the best epoch's score) and exact-match accuracy at threshold 0.5.
+
 In a DDP run (`ranks`, see `classifier.training.distributed`) the model is on this rank's device and wrapped in
 DistributedDataParallel, the sampler yields this rank's slice of each global batch, decoding and features are shared
 out between the ranks, and validation scores this rank's slice (`gather_val` puts the slices back together).
@@ -34,13 +40,16 @@ from classifier.data.loader import ImageListDataset, draft_size
 from classifier.data.splits import assign_splits
 from classifier.data.transforms import TensorPipeline, eval_transform, train_transform
 from classifier.device import Precision, configure_threads, default_workers, loader_kwargs, pick_device
+from classifier.errors import ClassifierError
+from classifier.metrics import mean_average_precision
 from classifier.models import extract_features, freeze_bn_stats, set_trainable, set_trainable_mode
+from classifier.task import MULTI, SINGLE, join_labels, label_separator
 from classifier.training import precision
 from classifier.training.config import TrainConfig
 from classifier.training.distributed import Ranks
 from classifier.training.resume import EpochSampler
 
-Items = list[tuple[Path, int]]
+Items = list[tuple[Path, Any]]  # (image path, target): a class index, or a float32 0/1 vector per label (multi-label)
 
 
 @dataclass
@@ -57,19 +66,55 @@ class SplitData:
     def classes(self) -> list[str]:
         return list(self.index.classes)
 
+    @property
+    def task(self) -> str:
+        return self.index.task
+
     def split_rows(self) -> list[tuple[str, str, str]]:
-        """(path relative to the dataset root, class name, split) per image: split.csv's rows."""
+        """(path relative to the dataset root, class name, split) per image: split.csv's rows (a multi-label
+        image's labels in one cell, `classifier.task.label_separator`)."""
         names = self.index.classes
-        return [(s.path, names[s.label], sp) for s, sp in zip(self.index.samples, self.splits)]
+        sep = label_separator(names) if self.task == MULTI else ""
+        return [
+            (s.path, join_labels([names[c] for c in self.index.label_indices(s)], sep) if sep else names[s.label], sp)
+            for s, sp in zip(self.index.samples, self.splits)
+        ]
+
+
+def targets(index: DatasetIndex) -> list[Any]:
+    """Each sample's training target: its class index, or (multi-label) a float32 0/1 vector over the labels."""
+    if index.task != MULTI:
+        return [s.label for s in index.samples]
+    eye = np.eye(len(index.classes), dtype=np.float32)
+    return [eye[list(s.labels or ())].sum(axis=0) for s in index.samples]
 
 
 def split_data(index: DatasetIndex, cfg: TrainConfig) -> SplitData:
     splits = assign_splits(index, cfg.val_split, cfg.test_split, cfg.seed)
+    ys = targets(index)
 
     def items(split: str) -> Items:
-        return [(index.root / s.path, s.label) for s, sp in zip(index.samples, splits) if sp == split]
+        return [(index.root / s.path, y) for s, y, sp in zip(index.samples, ys, splits) if sp == split]
 
     return SplitData(index, splits, items("train"), items("val"), items("test"))
+
+
+def check_task_options(cfg: TrainConfig, task: str) -> None:
+    """ClassifierError when a setting does not apply to the dataset's task (said before anything trains)."""
+    if task == MULTI:
+        if cfg.imbalance != "none":
+            raise ClassifierError(
+                f"imbalance {cfg.imbalance!r} is for single-label datasets; for rare labels of a multi-label dataset "
+                "use --pos-weight auto (or the asymmetric loss, --multilabel-loss asl)"
+            )
+        return
+    changed = [n for n, v in (("multilabel_loss", cfg.multilabel_loss != "bce"), ("pos_weight", cfg.pos_weight !=
+               "none"), ("tune_thresholds", cfg.tune_thresholds)) if v]  # fmt: skip
+    if changed:
+        raise ClassifierError(
+            f"{', '.join(changed)} applies to multi-label datasets (a labels column or one 0/1 column per label); "
+            f"{cfg.data} has one class per image"
+        )
 
 
 def frozen_features(
@@ -82,7 +127,7 @@ def frozen_features(
     """Pre-logit features of every image of `index`, in its order, exactly as a linear probe with `cfg`'s backbone
     and preprocessing computes them and through the same caches, so a probe run reuses the data-quality scan's
     features and the scan a run's. Also the setup's `runtime` (device, cache and features computed/reused)."""
-    items = [(index.root / s.path, s.label) for s in index.samples]
+    items = [(index.root / s.path, y) for s, y in zip(index.samples, targets(index))]
     data = SplitData(index, ["train"] * len(items), items, [], [])
     probe = replace(cfg.resolved(), mode="linear", augment="none", mixup=0.0, cutmix=0.0)
     setup = TrainingSetup(probe, data, model, data_config)
@@ -110,6 +155,36 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return torch.sum(-target * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
+def positive_weights(train: np.ndarray) -> np.ndarray:
+    """`pos_weight auto`: negatives / positives of each label among the training images, the weight
+    `BCEWithLogitsLoss` gives a positive so a rare label's positives count as much as its negatives. A label on
+    every training image has no negatives to balance: weight 1 (0 would silence its positives, leaving its
+    probability at the untrained 0.5)."""
+    pos = train.sum(axis=0)
+    neg = len(train) - pos
+    return np.where(neg > 0, neg / np.maximum(pos, 1), 1.0).astype(np.float32)
+
+
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy on each label's sigmoid (mean over images and labels) or timm's asymmetric loss (sum over
+    labels, mean over images), against 0/1 or mixed targets; label smoothing moves each target towards 0.5 by
+    `smoothing / 2`, as timm's multi-label mixup does."""
+
+    def __init__(self, kind: str, smoothing: float, pos_weight: torch.Tensor | None):
+        super().__init__()
+        self.kind, self.smoothing, self.pos_weight = kind, smoothing, pos_weight
+        if kind == "asl":
+            from timm.loss import AsymmetricLossMultiLabel
+
+            self.asl = AsymmetricLossMultiLabel(smoothing=smoothing, pos_weight=pos_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.kind == "asl":
+            return self.asl(logits, target)
+        y = target.float() * (1.0 - self.smoothing) + 0.5 * self.smoothing
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=self.pos_weight)
+
+
 class TrainingSetup:
     """The model, data path, optimizer and loss for one config; `prepare` does the work that takes time."""
 
@@ -123,6 +198,8 @@ class TrainingSetup:
         saved_runtime: dict[str, Any] | None = None,
     ):
         self.cfg, self.data, self.model, self.data_config, self.ranks = cfg, data, model, data_config, ranks
+        self.task = data.task
+        check_task_options(cfg, self.task)
         self.device = pick_device(cfg.device) if ranks is None else ranks.device(pick_device(cfg.device))
         self.use_features = uses_features(cfg)
         self.precision, probe = self._precision(saved_runtime)
@@ -133,7 +210,7 @@ class TrainingSetup:
         if self.cache_mode == "auto" and ranks is not None and ranks.world > 1:
             self.cache_mode = "disk"  # one memory-mapped file in the page cache, not a copy per rank
         self.cache_side = side
-        train_labels = [y for _, y in data.train]
+        train_labels = [y for _, y in data.train] if self.task == SINGLE else [0] * len(data.train)
         rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
         self.sampler = EpochSampler(train_labels, cfg.seed, balanced=cfg.imbalance == "sampler", rank=rank, world=world)
         self.loader_gen = torch.Generator()  # the loader's own seed source, so it never draws from the global RNG
@@ -146,7 +223,7 @@ class TrainingSetup:
             **({"precision_probe": probe} if probe else {}),
             **({"nproc": world, "backend": ranks.backend} if ranks is not None else {}),
         }
-        self._loss = nn.CrossEntropyLoss(weight=self._class_weights(train_labels), label_smoothing=cfg.label_smoothing)
+        self._loss = self._make_loss()
         self.train_prep: Callable | None = None
         self.val_prep: Callable | None = None
         self.train_ds: Dataset | None = None
@@ -154,6 +231,18 @@ class TrainingSetup:
         self.optimizer: torch.optim.Optimizer | None = None
         self.params: list[nn.Parameter] = []
         self._data_kw: dict[str, Any] = {}
+
+    def _make_loss(self) -> nn.Module:
+        """The task's training loss: class-weighted, label-smoothed cross-entropy, or `MultiLabelLoss`."""
+        cfg = self.cfg
+        if self.task == MULTI:
+            weights = None
+            if cfg.pos_weight == "auto":
+                train = np.stack([y for _, y in self.data.train]) if self.data.train else np.zeros((0, 0))
+                weights = torch.tensor(positive_weights(train), device=self.device)
+            return MultiLabelLoss(cfg.multilabel_loss, cfg.label_smoothing, weights)
+        return nn.CrossEntropyLoss(weight=self._class_weights([y for _, y in self.data.train]),
+                                   label_smoothing=cfg.label_smoothing)  # fmt: skip
 
     def _precision(self, saved_runtime: dict[str, Any] | None) -> tuple[Precision, dict[str, Any] | None]:
         """The run's precision: as recorded when resuming; bf16 on a CPU only where it measures fastest for this
@@ -258,9 +347,9 @@ class TrainingSetup:
             computed += result.computed
             emit("features", done, total)
         self.runtime["features"] = {"computed": computed, "reused": total - computed}
-        self.train_ds = TensorDataset(feats[0], torch.tensor(train_labels, dtype=torch.long))
+        self.train_ds = TensorDataset(feats[0], self._target_tensor(train_labels))
         if validate:
-            self.val_ds = TensorDataset(feats[1], torch.tensor(val_labels, dtype=torch.long))
+            self.val_ds = TensorDataset(feats[1], self._target_tensor(val_labels))
         self.train_prep = self.val_prep = None
         self._data_kw = {}
         self._head = self.model.get_classifier()
@@ -268,6 +357,11 @@ class TrainingSetup:
         self.params = list(self._head.parameters())
         if self.ranks is not None:
             self._head = self.ranks.wrap(self._head)
+
+    def _target_tensor(self, ys: list[Any]) -> torch.Tensor:
+        if self.task == MULTI:
+            return torch.from_numpy(np.stack(ys)) if ys else torch.zeros((0, len(self.data.classes)))
+        return torch.tensor(ys, dtype=torch.long)
 
     @torch.no_grad()
     def _features(self, dataset: Dataset, progress: Callable[[int], None], training: bool) -> torch.Tensor:
@@ -313,9 +407,37 @@ class TrainingSetup:
             return val
         parts = self.ranks.gather((val["loss"] * len(val["probs"]), val["probs"]))
         probs = np.concatenate([p for _, p in parts if len(p)]) if any(len(p) for _, p in parts) else val["probs"]
-        labels = np.array([y for _, y in self.data.val], dtype=np.int64)
-        acc = float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0
-        return {"loss": sum(s for s, _ in parts) / max(1, len(labels)), "acc": acc, "probs": probs}
+        labels = np.array([y for _, y in self.data.val])
+        return self.val_result(sum(s for s, _ in parts), probs, labels)
+
+    # --- the task's figures: what the learner counts and validates -------------------------------------------------
+
+    def hits(self, logits: torch.Tensor, y: torch.Tensor) -> int:
+        """Images of the batch answered right: the top class, or (multi-label) every label at threshold 0.5."""
+        if self.task == MULTI:
+            return int(((logits > 0) == (y > 0.5)).all(dim=1).sum())
+        return int((logits.argmax(1) == y).sum())
+
+    def val_batch(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """(summed validation loss, probabilities) of a batch: plain cross-entropy and softmax, or (multi-label) binary
+        cross-entropy averaged over the labels and the sigmoid. Never the training loss's weights or smoothing, so
+        validation losses compare across settings."""
+        if self.task == MULTI:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, y.float(), reduction="none").mean(1).sum()
+            return float(loss), torch.sigmoid(logits)
+        return float(nn.functional.cross_entropy(logits, y, reduction="sum")), torch.softmax(logits, 1)
+
+    def val_result(self, loss_sum: float, probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Validation's figures: loss, acc (exact-match share), the score the best epoch is chosen by (accuracy;
+        multi-label: mean average precision, also kept as `map`) and the probabilities."""
+        n = len(labels)
+        out: dict[str, Any] = {"loss": loss_sum / max(1, n), "probs": probs}
+        if self.task == MULTI:
+            out["acc"] = float(((probs >= 0.5) == (labels > 0.5)).all(axis=1).mean()) if n else 0.0
+            out["map"] = out["score"] = mean_average_precision(labels, probs) if n else 0.0
+        else:
+            out["acc"] = out["score"] = float((probs.argmax(1) == labels).mean()) if n else 0.0
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_features:
@@ -333,7 +455,10 @@ class TrainingSetup:
             freeze_bn_stats(self.model)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Class-weighted, label-smoothed cross-entropy; soft cross-entropy for mixed (probability) targets."""
+        """Class-weighted, label-smoothed cross-entropy; soft cross-entropy for mixed (probability) targets; the
+        multi-label loss for multi-label targets."""
+        if self.task == MULTI:
+            return self._loss(logits, target)
         if target.is_floating_point() and target.ndim == 2:
             return soft_cross_entropy(logits, target)
         return self._loss(logits, target)

@@ -535,8 +535,9 @@ def _best_pytorch(speed: dict[str, float]) -> tuple[float, str]:
 
 
 def _headline_accuracy(run: LoadedRun) -> float | None:
+    """The run's own accuracy from metrics.json: exact-match (subset) accuracy for a multi-label run, as checked."""
     metrics = rundir.read_metrics(run.run_dir) or {}
-    return _round(metrics.get("accuracy"))
+    return _round(metrics.get("subset_accuracy" if run.task == MULTI else "accuracy"))
 
 
 def _check_batch_one(check: Check, probs: np.ndarray, single: np.ndarray, thresholds: Any = None) -> None:

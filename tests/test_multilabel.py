@@ -314,6 +314,8 @@ def test_evaluate_export_and_report(ml_run, tmp_path, capsys):
         (ml_run / "metrics.json").read_text())["thresholds"])  # fmt: skip
     report = export_run(ml_run, "onnx", tmp_path / "b.zip", bench_seconds=0.2)
     assert report.status == "ok" and report.check.top1_agreement == 1.0 and report.check.max_prob_diff < 1e-3
+    # checked on every validation image: the run's own exact-match accuracy is what PyTorch gives here
+    assert report.headline_accuracy == pytest.approx(m["subset_accuracy"], abs=1e-4) == report.pytorch_accuracy
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "b.zip") as z:

@@ -71,6 +71,16 @@ def field(page: sync_api.Page, label: str) -> sync_api.Locator:
     return page.locator(f'{current} input[aria-label="{label}"]')
 
 
+def rerun_over(page: sync_api.Page) -> None:
+    """Wait until the app has no rerun in flight: nothing on the page is stale and the running indicator is gone."""
+    page.wait_for_timeout(300)  # the rerun starts after the click's message reaches the server
+    page.wait_for_function(
+        """() => !document.querySelector('[data-stale="true"]')
+                 && !document.querySelector('[data-testid="stStatusWidget"] button')""",
+        timeout=STEP_MS,
+    )
+
+
 def assert_clean(page: sync_api.Page) -> None:
     """No Streamlit exception box and no error alert on the page."""
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
@@ -377,6 +387,12 @@ def test_settings_stay_through_page_switches_and_a_reload(server: Server, browse
     switch_to(page, url, "train", "Train")
     expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value(dataset, timeout=STEP_MS)
     page.locator('[data-testid="stRadioOption"]', has_text="Linear probe").click()
+    # The mode has fields of its own (Epochs: 20 for a linear probe): fill them once the rerun it starts has ended,
+    # or a value typed into the fine-tune field is replaced by the linear probe's (seen: 20 where 5 was typed).
+    expect(page.locator('[data-testid="stRadioOption"][data-selected="true"]')).to_have_text(
+        re.compile("Linear probe"), timeout=STEP_MS
+    )
+    rerun_over(page)
     wanted = {"Epochs": "5", "Learning rate": "0.010000", "Image size": "96", "Run name (optional)": "kept-run"}
     for label, value in wanted.items():
         box = field(page, label)
@@ -455,8 +471,17 @@ def test_multilabel_run_through_evaluate_explain_and_predict(server: Server, bro
 
     switch_to(page, url, "train", "Train")
     expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("demo-multilabel-seed0")
+    # Backbone and weights set, not assumed: the Train page keeps the last settings used in this workspace
+    choose(page, "Backbone", "efficientnet_lite0")
+    rerun_over(page)
+    expect(page.get_by_role("combobox", name="Weights", exact=True)).to_have_value("ImageNet, bundled (offline)")
     page.locator('[data-testid="stRadioOption"]', has_text="Linear probe").click()
-    page.locator('[data-testid="stCheckbox"]', has_text="Tune thresholds").click()
+    rerun_over(page)  # a click during the mode's rerun can land on a field that is about to be replaced
+    tune = page.locator('[data-testid="stCheckbox"]', has_text="Tune thresholds")
+    if not tune.locator("input").is_checked():  # the page may keep it from an earlier walk in this workspace
+        tune.click()
+    expect(tune.locator("input")).to_be_checked(timeout=STEP_MS)
+    rerun_over(page)
     # Epochs set, not assumed: the Train page keeps the last settings used in this workspace (the walks above)
     for label, value in (("Epochs", "20"), ("Image size", "128"), ("Run name (optional)", name)):
         box = field(page, label)
@@ -489,6 +514,7 @@ def evaluate_then_explain(page: sync_api.Page, url: str, name: str, backbone: st
     expect(page.get_by_text(re.compile(r"5 labels \(multi-label: any number per image\) · thresholds tuned"))
            ).to_be_visible()  # fmt: skip
     choose(page, "Images", "all")
+    rerun_over(page)  # the gallery read below must be the one its Explain buttons belong to
     gallery = page.locator('[data-testid="stCaptionContainer"]', has_text=re.compile(r"^p\(.* · threshold "))
     expect(gallery.first).to_be_visible(timeout=STEP_MS)
     first_path = gallery.first.locator("code").inner_text()

@@ -54,3 +54,46 @@ def test_a_small_model_trains_in_float32_without_measuring(monkeypatch):
     assert chosen == Precision(CPU) and probe["chosen"] == "float32" and "small model" in probe["why"]
     resnet = timm.create_model("resnet18", num_classes=2, pretrained=False)
     assert P.choose(resnet, BF16, (3, 64, 64), 2, training=True)[0] == Precision(CPU)
+
+
+def test_measuring_leaves_the_model_and_the_random_state_alone():
+    torch.manual_seed(5)
+    model = timm.create_model("resnet18", num_classes=2, pretrained=False, drop_rate=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    seconds = P.time_ways(model, P.candidates(CPU), (3, 112, 112), 2, training=True)
+    assert set(seconds) == set(P.candidates(CPU)) and all(s > 0 for s in seconds.values())
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+    assert all(p.grad is None for p in model.parameters())
+    assert next(model.parameters()).is_contiguous()  # the run's own model keeps its layout
+
+
+@pytest.mark.parametrize("way", list(P.candidates(CPU)))
+def test_a_resumed_run_rebuilds_the_precision_it_recorded(way):
+    p = P.candidates(CPU)[way]
+    runtime = {"amp": p.amp_name, "channels_last": p.channels_last}
+    assert P.from_runtime(CPU, runtime) == p
+    assert P.from_runtime(CPU, {}) is None
+
+
+def test_a_resumed_run_trains_in_the_precision_it_started_in(demo_dir, tmp_path, monkeypatch):
+    """The measurement is not repeated on resume: the run's config.json says how it trained."""
+    from classifier import rundir
+    from classifier.training import TrainConfig, fit
+    from classifier.training.events import Callback
+
+    cfg = TrainConfig(data=str(demo_dir), backbone="simple_cnn", weights="none", img_size=32, epochs=2, batch_size=8,
+                      num_workers=0, device="cpu", seed=0, checkpoint_every_steps=1)  # fmt: skip
+
+    class Steps(Callback):
+        seen = 0
+
+        def on_batch_end(self, state):
+            Steps.seen += 1
+
+    stopped = fit(cfg, tmp_path / "run", [Steps()], should_cancel=lambda: Steps.seen >= 3)
+    assert stopped.status == "cancelled" and (tmp_path / "run" / rundir.RESUME).is_file()
+    monkeypatch.setattr(P, "choose", lambda *a, **k: pytest.fail("measured again on resume"))
+    assert fit(None, tmp_path / "run", resume=True).status == "completed"

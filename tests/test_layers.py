@@ -129,3 +129,28 @@ def test_lazy_packages_declare_their_names_statically(package):
     assert static == pkg._OWNER
     assert sorted(pkg.__all__) == sorted(pkg._OWNER)
     assert all(getattr(pkg, name) is not None for name in pkg.__all__)
+
+
+# Quoted run-file names that are not the run folder's: a DDP launch's temporary request, the Hub cache's file names,
+# and the download bundle's own standalone predict script (it cannot import the package).
+NOT_THE_RUN_FOLDER = {
+    ("classifier/training/run.py", "config.json"),
+    ("classifier/models/weights.py", "model.safetensors"),
+    ("classifier/bundle_predict.py", "config.json"),
+}
+
+
+def test_only_rundir_spells_a_run_file_name():
+    from classifier import rundir
+
+    names = [rundir.CONFIG, rundir.WEIGHTS, rundir.METRICS, rundir.HISTORY, rundir.SPLIT, rundir.VAL_PREDICTIONS,
+             rundir.RESUME, rundir.ENSEMBLE, rundir.PROGRESS]  # fmt: skip
+    found = []
+    for folder in ("classifier", "ui", "app_pages"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel == "classifier/rundir.py":
+                continue
+            text = path.read_text(encoding="utf-8")
+            found += [(rel, n) for n in names if (f'"{n}"' in text or f"'{n}'" in text)]
+    assert [f for f in found if f not in NOT_THE_RUN_FOLDER] == []

@@ -200,12 +200,13 @@ def test_user_walks_through_the_app(server: Server, browser: sync_api.Browser, s
     page.locator('[data-testid="stRadioOption"]', has_text="Linear probe").click()
     expect(page.locator('[data-testid="stRadioOption"][data-selected="true"]')).to_have_text(re.compile("Linear probe"))
     expect(field(page, "Epochs")).to_have_value("20", timeout=STEP_MS)  # a widget per mode; 20: the linear default
+    rerun_over(page)  # a value typed while the mode's rerun replaces the fields would be lost or cut short
     for label, value in (("Epochs", "8"), ("Image size", "128"), ("Run name (optional)", RUN_NAME)):
         box = field(page, label)
         box.fill(value)
         box.press("Enter")
         expect(box).to_have_value(value)
-    page.wait_for_timeout(1000)  # let the last widget rerun land before clicking
+        rerun_over(page)
     page.get_by_role("button", name="Start training").click()
     expect(page.locator('[data-testid="stProgress"]')).to_be_visible(timeout=STEP_MS)
     expect(run_line(page)).to_contain_text("running", timeout=60_000)
@@ -399,7 +400,7 @@ def test_settings_stay_through_page_switches_and_a_reload(server: Server, browse
         box.fill(value)
         box.press("Enter")
         expect(box).to_have_value(value, timeout=STEP_MS)
-        page.wait_for_timeout(500)
+        rerun_over(page)
 
     def check_fields() -> None:
         expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value(dataset, timeout=STEP_MS)
@@ -488,7 +489,7 @@ def test_multilabel_run_through_evaluate_explain_and_predict(server: Server, bro
         box.fill(value)
         box.press("Enter")
         expect(box).to_have_value(value)
-    page.wait_for_timeout(1000)
+        rerun_over(page)
     page.get_by_role("button", name="Start training").click()
     line = page.locator('[data-testid="stMarkdownContainer"] p', has_text=f"{name} —")
     expect(line).to_contain_text("completed", timeout=240_000)

@@ -95,6 +95,9 @@ def test_first_failure_names_the_killed_rank_before_the_peers_it_broke():
     assert user.user_error and "no images" in str(user)
     silent = first_failure({1: failure(3)})
     assert "exited with code 3" in str(silent) and not silent.user_error
+    # recorded its error, then aborted while the process group tore down (seen in a full test run): it failed
+    aborted = first_failure({0: failure(-15), 1: failure(-6, "RuntimeError: boom", ts=9)})
+    assert isinstance(aborted, RankFailure) and str(aborted) == "rank 1: RuntimeError: boom"
 
 
 class ThreadGroup:

@@ -261,20 +261,29 @@ def _rank_environment(nproc: int) -> Iterator[None]:
 
 def first_failure(failures: dict[int, Any]) -> RankFailure | RankInterrupted:
     """The root cause among torchrun's failed ranks ({rank: ProcessFailure}): a rank killed by a signal other than
-    the SIGTERM torchrun itself sends (the others lose their peer because of it), else the earliest error."""
-    killed = {r: f for r, f in failures.items() if f.exitcode < 0 and f.exitcode != -signal.SIGTERM}
+    the SIGTERM torchrun itself sends (the others lose their peer because of it), else the earliest error. A rank
+    that recorded its own error and then died of a signal while shutting down (seen: SIGABRT from the process group's
+    teardown after an exception) failed with that error; it was not killed."""
+    killed = {
+        r: f for r, f in failures.items() if f.exitcode < 0 and f.exitcode != -signal.SIGTERM and not _recorded(f)
+    }
     if killed:
         rank = min(killed)
         return RankInterrupted(f"rank {rank} of the DDP run was killed ({killed[rank].signal_name()})", rank)
     rank = min(failures, key=lambda r: (failures[r].timestamp, r))
     f = failures[rank]
-    if f.exitcode < 0:
+    wrote = _recorded(f)
+    if f.exitcode < 0 and not wrote:
         return RankInterrupted(f"rank {rank} of the DDP run was stopped ({f.signal_name()})", rank)
-    wrote = f.error_file_data.get("message") not in (None, "<NONE>")  # torchrun's marker for "no error file"
     message = (f.message if wrote and isinstance(f.message, str) else "") or (
         f"exited with code {f.exitcode} without an error message (see the log)"
     )
     return RankFailure(f"rank {rank}: {message}", rank, user_error=f.exitcode == USER_ERROR_EXIT)
+
+
+def _recorded(failure: Any) -> bool:
+    """Whether the rank left its own error message (torchrun's marker for "no error file" is "<NONE>")."""
+    return (failure.error_file_data or {}).get("message") not in (None, "<NONE>")
 
 
 # --- the rank's side -----------------------------------------------------------------------------------------------

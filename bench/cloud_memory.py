@@ -32,25 +32,25 @@ sys.path.insert(0, str(ROOT / "tests"))
 BOUND_MB = 2500
 
 
-def rss_mb(pid: int) -> float:
+def proc_mb(pid: int, file: str, field: str) -> float:
+    """The kB figure `field` of /proc/PID/`file`, in MB; 0 when the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size (shared pages counted in every process that maps them)."""
+    return proc_mb(pid, "status", "VmRSS:")
 
 
 def pss_mb(pid: int) -> float:
     """Proportional set size (shared pages divided among the processes that map them)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return proc_mb(pid, "smaps_rollup", "Pss:")
 
 
 def descendants(pid: int) -> list[int]:

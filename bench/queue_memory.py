@@ -26,19 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cloud_memory import rss_mb  # noqa: E402  (bench/ is on the path: the script's own folder)
+
 QUEUED = 30
 OLD_WAY = 3
 SETTLE_S = 40.0  # long enough for a started process to import torch and reach the lock
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def main() -> int:

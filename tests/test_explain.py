@@ -481,8 +481,9 @@ def test_exif_rotated_jpeg_gives_upright_map(tmp_path):
     "backbone, layer",
     [
         ("resnet18", "layer4"),
-        ("efficientnet_lite0", "conv_head"),
-        ("tf_efficientnet_lite0", "conv_head"),
+        ("efficientnet_lite0", "blocks.5"),  # the stage before the last: it points better (see _efficientnet_layer)
+        ("tf_efficientnet_lite0", "blocks.5"),
+        ("tf_efficientnetv2_b0", "conv_head"),  # its last stage halves the resolution: blocks.4 would be coarser
         ("mobilenetv3_large_100", "blocks.6"),
         ("convnext_tiny", "stages.3"),
         ("simple_cnn", "features.6"),

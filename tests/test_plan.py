@@ -28,7 +28,8 @@ N_TRAIN, N_VAL = 2936, 734
 
 def test_plan_prefers_full_then_partial_then_linear():
     roomy = P.choose_plan(TrainConfig(), 4 * 3600, N_TRAIN, N_VAL, CPU, pretrained=True)
-    assert (roomy.mode, roomy.epochs, roomy.img_size, roomy.fits) == ("finetune", 8, 224, True)
+    assert (roomy.mode, roomy.epochs, roomy.img_size, roomy.fits) == ("finetune", P.MAX_FULL_EPOCHS, 224, True)
+    assert roomy.head_epochs == P.HEAD_EPOCHS and "full fine-tune after a linear probe of the head" in roomy.summary()
     # 12 minutes: a full fine-tune of 5 epochs takes ~27 min; a partial one of 3 epochs at 224 px ~10 min
     default = P.choose_plan(TrainConfig(), 12 * 60, N_TRAIN, N_VAL, CPU, pretrained=True)
     assert default.mode == "partial" and default.head_epochs == P.HEAD_EPOCHS and default.fits
@@ -49,7 +50,8 @@ def test_plan_only_chooses_what_the_user_left_unset():
     planned = P.apply_plan(TrainConfig(data="x", epochs=2, img_size=192, lr=0.01), p).resolved()
     assert planned.mode == p.mode and planned.epochs == 2 and planned.lr == 0.01
     scratch = P.choose_plan(TrainConfig(), 12 * 60, N_TRAIN, N_VAL, CPU, pretrained=False)
-    assert scratch.mode == "finetune"  # no linear probe or partial fine-tune of random weights
+    assert scratch.mode == "finetune" and scratch.head_epochs == 0  # no probe or partial fine-tune of random weights
+    assert scratch.summary().startswith("plan for 12.0 min: full fine-tune, ")
 
 
 def test_budget_applies_only_to_unset_cpu_defaults():
@@ -98,14 +100,15 @@ def test_partial_trains_the_last_stages_and_the_head():
     assert {n for n, p in m.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
 
 
-def test_fit_with_a_budget_plans_probes_the_head_and_records_why(demo_dir, tmp_path, monkeypatch):
-    """A real fit: the measured throughput is replaced so that the partial fine-tune is the plan; the head is
-    trained on frozen features first, and config.json records the plan and the probe's accuracy."""
+@pytest.mark.parametrize("mode, full_step", [("partial", 1.0), ("finetune", 1 / 200)])
+def test_fit_with_a_budget_plans_probes_the_head_and_records_why(demo_dir, tmp_path, monkeypatch, mode, full_step):
+    """A real fit: the measured throughput is replaced so that a partial (or a full) fine-tune is the plan; the
+    head is trained on frozen features first, and config.json records the plan and the probe's accuracy."""
     calls = []
 
     def fake_measure(model, side, precision, n_classes, sample_paths=(), draft=None):
         calls.append(side)
-        return _tp(1 / 400, 1 / 200, 1.0, side=side)
+        return _tp(1 / 400, 1 / 200, full_step, side=side)
 
     monkeypatch.setattr("classifier.training.run.measure_throughput", fake_measure)
     # 4 minutes: the planned epochs are quick here, and a loaded machine still finishes one before the deadline
@@ -115,13 +118,14 @@ def test_fit_with_a_budget_plans_probes_the_head_and_records_why(demo_dir, tmp_p
     assert result.status == "completed" and calls == [64]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     plan = saved["plan"]
-    assert plan["mode"] == "partial" and saved["train"]["mode"] == "partial"
+    assert plan["mode"] == mode and saved["train"]["mode"] == mode and plan["head_epochs"] == P.HEAD_EPOCHS
     assert saved["train"]["epochs"] == plan["epochs"] and 1 <= len(result.history) <= plan["epochs"]  # on time
     assert saved["train"]["img_size"] == 64 and plan["chosen"] == ["mode", "epochs"]
     assert plan["head_probe_val_acc"] > 0.4  # 5 classes: chance is 0.2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["accuracy"] >= plan["head_probe_val_acc"]  # the probe (epoch 0) is kept unless an epoch beats it
-    assert result.plan["summary"].startswith("plan for 4.0 min: fine-tune of the last blocks")
+    what = {"partial": "fine-tune of the last blocks", "finetune": "full fine-tune"}[mode]
+    assert result.plan["summary"].startswith(f"plan for 4.0 min: {what} after a linear probe of the head")
 
 
 def test_a_run_that_cannot_fit_stops_on_time_with_its_best_epoch(demo_dir, tmp_path):

@@ -2,6 +2,7 @@
 
     python bench/quality.py                       # hymenoptera, 10 % of training labels flipped, seeds 0-4
     python bench/quality.py --seeds 0 --skip-timing
+    python bench/quality.py --backbone efficientnet_lite2 --skip-timing  # a larger offline backbone for the scan
     python bench/quality.py --timing-images 3000  # the scan's time on 3000 generated images (minutes on 2 cores)
 
 For each seed, in a fresh workspace (cold caches), through the public API and dataset versions as a user would:
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 
 
-def flip_and_find(data: str, seed: int, noise: float, out: Path, modes: list[str]) -> dict:
+def flip_and_find(data: str, seed: int, noise: float, out: Path, modes: list[str], backbone: str) -> dict:
     """One seed of steps 1-4 in the workspace `out` (set by the caller)."""
     from classifier.data.dataset import index_dataset, load_dataset, save_version
     from classifier.data.splits import assign_splits
@@ -59,7 +60,7 @@ def flip_and_find(data: str, seed: int, noise: float, out: Path, modes: list[str
     v1 = save_version(data, Edits(relabel=noisy), note=f"{len(noisy)} labels flipped, seed {seed}")
 
     t0 = time.time()
-    scan = scan_dataset(TrainConfig(data=data, data_version=v1, seed=0))
+    scan = scan_dataset(TrainConfig(data=data, data_version=v1, seed=0, backbone=backbone))
     scan_s = time.time() - t0
     ranked = scan.images.sort_values("label_score", ascending=False, kind="stable")["path"].tolist()
     n = len(flipped)
@@ -127,8 +128,8 @@ def timing(n_images: int, out: Path) -> dict:
     return {"images": len(files.samples), "cold": cold, "after_edit": again}
 
 
-def report(rows: list[dict], noise: float) -> None:
-    print(f"\n### Flip {noise:.0%} of the training labels and find them (hymenoptera, EfficientNet-Lite0 features)\n")
+def report(rows: list[dict], noise: float, backbone: str) -> None:
+    print(f"\n### Flip {noise:.0%} of the training labels and find them (hymenoptera, {backbone} features)\n")
     print("| seed | flipped | recall@k/2 | recall@k (precision) | recall@2k (precision) | cleanlab flags: n, recall, "
           "precision | recall@k among training images | scan s (features computed) | probe C |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
@@ -176,6 +177,7 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--timing-images", type=int, default=3000)
     p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="the scan's frozen backbone (the runs: Lite0)")
     p.add_argument("--modes", nargs="+", default=["linear"], choices=["linear", "finetune"],
                    help="finetune: the default fine-tune recipe too (hours on 2 busy cores)")  # fmt: skip
     a = p.parse_args()
@@ -193,11 +195,11 @@ def main() -> None:
                     if rows:
                         shutil.copytree(Path(caches) / "cache", workspace / "cache")
                     os.environ["CLASSIFIER_WORKSPACE"] = str(workspace)
-                    rows.append(flip_and_find(a.data, seed, a.noise, Path(tmp), a.modes))
+                    rows.append(flip_and_find(a.data, seed, a.noise, Path(tmp), a.modes, a.backbone))
                     if len(rows) == 1:
                         shutil.copytree(workspace / "cache", Path(caches) / "cache")
                 print(f"seed {seed} done (load average {os.getloadavg()[0]:.2f})", file=sys.stderr)
-        report(rows, a.noise)
+        report(rows, a.noise, a.backbone)
     else:
         print(f"{a.data} not found: skipping the flip-and-find part")
     if not a.skip_timing:

@@ -164,3 +164,18 @@ def test_demo_image_and_progress(tmp_path: Path) -> None:
         demo_image("hexagon", np.random.default_rng(0), 40)
     with pytest.raises(ValueError):
         make_demo_dataset(tmp_path / "x", classes=("hexagon",))
+
+
+def test_the_word_demo_is_a_folder_of_that_name_when_there_is_one(tmp_path: Path, monkeypatch) -> None:
+    """`--data demo` in a directory holding a folder called demo means that folder (a user's data, found while
+    benchmarking), elsewhere the built-in dataset in the workspace."""
+    from classifier.data.dataset import load_dataset
+    from classifier.data.demo import means_demo, resolve_data
+
+    monkeypatch.setenv("CLASSIFIER_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.chdir(tmp_path)
+    assert means_demo("demo") and not means_demo("./demo") and not means_demo("demo2")
+    make_demo_dataset(tmp_path / "demo", n_per_class=3, size=32, seed=1, classes=("circle", "star"))
+    assert not means_demo("demo") and resolve_data("demo") == "demo"
+    index = load_dataset("demo")
+    assert index.root.resolve() == (tmp_path / "demo").resolve() and index.classes == ["circle", "star"]

@@ -42,13 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from classifier.data.demo import ensure_demo_dataset
+    from classifier.data.demo import resolve_data
     from classifier.data.versions import DatasetVersions
     from classifier.quality import scan_dataset
 
     if a.folds < 2:
         raise ClassifierError(f"--folds must be at least 2, not {a.folds}")
-    a.data = str(ensure_demo_dataset()) if a.data == "demo" else a.data
+    a.data = resolve_data(a.data)
     try:
         cfg = config_from_args(a).resolved()
     except ValueError as e:

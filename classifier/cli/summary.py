@@ -24,10 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from classifier.data.dataset import check_trainable, load_dataset
-    from classifier.data.demo import ensure_demo_dataset
+    from classifier.data.demo import resolve_data
     from classifier.data.splits import assign_splits
 
-    data = str(ensure_demo_dataset(a.seed)) if a.data == "demo" else a.data
+    data = resolve_data(a.data, a.seed)
     index = load_dataset(data, a.data_version)
     problem = None
     try:

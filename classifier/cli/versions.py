@@ -43,10 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from classifier.data.dataset import save_version
-    from classifier.data.demo import ensure_demo_dataset
+    from classifier.data.demo import resolve_data
     from classifier.data.versions import DatasetVersions, parse_relabels
 
-    data = str(ensure_demo_dataset()) if a.data == "demo" else a.data
+    data = resolve_data(a.data)
     versions = DatasetVersions(data)
     edits = Edits(parse_relabels(a.relabel), set(a.exclude), set(a.restore), set(a.reviewed))
     if a.from_issues:

@@ -439,11 +439,10 @@ def check_trainable(index: DatasetIndex) -> None:
 
 def load_dataset(data: str, version: int | None = None) -> DatasetIndex:
     """Index `data` at dataset version `version` (None: the latest saved version; 0: the files as they are);
-    the word "demo" means the built-in demo dataset (seed 0, generated once into the workspace)."""
-    if data == "demo":
-        from classifier.data.demo import ensure_demo_dataset
+    the word "demo" means the built-in demo dataset (seed 0, generated once into the workspace; `means_demo`)."""
+    from classifier.data.demo import resolve_data
 
-        data = str(ensure_demo_dataset())
+    data = resolve_data(data)
     from classifier.data.versions import DatasetVersions
 
     index = index_dataset(data)

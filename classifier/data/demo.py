@@ -298,3 +298,14 @@ def ensure_demo_dataset(seed: int = 0, multilabel: bool = False) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def means_demo(data: str) -> bool:
+    """Whether `data` names the built-in demo dataset: the word "demo", unless a file or folder called "demo" is in
+    the working directory (then `--data demo` is that, as any other path would be)."""
+    return data == "demo" and not Path("demo").exists()
+
+
+def resolve_data(data: str, seed: int = 0) -> str:
+    """`data` as a path: the built-in demo dataset's folder when `data` means it (`means_demo`), else `data`."""
+    return str(ensure_demo_dataset(seed)) if means_demo(data) else data

@@ -48,7 +48,7 @@ class TrainConfig:
     data: str = _field(
         "",
         "the dataset: a folder of class folders (or with train/ and val/), a .zip of one, a CSV of path,label rows, "
-        'or "demo" for the built-in shapes',
+        'or "demo" for the built-in shapes (unless a folder called demo is in the working directory)',
         "data",
         label="Dataset",
         required=True,

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from job_polling import wait_status as _wait
 
 from classifier import jobs, rundir
 from classifier.cli import main
@@ -270,18 +271,6 @@ def _rank_pids(job_pid: int) -> dict[int, int]:
         if "RANK" in env and "TORCHELASTIC_RUN_ID" in env:
             ranks[int(env["RANK"])] = pid
     return ranks
-
-
-def _wait(ex, run_id, until, timeout=180.0):
-    deadline = time.time() + timeout
-    while True:
-        s = ex.status(run_id)
-        if until(s):
-            return s
-        if time.time() > deadline:
-            log = jobs.log_path(run_id)
-            raise AssertionError(f"timed out in {s.status}: {s}\n{log.read_text() if log.exists() else ''}")
-        time.sleep(0.1)
 
 
 def _wait_log(run_id: str, text: str, timeout: float = 180.0) -> None:

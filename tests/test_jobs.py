@@ -10,9 +10,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+from job_polling import finished as _done
+from job_polling import wait_status
 
 from classifier import jobs
 from classifier.cli import main
@@ -22,6 +25,8 @@ from classifier.store import RunStore
 from classifier.training import TrainConfig
 from classifier.training.events import FitState
 from classifier.workspace import runs_dir, workspace_dir
+
+_wait = partial(wait_status, every=0.05)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,22 +52,6 @@ def _cfg(data, **kw) -> TrainConfig:
     )
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _wait(ex, run_id, until, timeout=120.0, every=0.05):
-    deadline = time.time() + timeout
-    while True:
-        s = ex.status(run_id)
-        if until(s):
-            return s
-        if time.time() > deadline:
-            log = jobs.log_path(run_id)
-            raise AssertionError(f"timed out in {s.status}: {s}\n{log.read_text() if log.exists() else ''}")
-        time.sleep(every)
-
-
-def _done(s) -> bool:
-    return s.status not in ("queued", "running")
 
 
 # --- the store ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from job_polling import finished as _done
+from job_polling import wait_status as _wait
 
 from classifier import rundir
 from classifier.cli import main
@@ -55,21 +57,6 @@ def _cfg(data, **kw) -> TrainConfig:
                 num_workers=0, device="cpu", seed=0)  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _wait(ex, run_id, until, timeout=180.0, every=0.1):
-    deadline = time.time() + timeout
-    while True:
-        s = ex.status(run_id)
-        if until(s):
-            return s
-        if time.time() > deadline:
-            raise AssertionError(f"timed out in {s.status}: {s}\n{ex.logs(run_id)}")
-        time.sleep(every)
-
-
-def _done(s) -> bool:
-    return s.status not in ("queued", "running")
 
 
 def test_a_run_on_ray_shows_progress_while_training_and_never_writes_sqlite(ray_address, data, tmp_path):

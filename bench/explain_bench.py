@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = [  # (label, method, options)
     ("gradcam", "gradcam", {}),
+    ("gradcam (conv_head)", "gradcam", {"layer": "conv_head"}),  # the layer used before (EfficientNet only)
     ("guided_gradcam", "guided_gradcam", {}),
     ("ig (black baseline)", "ig", {"baseline": "black"}),
     ("ig (noise, default)", "ig", {}),

@@ -81,9 +81,12 @@ def train_rate(run: Path) -> float:
     return float(history["images_per_sec"].mean()) if history is not None else float("nan")
 
 
-def pointing_per_label(run: Path, data: Path, masks: Path) -> tuple[dict[str, list[bool]], dict[str, list[bool]], str]:
-    """Grad-CAM for every (validation image, label it carries), the label as the target; hits per label over all
-    positives and over the positives the model predicts; the model's input size."""
+def pointing_per_label(
+    run: Path, data: Path, masks: Path, layer: str | None = None
+) -> tuple[dict[str, list[bool]], dict[str, list[bool]], str]:
+    """Grad-CAM (of `layer`, default: the one `attribute` picks) for every (validation image, label it carries),
+    the label as the target; hits per label over all positives and over the positives the model predicts; the
+    model's input size and the layer."""
     from PIL import Image
 
     from classifier.explain import attribute, pointing_game
@@ -102,8 +105,8 @@ def pointing_per_label(run: Path, data: Path, masks: Path) -> tuple[dict[str, li
     for r, img, p in zip(rows, images, probs):
         for label in r["labels"]:
             c = names.index(label)
-            a = attribute(loaded, img, "gradcam", target=c)
-            size = "x".join(str(s) for s in a.extra["input_size"])
+            a = attribute(loaded, img, "gradcam", target=c, layer=layer)
+            size = "x".join(str(s) for s in a.extra["input_size"]) + f" px input, layer {a.extra['layer']}"
             hit = pointing_game(a.map, Image.open(masks / label / Path(r["path"]).name))
             every[label].append(hit)
             if p[c] >= thresholds[c]:
@@ -124,16 +127,19 @@ def demo_part(work: Path, images: int, train_args: list[str]) -> None:
     print(f"    mAP {m['map']:.3f} (target >= 0.95: {'met' if m['map'] >= 0.95 else 'NOT met'}), micro F1 "
           f"{m['micro_f1']:.3f}, subset accuracy {m['subset_accuracy']:.3f}")  # fmt: skip
     os.environ["CLASSIFIER_WORKSPACE"] = str(work / "demo-ws")
-    t = time.perf_counter()
-    every, predicted, size = pointing_per_label(run, data, masks)
-    print(f"    Grad-CAM pointing game per label at {size} px input ({time.perf_counter() - t:.0f} s):")
-    print(f"    {'label':10s}{'positives':>10s}{'hit rate':>10s}{'predicted':>11s}{'hit rate':>10s}")
-    for label in every:
-        e, p = every[label], predicted[label]
-        print(f"    {label:10s}{len(e):10d}{sum(e) / max(len(e), 1):10.3f}{len(p):11d}{sum(p) / max(len(p), 1):10.3f}")
-    rates = [sum(e) / len(e) for e in every.values() if e]
-    worst = min(rates)
-    print(f"    lowest per-label hit rate {worst:.3f} (target >= 0.80: {'met' if worst >= 0.8 else 'NOT met'})")
+    # The default layer, then (EfficientNet) conv_head, the layer Grad-CAM used before, on the same run.
+    backbone = json.loads((run / "config.json").read_text())["backbone"]
+    for layer in [None] + (["conv_head"] if "efficientnet" in backbone else []):
+        t = time.perf_counter()
+        every, predicted, size = pointing_per_label(run, data, masks, layer)
+        print(f"    Grad-CAM pointing game per label at {size} ({time.perf_counter() - t:.0f} s):")
+        print(f"    {'label':10s}{'positives':>10s}{'hit rate':>10s}{'predicted':>11s}{'hit rate':>10s}")
+        for label in every:
+            e, p = every[label], predicted[label]
+            print(f"    {label:10s}{len(e):10d}{sum(e) / max(len(e), 1):10.3f}{len(p):11d}"
+                  f"{sum(p) / max(len(p), 1):10.3f}")  # fmt: skip
+        worst = min(sum(e) / len(e) for e in every.values() if e)
+        print(f"    lowest per-label hit rate {worst:.3f} (target >= 0.80: {'met' if worst >= 0.8 else 'NOT met'})")
 
 
 def make_collages(out: Path, n: int, size: int, seed: int) -> dict[str, int]:

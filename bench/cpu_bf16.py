@@ -4,11 +4,10 @@
     python bench/cpu_bf16.py --skip-accuracy # speed only
 
 Speed: a bare timm training step (forward, cross-entropy, backward, AdamW step) and a no-grad forward, in float32
-(contiguous) and in what `classifier.device.Precision.for_device(cpu)` picks here (bf16 autocast with
-channels_last on CPUs with AVX-512 BF16 / AMX), alternating calls so both see the same machine; the median call
-counts. Accuracy (needs ../shared/data/hymenoptera): a linear probe of efficientnet_lite0 (bundled weights) trained
-twice with `fit`, amp on and off (`--no-amp`), same seed; the difference in validation accuracy is the tolerance
-the docs state.
+and bf16 autocast, each contiguous and channels_last (the candidates `classifier/training/precision.py` measures per
+model), alternating calls so all see the same machine; the median call counts. Accuracy (needs
+../shared/data/hymenoptera): a linear probe of efficientnet_lite0 (bundled weights) trained twice with `fit`, amp
+on and off (`--no-amp`), same seed; the difference in validation accuracy is the tolerance the docs state.
 """
 
 from __future__ import annotations
@@ -34,7 +33,13 @@ def speed(name: str, side: int, batch: int, reps: int) -> dict[str, float]:
     from classifier.device import Precision
 
     cpu = torch.device("cpu")
-    precs = {"float32": Precision(cpu), "chosen": Precision.for_device(cpu, amp=True)}
+    bf16 = torch.bfloat16
+    precs = {
+        "float32": Precision(cpu),
+        "float32 + channels_last": Precision(cpu, channels_last=True),
+        "bf16": Precision(cpu, bf16),
+        "bf16 + channels_last": Precision(cpu, bf16, channels_last=True),
+    }
     x = torch.randn(batch, 3, side, side)
     y = torch.randint(0, 5, (batch,))
     runs = {}
@@ -66,9 +71,7 @@ def speed(name: str, side: int, batch: int, reps: int) -> dict[str, float]:
                 t = time.perf_counter()
                 fn()
                 times[(k, w)].append(time.perf_counter() - t)
-    out = {f"{k} {w}": batch / statistics.median(v) for (k, w), v in times.items()}
-    out["amp"] = precs["chosen"].amp_name or "float32"
-    return out
+    return {f"{k} {w}": batch / statistics.median(v) for (k, w), v in times.items()}
 
 
 def probe_accuracy() -> list[tuple[str, float, float]]:
@@ -104,10 +107,11 @@ def main() -> None:
     for name in a.models.split(","):
         timm_name = "tf_efficientnet_lite0" if name == "efficientnet_lite0" else name
         s = speed(timm_name, a.img_size, a.batch_size, a.reps)
-        print(f"{name} {a.img_size} px batch {a.batch_size}: train float32 {s['float32 train']:.1f} img/s, "
-              f"{s['amp']} {s['chosen train']:.1f} img/s ({s['chosen train'] / s['float32 train']:.2f}x); inference "
-              f"float32 {s['float32 infer']:.1f}, {s['amp']} {s['chosen infer']:.1f} img/s "
-              f"({s['chosen infer'] / s['float32 infer']:.2f}x)", flush=True)  # fmt: skip
+        for prec in ("float32", "float32 + channels_last", "bf16", "bf16 + channels_last"):
+            train, infer = s[f"{prec} train"], s[f"{prec} infer"]
+            print(f"{name} {a.img_size} px batch {a.batch_size}, {prec:24s} train {train:6.1f} img/s "
+                  f"({train / s['float32 train']:.2f}x), inference {infer:6.1f} img/s "
+                  f"({infer / s['float32 infer']:.2f}x)", flush=True)  # fmt: skip
     if not a.skip_accuracy:
         if not HYMENOPTERA.is_dir():
             print(f"accuracy skipped: {HYMENOPTERA} is absent")

@@ -19,7 +19,7 @@ from classifier.data.dataset import DatasetIndex, save_version
 from classifier.data.versions import DatasetVersions, Edits
 from classifier.jobs.progress import duration
 from classifier.models import list_backbones
-from classifier.quality import ISSUE_TYPES, ScanResult, scan_dataset
+from classifier.quality import ISSUE_TYPES, SCAN_BACKBONE, ScanResult, scan_dataset
 from classifier.training import TrainConfig
 from ui import state
 from ui.cache import dataset_index, thumbnail
@@ -50,8 +50,14 @@ def issues_tab(path: str, index: DatasetIndex) -> None:
     )
     backbones = [b.name for b in list_backbones()]  # simple_cnn's are random weights: a quick check at best
     c1, c2, c3 = st.columns([2, 1, 1])
-    backbone = c1.selectbox("Backbone for the features", backbones, key="w_scan_backbone",
-                            help="efficientnet_lite0's weights ship with the tool (offline).")  # fmt: skip
+    backbone = c1.selectbox(
+        "Backbone for the features",
+        backbones,
+        index=backbones.index(SCAN_BACKBONE),
+        key="w_scan_backbone",
+        help="EfficientNet-Lite0/1/2 weights ship with the tool (offline); Lite2, the default, finds more of the "
+        "wrong labels than Lite0 (docs/benchmarks.md).",
+    )
     folds = int(c2.number_input("Folds", 2, 20, 5, key="w_scan_folds"))
     c3.write("")
     if c3.button("Scan", type="primary", icon=":material/troubleshoot:", key="b_scan"):

@@ -43,8 +43,9 @@ def add_config_flags(target: Target, *groups: str) -> None:
         add_config_flag(target, f)
 
 
-def add_config_flag(target: Target, f: Field) -> None:
-    """The flag of one TrainConfig field (see the module docstring for the rules)."""
+def add_config_flag(target: Target, f: Field, default: str | None = None) -> None:
+    """The flag of one TrainConfig field (see the module docstring for the rules); `default`: this command's default
+    instead of the field's (a non-bool field)."""
     kind = field_type(f)
     if kind is bool:
         action = "store_false" if f.default else "store_true"
@@ -55,10 +56,10 @@ def add_config_flag(target: Target, f: Field) -> None:
         flag_of(f),
         dest=f.name,
         type=kind,
-        default=None if f.metadata.get("required") else f.default,
+        default=default if default is not None else None if f.metadata.get("required") else f.default,
         choices=None if choices is None else list(choices),
         metavar=None if choices is not None else f.metadata.get("unit", f.metadata.get("flag", f.name)).upper(),
-        help=flag_help(f),
+        help=flag_help(f) if default is None else f"{describe(f)} (default: {default})".replace("%", "%%"),
     )
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from classifier.cli.config_flags import add_config_flag, config_from_args
 from classifier.errors import ClassifierError
+from classifier.quality import SCAN_BACKBONE
 from classifier.training.config import config_field
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="the dataset: folder, .zip, CSV, or demo")
     for name in SCAN_FIELDS:
-        add_config_flag(p, config_field(name))
+        add_config_flag(p, config_field(name), default=SCAN_BACKBONE if name == "backbone" else None)
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the linear probe (default 5)")
     p.add_argument("--out", default=None, metavar="CSV", help="write the issues here (issues.csv)")
     p.add_argument("--refresh", action="store_true", help="scan again even if this version was scanned before")

@@ -1,11 +1,13 @@
 """The data-quality scan of a dataset version: frozen features once, K-fold out-of-sample probabilities of a linear
 probe on them, then cleanlab (`find.py`); the result per image and the ranked issues (`issues.csv`).
 
-    >>> result = scan_dataset(TrainConfig(data="data/flowers"))  # doctest: +SKIP
+    >>> result = scan_dataset(TrainConfig(data="data/flowers", backbone=SCAN_BACKBONE))  # doctest: +SKIP
+    (`classifier.quality.SCAN_BACKBONE`: the backbone the CLI and the Data page scan with unless told otherwise)
     >>> result.write_csv("issues.csv")  # path,issue,given_label,suggested_label,score  # doctest: +SKIP
 
 Nearly all the time is the one feature pass over the images (`classifier.training.setup.frozen_features`, through
-the decoded-image and feature caches, so a linear-probe run and the scan share features both ways). A result is
+the decoded-image and feature caches, so a linear-probe run of the same backbone and the scan share features both
+ways). A result is
 kept in `workspace/cache/quality/<key>.json`, the key hashing the images (path, content hash, label after the
 version's edits), the backbone's weights and preprocessing (`feature_identity`), the folds and the seed: the same
 version scanned with the same model is read back at once. After edits (a new version) the features are all read

@@ -95,8 +95,9 @@ def _efficientnet_layer(model: nn.Module) -> nn.Module | None:
     Why not `conv_head`: it is a 1x1 convolution of the last stage, so its Grad-CAM equals the last stage's, and
     that map points at the object less often than the stage before it. Measured with linear probes of
     EfficientNet-Lite0 (bench/explain_bench.py, bench/multilabel.py): pointing game on the single-object demo at
-    192 px input 0.931 against 0.879 (in-mask energy 5.7 against 3.5), at 256 px 0.933 both; on the multi-label
-    demo scenes at 224 px 0.74-0.97 per label against 0.44-0.67."""
+    128 px input 0.877 against 0.281, at 192 px 0.931 against 0.879 (in-mask energy 5.7 against 3.5), at 256 px
+    0.933 both; on the multi-label demo scenes at 224 px 0.74-0.97 per label against 0.44-0.67 (and 0.71-0.84
+    against 0.32-0.68 after the default fine-tune)."""
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.Sequential) and len(blocks) >= 2 and not _downsamples(blocks[-1]):
         return blocks[-2]

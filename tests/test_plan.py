@@ -175,3 +175,28 @@ def test_a_queued_run_keeps_what_the_user_left_unset_for_its_budget(demo_dir, mo
     assert ex.status(rid).config["mode"] == "finetune" and ex.status(rid).config["epochs"] == 8
     with pytest.raises(ClassifierError, match="time_budget"):
         job_config(TrainConfig(data=str(demo_dir), time_budget=-1), demo_dir)
+
+
+def test_the_head_probe_keeps_its_best_epoch_not_its_last():
+    """The fine-tune starts from the probe epoch a standalone linear probe would report (best validation score,
+    ties to the lower loss), with only the trainable weights (the head) put back."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)  # the frozen backbone
+    frozen = model[0].weight.detach().clone()
+    best = P._BestHead()
+    seen = {}
+    for epoch, (acc, loss) in enumerate([(0.8, 0.5), (0.9, 0.4), (0.9, 0.3), (0.85, 0.2)], 1):
+        with torch.no_grad():
+            model[1].weight.fill_(epoch)
+        best.on_epoch_end(SimpleNamespace(model=model, val={"acc": acc, "loss": loss}))
+        seen[epoch] = best.val
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # a frozen weight that changed is not the probe's to restore
+    best.restore(model)
+    assert torch.all(model[1].weight == 3) and best.val == {"acc": 0.9, "loss": 0.3}  # epoch 3: 0.9 at lower loss
+    assert torch.equal(model[0].weight, frozen + 1.0) and set(best.weights) == {"1.weight", "1.bias"}
+    nan = P._BestHead()
+    nan.on_epoch_end(SimpleNamespace(model=model, val={"acc": 1.0, "loss": float("nan")}))
+    assert nan.val is None and nan.weights == {}

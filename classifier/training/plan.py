@@ -319,6 +319,30 @@ def head_probe_config(cfg: TrainConfig, epochs: int) -> TrainConfig:
                    label_smoothing=None, head_warmup_epochs=0, compile=False).resolved()  # fmt: skip
 
 
+class _BestHead(Callback):
+    """The head probe's best epoch, scored as `SaveBest` scores a run's: its trainable weights (the head) kept in
+    memory, so the fine-tune starts from the epoch a standalone linear probe would report, not from the last one
+    (on hymenoptera: 0.961 against 0.948)."""
+
+    def __init__(self) -> None:
+        self.score: tuple[float, float] = (-math.inf, -math.inf)
+        self.val: dict[str, Any] | None = None
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_epoch_end(self, state: FitState) -> None:
+        val = state.val
+        score = (val.get("score", val["acc"]), -val["loss"])
+        if math.isfinite(val["loss"]) and score > self.score:
+            self.score, self.val = score, val
+            self.weights = {n: p.detach().clone() for n, p in state.model.named_parameters() if p.requires_grad}
+
+    def restore(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, saved in self.weights.items():
+                params[name].copy_(saved)
+
+
 class HeadProbe(Callback):
     """Before a fine-tune: train the head on frozen features (a linear probe of `epochs` epochs on the same
     model, data and decoded cache), so the fine-tune starts from the probe's head, and keep the probe as the best
@@ -350,16 +374,18 @@ class HeadProbe(Callback):
                 notify()
 
         notify = self.notify
-        Learner(probe, pstate, [Schedule(), Forward()]).fit()
+        best = _BestHead()
+        Learner(probe, pstate, [Schedule(), Forward(), best]).fit()
         if pstate.status == "cancelled":
             raise CancelFit()
         if pstate.status != "completed":
             raise RuntimeError(f"the linear probe of the head failed: {pstate.error}")
-        self.val_acc = pstate.history[-1]["val_acc"] if pstate.history else None
+        best.restore(setup.model)
+        val = best.val
+        self.val_acc = val["acc"] if val else None
         if outer.plan is not None:
             outer.plan["head_probe_val_acc"] = self.val_acc
-        val = pstate.val
-        if val and math.isfinite(val["loss"]) and outer.out_dir is not None:
+        if val and outer.out_dir is not None:
             # The probe is the run's best so far ("epoch 0"): a fine-tune epoch replaces it only by beating it, so
             # the plan never ends below the linear probe (on hymenoptera 2 partial epochs after a 0.954 probe
             # reached 0.941).

@@ -2,16 +2,15 @@
 probe on them, then cleanlab (`find.py`); the result per image and the ranked issues (`issues.csv`).
 
     >>> result = scan_dataset(TrainConfig(data="data/flowers", backbone=SCAN_BACKBONE))  # doctest: +SKIP
-    (`classifier.quality.SCAN_BACKBONE`: the backbone the CLI and the Data page scan with unless told otherwise)
     >>> result.write_csv("issues.csv")  # path,issue,given_label,suggested_label,score  # doctest: +SKIP
 
+`classifier.quality.SCAN_BACKBONE` is the backbone the CLI and the Data page scan with unless told otherwise.
 Nearly all the time is the one feature pass over the images (`classifier.training.setup.frozen_features`, through
 the decoded-image and feature caches, so a linear-probe run of the same backbone and the scan share features both
-ways). A result is
-kept in `workspace/cache/quality/<key>.json`, the key hashing the images (path, content hash, label after the
-version's edits), the backbone's weights and preprocessing (`feature_identity`), the folds and the seed: the same
-version scanned with the same model is read back at once. After edits (a new version) the features are all read
-from the cache, and only the probe and cleanlab run again, about a second for hundreds of images.
+ways). A result is kept in `workspace/cache/quality/<key>.json`, the key hashing the images (path, content hash,
+label after the version's edits), the backbone's weights and preprocessing (`feature_identity`), the folds and the
+seed: the same version scanned with the same model is read back at once. After edits (a new version) the features
+are all read from the cache, and only the probe and cleanlab run again, about a second for hundreds of images.
 """
 
 from __future__ import annotations

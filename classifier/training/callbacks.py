@@ -165,6 +165,11 @@ class Throughput(Callback):
         state.eta_seconds = (time.time() - self.t0) / self.validated * (state.epochs - state.epoch)
 
 
+def val_score(val: dict[str, Any]) -> tuple[float, float]:
+    """How epochs rank: validation accuracy (multi-label: mean average precision), ties to the lower loss."""
+    return val.get("score", val["acc"]), -val["loss"]
+
+
 class SaveBest(Callback):
     """The best epoch by validation accuracy (multi-label: mean average precision; ties: lower loss) goes to
     model.safetensors; its validation
@@ -178,7 +183,7 @@ class SaveBest(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         val = state.val
-        score = (val.get("score", val["acc"]), -val["loss"])  # accuracy; mean average precision for multi-label
+        score = val_score(val)
         if math.isfinite(val["loss"]) and score > state.best_score:
             state.best_score, state.best_epoch, state.best_val = score, state.epoch, val
             if self.write:

@@ -37,7 +37,7 @@ from torch import nn
 from classifier import rundir
 from classifier.device import Precision
 from classifier.models import set_trainable_mode
-from classifier.training.callbacks import Schedule, schedule_spec
+from classifier.training.callbacks import Schedule, schedule_spec, val_score
 from classifier.training.config import TrainConfig
 from classifier.training.events import Callback, CancelFit, FitState, StopFit
 from classifier.training.learner import Learner
@@ -320,9 +320,9 @@ def head_probe_config(cfg: TrainConfig, epochs: int) -> TrainConfig:
 
 
 class _BestHead(Callback):
-    """The head probe's best epoch, scored as `SaveBest` scores a run's: its trainable weights (the head) kept in
-    memory, so the fine-tune starts from the epoch a standalone linear probe would report, not from the last one
-    (on hymenoptera: 0.961 against 0.948)."""
+    """The head probe's best epoch by `val_score` (as a run's best epoch is picked): its trainable weights (the
+    head) kept in memory, so the fine-tune starts from the epoch a standalone linear probe would report, not from
+    the last one (on hymenoptera: 0.961 against 0.948)."""
 
     def __init__(self) -> None:
         self.score: tuple[float, float] = (-math.inf, -math.inf)
@@ -331,7 +331,7 @@ class _BestHead(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         val = state.val
-        score = (val.get("score", val["acc"]), -val["loss"])
+        score = val_score(val)
         if math.isfinite(val["loss"]) and score > self.score:
             self.score, self.val = score, val
             self.weights = {n: p.detach().clone() for n, p in state.model.named_parameters() if p.requires_grad}
@@ -389,6 +389,5 @@ class HeadProbe(Callback):
             # The probe is the run's best so far ("epoch 0"): a fine-tune epoch replaces it only by beating it, so
             # the plan never ends below the linear probe (on hymenoptera 2 partial epochs after a 0.954 probe
             # reached 0.941).
-            score = (val.get("score", val["acc"]), -val["loss"])  # as SaveBest scores: mAP for multi-label
-            outer.best_score, outer.best_epoch, outer.best_val = score, 0, val
+            outer.best_score, outer.best_epoch, outer.best_val = val_score(val), 0, val
             rundir.save_weights(outer.out_dir, self.setup.model.state_dict(), 0)

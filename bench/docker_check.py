@@ -26,15 +26,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from live_app import free_port, healthy  # noqa: E402  (the browser tests' server helpers, as cloud_memory.py uses)
+
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
 APP_UID = 1000
 
@@ -113,12 +114,6 @@ def build_image(base: str, tag: str, a: argparse.Namespace) -> None:
     subprocess.run([*cmd, str(ROOT)], check=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pids_with(marker: str) -> list[int]:
     out = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -147,7 +142,7 @@ def run_checks(image: str) -> dict:
     # the bind mount (the host folder) is what the container sees, as with docker.
     sh([*BUILDAH, "config", "--volume", "/workspace-", ctr])
     run = [*BUILDAH, "run", "--isolation", "chroot", "-v", f"{ws}:/workspace", ctr, "--"]
-    port = _free_port()
+    port = free_port()
     config = json.loads(sh([*BUILDAH, "inspect", "--type", "image", image]).stdout)["Docker"]["config"]
     command = [*config["Entrypoint"], *config["Cmd"]]
     command = [c.replace("--server.port=8501", f"--server.port={port}") for c in command]
@@ -207,15 +202,11 @@ def _owner_uid(p: Path) -> int:
 
 def _wait_healthy(url: str, timeout: float) -> bool:
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return True
-        except OSError:
-            pass
+    while not healthy(url):
+        if time.monotonic() > end:
+            return False
         time.sleep(1)
-    return False
+    return True
 
 
 # Inside the container, as the server's user: the demo data, a linear probe submitted through the job system (the

@@ -269,6 +269,49 @@ def test_multilabel_data_refuses_class_imbalance_settings(tmp_path, scenes):
 # --- a run end to end ------------------------------------------------------------------------------------------
 
 
+def _crop_areas(prep, data_config: dict, side: int = 32, draws: int = 60) -> list[float]:
+    """Share of the image each training crop of `prep` kept: the input's red and green encode each pixel's column and
+    row, so the spans of red and green in a crop (denormalised) give its width and height."""
+    ramp = torch.linspace(0, 255, side).round().to(torch.uint8)
+    flat = torch.zeros(side, side, dtype=torch.uint8)
+    x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side), flat])[None]
+    mean, std = (torch.tensor(data_config[k]).view(3, 1, 1) for k in ("mean", "std"))
+    areas = []
+    for _ in range(draws):
+        y = prep(x.clone())[0] * std + mean  # back to 0..1
+        width, height = (float(c.max() - c.min()) for c in (y[0], y[1]))
+        areas.append(width * height)
+    return areas
+
+
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_training_crops_keep_most_of_a_multilabel_image(scenes, demo_dir, cache):
+    """Labels name everything in a multi-label image, so a crop must not cut objects out: every training crop of a
+    multi-label run keeps about 85 % or more of the image, where a single-label run's crops go down to half."""
+    from torchvision.transforms.functional import to_pil_image
+
+    from classifier.models.factory import build_model
+    from classifier.training import TrainConfig
+    from classifier.training.setup import TrainingSetup, split_data
+
+    def crop_areas(data: Path) -> list[float]:
+        cfg = TrainConfig(data=str(data), **FAST, epochs=1, mode="finetune", augment="light", cache=cache).resolved()
+        built = build_model(cfg.backbone, 2, weights="none", img_size=32)
+        setup = TrainingSetup(cfg, split_data(load_dataset(cfg.data), cfg), built.model, built.data_config)
+        setup.prepare(lambda *_: None, validate=False)
+        if cache == "off":  # decoded per image: the dataset's torchvision transform of a PIL image
+            assert setup.train_prep is None
+            prep = lambda x: setup.train_ds.transform(to_pil_image(x[0]))[None]  # noqa: E731
+        else:  # cached uint8 squares through the tensor pipeline
+            prep = setup.train_prep
+        torch.manual_seed(0)
+        return _crop_areas(prep, built.data_config)
+
+    multi, single = crop_areas(scenes[0]), crop_areas(demo_dir)
+    assert min(multi) > 0.75, sorted(multi)[:5]
+    assert min(single) < 0.6, sorted(single)[:5]
+
+
 def test_run_files_record_the_task_and_the_thresholds(ml_run):
     from classifier import rundir
 

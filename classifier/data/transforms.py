@@ -30,16 +30,31 @@ def eval_transform(data_config: dict[str, Any], grayscale: bool = False) -> T.Co
     return T.Compose([T.Grayscale(num_output_channels=3), *t.transforms]) if grayscale else t
 
 
-def train_transform(data_config: dict[str, Any], augment: str = "light", grayscale: bool = False) -> T.Compose:
-    """Training transform for an augmentation preset (see AUGMENT_PRESETS)."""
+def crop_scale(augment: str, multilabel: bool = False) -> tuple[float, float]:
+    """The share of the image a preset's random resized crop keeps (area, lowest and highest).
+
+    A multi-label image's labels name everything in it, so its crops keep most of the image whatever the preset: a
+    crop that cuts a labelled object out teaches the model to find that label where it is not. On the multi-label
+    demo scenes (bench/multilabel.py) keeping 85 % or more instead of 50 % raised mAP from 0.979 to 0.991 and
+    subset accuracy from 0.744 to 0.833.
+    """
+    if multilabel:
+        return (0.85, 1.0)
+    return {"light": (0.5, 1.0), "standard": (0.35, 1.0), "strong": (0.25, 1.0)}[augment]
+
+
+def train_transform(
+    data_config: dict[str, Any], augment: str = "light", grayscale: bool = False, multilabel: bool = False
+) -> T.Compose:
+    """Training transform for an augmentation preset (see AUGMENT_PRESETS); `multilabel`: see `crop_scale`."""
     if augment not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset {augment!r}; choose from {', '.join(AUGMENT_PRESETS)}")
     if augment == "none":
         return eval_transform(data_config, grayscale)
     size = int(data_config["input_size"][-1])
     interp = _INTERP.get(data_config.get("interpolation", "bilinear"), T.InterpolationMode.BILINEAR)
-    scale = {"light": (0.5, 1.0), "standard": (0.35, 1.0), "strong": (0.25, 1.0)}[augment]
     ops: list = [T.Grayscale(num_output_channels=3)] if grayscale else []
+    scale = crop_scale(augment, multilabel)
     ops += [T.RandomResizedCrop(size, scale=scale, interpolation=interp), T.RandomHorizontalFlip()]
     if augment == "standard":
         ops += [
@@ -71,7 +86,14 @@ class TensorPipeline:
     square: the same pixels timm's eval transform gives, since the cache stored its resize.
     """
 
-    def __init__(self, data_config: dict[str, Any], augment: str = "none", grayscale: bool = False, train: bool = True):
+    def __init__(
+        self,
+        data_config: dict[str, Any],
+        augment: str = "none",
+        grayscale: bool = False,
+        train: bool = True,
+        multilabel: bool = False,
+    ):
         from torchvision.transforms import v2
 
         if augment not in AUGMENT_PRESETS:
@@ -84,7 +106,7 @@ class TensorPipeline:
         interp = _INTERP.get(data_config.get("interpolation", "bilinear"), T.InterpolationMode.BILINEAR)
         ops: list = []
         if self.augment != "none":
-            scale = {"light": (0.5, 1.0), "standard": (0.35, 1.0), "strong": (0.25, 1.0)}[self.augment]
+            scale = crop_scale(self.augment, multilabel)
             ops += [v2.RandomResizedCrop(self.size, scale=scale, interpolation=interp, antialias=True)]
             ops += [v2.RandomHorizontalFlip()]
             if self.augment == "standard":

@@ -275,12 +275,14 @@ class TrainingSetup:
         if cache is not None:
             train_src: Dataset = CachedImages(cache, range(n_tr), train_labels)
             val_src: Dataset = CachedImages(cache, range(n_tr, n_tr + len(self.data.val)), val_labels)
-            self.train_prep = TensorPipeline(self.data_config, self.cfg.augment, self.cfg.grayscale, train=True)
+            self.train_prep = TensorPipeline(
+                self.data_config, self.cfg.augment, self.cfg.grayscale, train=True, multilabel=self.task == MULTI
+            )
             self.val_prep = TensorPipeline(self.data_config, "none", self.cfg.grayscale, train=False)
             # Batches gathered from the decoded cache cost microseconds: worker processes would only add copies.
             self._data_kw = {"num_workers": 0, "pin_memory": self.device.type == "cuda"}
         else:
-            augment = train_transform(self.data_config, self.cfg.augment, self.cfg.grayscale)
+            augment = train_transform(self.data_config, self.cfg.augment, self.cfg.grayscale, self.task == MULTI)
             train_src = ImageListDataset(self.data.train, augment, draft)
             val_src = ImageListDataset(self.data.val, ev_t, draft)
             self._data_kw = loader_kwargs(self.device, self.workers)

@@ -3,6 +3,7 @@
     python bench/explain_bench.py                 # timing + pointing game (about 10-15 minutes on 2 CPU cores)
     python bench/explain_bench.py --only timing
     python bench/explain_bench.py --only pointing --img-sizes 128
+    python bench/explain_bench.py --only pointing --img-sizes 128,192,256 --methods gradcam  # Grad-CAM's variants
 
 1. Timing: seconds per 224 px image for each method on resnet18 (random weights; cost does not depend on them)
    and efficientnet_lite0 (bundled weights), and that time as a multiple of one forward pass of the same model on
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = [  # (label, method, options)
-    ("gradcam", "gradcam", {}),
-    ("gradcam (conv_head)", "gradcam", {"layer": "conv_head"}),  # the layer used before (EfficientNet only)
+    ("gradcam", "gradcam", {}),  # the default: the mean of four copies shifted by a quarter cell
+    ("gradcam (one pass)", "gradcam", {"shift_average": False}),  # the plain map, as before 2026-11-29
+    ("gradcam (conv_head, one pass)", "gradcam", {"layer": "conv_head", "shift_average": False}),  # EfficientNet only
     ("guided_gradcam", "guided_gradcam", {}),
     ("ig (black baseline)", "ig", {"baseline": "black"}),
     ("ig (noise, default)", "ig", {}),
@@ -85,7 +87,7 @@ def timing(repeats: int) -> None:
         print(f"{row:16s}" + "".join(f"{vals[b]:>30s}" for b in ("resnet18", "efficientnet_lite0")))
 
 
-def pointing(img_sizes: list[int], n_per_class: int, size: int, limit: int | None) -> None:
+def pointing(img_sizes: list[int], n_per_class: int, size: int, limit: int | None, methods: set[str] | None) -> None:
     import numpy as np
     from PIL import Image
 
@@ -121,8 +123,10 @@ def pointing(img_sizes: list[int], n_per_class: int, size: int, limit: int | Non
                 f"{img_size} px: val accuracy {acc:.3f}, {len(ok)} correctly classified val images used "
                 f"(train {time.perf_counter() - t:.0f} s)"
             )
-            print(f"{'method':22s}{'pointing@3%':>12s}{'pointing@6.7%':>15s}{'energy ratio':>14s}{'s/img':>8s}  note")
+            print(f"{'method':30s}{'pointing@3%':>12s}{'pointing@6.7%':>15s}{'energy ratio':>14s}{'s/img':>8s}  note")
             for label, method, opts in VARIANTS:
+                if methods and method not in methods:
+                    continue
                 hits, hits_std, energy, secs = [], [], [], []
                 note = ""
                 for i in ok:
@@ -136,7 +140,7 @@ def pointing(img_sizes: list[int], n_per_class: int, size: int, limit: int | Non
                         grid = a.extra.get("layer_map_size")
                         note = f"layer {a.extra['layer']}" + (f", {grid[0]}x{grid[1]} map" if grid else "")
                 print(
-                    f"{label:22s}{np.mean(hits):12.3f}{np.mean(hits_std):15.3f}{np.nanmean(energy):14.2f}"
+                    f"{label:30s}{np.mean(hits):12.3f}{np.mean(hits_std):15.3f}{np.nanmean(energy):14.2f}"
                     f"{np.mean(secs):8.3f}  {note}"
                 )
 
@@ -149,6 +153,7 @@ def main() -> None:
     ap.add_argument("--n-per-class", type=int, default=60)
     ap.add_argument("--size", type=int, default=128, help="demo image side in pixels")
     ap.add_argument("--limit", type=int, default=None, help="at most this many val images per model (quick runs)")
+    ap.add_argument("--methods", default="", help="pointing game: only these methods, comma-separated (default all)")
     a = ap.parse_args()
     import torch
 
@@ -158,7 +163,8 @@ def main() -> None:
     if a.only in (None, "timing"):
         timing(a.repeats)
     if a.only in (None, "pointing"):
-        pointing([int(s) for s in a.img_sizes.split(",")], a.n_per_class, a.size, a.limit)
+        methods = {m for m in a.methods.split(",") if m}
+        pointing([int(s) for s in a.img_sizes.split(",")], a.n_per_class, a.size, a.limit, methods or None)
     print(f"\ntotal {time.perf_counter() - t:.0f} s")
 
 

@@ -82,9 +82,9 @@ def train_rate(run: Path) -> float:
 
 
 def pointing_per_label(
-    run: Path, data: Path, masks: Path, layer: str | None = None
+    run: Path, data: Path, masks: Path, **options
 ) -> tuple[dict[str, list[bool]], dict[str, list[bool]], str]:
-    """Grad-CAM (of `layer`, default: the one `attribute` picks) for every (validation image, label it carries),
+    """Grad-CAM (with `attribute`'s `options`; none: its defaults) for every (validation image, label it carries),
     the label as the target; hits per label over all positives and over the positives the model predicts; the
     model's input size and the layer."""
     from PIL import Image
@@ -105,7 +105,7 @@ def pointing_per_label(
     for r, img, p in zip(rows, images, probs):
         for label in r["labels"]:
             c = names.index(label)
-            a = attribute(loaded, img, "gradcam", target=c, layer=layer)
+            a = attribute(loaded, img, "gradcam", target=c, **options)
             size = "x".join(str(s) for s in a.extra["input_size"]) + f" px input, layer {a.extra['layer']}"
             hit = pointing_game(a.map, Image.open(masks / label / Path(r["path"]).name))
             every[label].append(hit)
@@ -127,12 +127,16 @@ def demo_part(work: Path, images: int, train_args: list[str]) -> None:
     print(f"    mAP {m['map']:.3f} (target >= 0.95: {'met' if m['map'] >= 0.95 else 'NOT met'}), micro F1 "
           f"{m['micro_f1']:.3f}, subset accuracy {m['subset_accuracy']:.3f}")  # fmt: skip
     os.environ["CLASSIFIER_WORKSPACE"] = str(work / "demo-ws")
-    # The default layer, then (EfficientNet) conv_head, the layer Grad-CAM used before, on the same run.
+    # The defaults (the mean of four shifted copies), one plain pass, and (EfficientNet) one pass of conv_head, the
+    # layer Grad-CAM used before, on the same run.
     backbone = json.loads((run / "config.json").read_text())["backbone"]
-    for layer in [None] + (["conv_head"] if "efficientnet" in backbone else []):
+    variants = {"default": {}, "one pass": {"shift_average": False}}
+    if "efficientnet" in backbone:
+        variants["conv_head, one pass"] = {"layer": "conv_head", "shift_average": False}
+    for name, options in variants.items():
         t = time.perf_counter()
-        every, predicted, size = pointing_per_label(run, data, masks, layer)
-        print(f"    Grad-CAM pointing game per label at {size} ({time.perf_counter() - t:.0f} s):")
+        every, predicted, size = pointing_per_label(run, data, masks, **options)
+        print(f"    Grad-CAM ({name}) pointing game per label at {size} ({time.perf_counter() - t:.0f} s):")
         print(f"    {'label':10s}{'positives':>10s}{'hit rate':>10s}{'predicted':>11s}{'hit rate':>10s}")
         for label in every:
             e, p = every[label], predicted[label]

@@ -697,18 +697,53 @@ class CountingBright(Bright):
         return super().forward(x)
 
 
-@pytest.mark.parametrize("method, options", [(m, {}) for m in METHODS] + [("smoothgrad", {"smoothgrad_base": "ig"})])
+class CountingStrided(CountingBright):
+    """CountingBright whose Grad-CAM layer has a stride of 4 (an 8x8 map at 32 px), as real backbones' layers do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, kernel_size=4, stride=4, bias=False)
+        torch.nn.init.constant_(self.conv.weight, 1 / 48)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [(m, {}) for m in METHODS] + [("smoothgrad", {"smoothgrad_base": "ig"}), ("gradcam", {"shift_average": False})],
+)
 def test_cost_is_the_images_the_model_processes(method, options):
     """`cost` orders the Explain page's maps; it is exactly the images the model sees besides the prediction."""
     from classifier.explain.core import cost_order
 
-    model = CountingBright()
+    model = CountingStrided() if method == "gradcam" else CountingBright()
     attribute(model, grey(), method, data_config=IDENTITY_DC, n_steps=8, **options)
     base = options.get("smoothgrad_base", "saliency")
     chosen = Options(n_steps=8, internal_batch_size=16, nt_samples=8, occlusion_window=None, perturbations_per_eval=16,
-                     reduce="abs", layer=None, seed=0, smoothgrad_base=base)  # fmt: skip
+                     reduce="abs", layer=None, seed=0, smoothgrad_base=base,
+                     shift_average=options.get("shift_average", True))  # fmt: skip
     assert METHODS[method].cost(chosen, (SIZE, SIZE)) == model.images - 1  # 1: the prediction
     assert cost_order([method], (SIZE, SIZE), n_steps=8, **options) == [method]
+
+
+def test_shift_averaged_gradcam_resolves_finer_than_one_pass():
+    """A bright 2x2 spot on grey under a stride-4 layer (an 8x8 map): one Grad-CAM pass can only peak at the centre
+    of the cell holding the spot; the mean over the four quarter-cell shifts lands nearer the spot, and never
+    further away."""
+    from classifier.explain.scoring import peak
+
+    model = CountingStrided().eval()
+    plain_err, shifted_err = [], []
+    for top, left in [(5, 9), (10, 13), (17, 2), (22, 25), (13, 18), (26, 6), (2, 29), (9, 21)]:
+        arr = np.full((SIZE, SIZE, 3), GREY, np.uint8)
+        arr[top : top + 2, left : left + 2] = 255
+        img = Image.fromarray(arr)
+        centre = np.array([top + 0.5, left + 0.5])
+        maps = [attribute(model, img, "gradcam", 1, data_config=IDENTITY_DC, shift_average=s) for s in (False, True)]
+        assert maps[0].extra["layer_map_size"] == (8, 8) and maps[1].extra["shift_px"] == 1
+        plain, shifted = (float(np.hypot(*(np.array(peak(m.map)) - centre))) for m in maps)
+        assert shifted <= plain + 1e-9, (top, left, plain, shifted)
+        plain_err.append(plain)
+        shifted_err.append(shifted)
+    assert np.mean(shifted_err) < 0.75 * np.mean(plain_err), (plain_err, shifted_err)
 
 
 def test_cost_order_is_fast_to_slow_as_measured():
@@ -717,9 +752,9 @@ def test_cost_order_is_fast_to_slow_as_measured():
     from classifier.explain.core import cost_order
 
     assert cost_order(list(METHODS), (224, 224)) == [
-        "gradcam", "saliency", "guided_gradcam", "smoothgrad", "gradient_shap", "ig", "occlusion"]  # fmt: skip
-    assert cost_order(["ig", "occlusion", "saliency", "gradcam"], (224, 224)) == ["saliency", "gradcam", "ig",
-                                                                                   "occlusion"]  # fmt: skip
+        "saliency", "guided_gradcam", "gradcam", "smoothgrad", "gradient_shap", "ig", "occlusion"]  # fmt: skip
+    assert cost_order(["ig", "occlusion", "gradcam", "saliency"], (224, 224), shift_average=False) == [
+        "gradcam", "saliency", "ig", "occlusion"]  # fmt: skip
     assert cost_order(["smoothgrad", "ig"], (224, 224), smoothgrad_base="ig")[0] == "ig"
     assert cost_order(["ig", "occlusion"], (224, 224), n_steps=512)[0] == "occlusion"
 

@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"(default: {', '.join(f'{m.default_baseline} for {m.name}' for m in takers)})",
     )
     p.add_argument("--n-steps", type=int, default=32, help="integrated gradients: path steps")
+    p.add_argument(
+        "--no-shift-average",
+        dest="shift_average",
+        action="store_false",
+        help="Grad-CAM: one plain pass instead of the mean over four copies shifted by a quarter of the layer's cell",
+    )
     p.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlay")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1")
     p.add_argument("--device", default="auto")
@@ -69,6 +75,7 @@ def run(a: argparse.Namespace) -> int:
             alpha=a.alpha,
             baseline=a.baseline,
             n_steps=a.n_steps,
+            shift_average=a.shift_average,
             progress=progress,
         )
     except ValueError as e:  # a bad colour map or option

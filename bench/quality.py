@@ -1,6 +1,6 @@
 """The data-quality scan against known label noise, and what fixing it is worth; then its cost on a few thousand images.
 
-    python bench/quality.py                       # hymenoptera, 10 % of training labels flipped, seeds 0-4
+    python bench/quality.py                       # hymenoptera, 10 % of training labels flipped, seeds 0-9
     python bench/quality.py --seeds 0 --skip-timing
     python bench/quality.py --backbone efficientnet_lite0 --skip-timing  # the scan on Lite0's features
     python bench/quality.py --timing-images 3000  # the scan's time on 3000 generated images (minutes on 2 cores)
@@ -12,11 +12,14 @@ For each seed, in a fresh workspace (cold caches), through the public API and da
    the top k images by label score, for k = half, once and twice the number flipped, and for cleanlab's own
    flags; ranked among all scanned images (train and validation), so a hard validation image costs a place;
 3. version 2 = version 1 with every training image cleanlab flags relabelled as suggested (validation images are
-   left as they are, so all three runs are scored on the same, correct validation labels);
-4. the same run (EfficientNet-Lite0, bundled weights, `fit` with the default linear-probe recipe; --modes finetune
-   adds the fine-tune one) on versions 0 (clean), 1 (noisy) and 2 (fixed), one after the other: accuracy lost to
-   the noise and the share of it the fix recovered, for the best epoch (what the run reports: the checkpoint
-   picked by validation accuracy) and for the last epoch (the head after all its epochs on the labels it got).
+   left as they are, so all runs are scored on the same, correct validation labels); with --rounds 2 (default),
+   version 3 = version 2 scanned again and its flags relabelled the same way, as a user re-scans after fixing;
+4. the same run (EfficientNet-Lite0, bundled weights, `fit` with the default linear-probe recipe, float32 so every
+   version trains with the same numerics; --modes finetune adds the fine-tune one) on version 0 (clean), 1 (noisy)
+   and each fixed version, one after the other: accuracy lost to the noise and the share of it each fix recovered,
+   for the best epoch (what the run reports: the checkpoint picked by validation accuracy) and for the last epoch
+   (the head after all its epochs on the labels it got). Pooled over seeds: the sum of what the fixes gained over
+   the sum of what the noise cost.
 The first seed computes the features cold; later seeds start from a copy of its caches (decoded images, features),
 since flipping labels does not change an image's features.
 Then (unless --skip-timing) the scan's time per phase on generated demo images, cold (features computed) and again
@@ -41,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 
 
-def flip_and_find(data: str, seed: int, noise: float, out: Path, modes: list[str], backbone: str) -> dict:
+def flip_and_find(data: str, seed: int, noise: float, out: Path, modes: list[str], backbone: str, rounds: int) -> dict:
     """One seed of steps 1-4 in the workspace `out` (set by the caller)."""
     from classifier.data.dataset import index_dataset, load_dataset, save_version
     from classifier.data.splits import assign_splits
@@ -72,17 +75,29 @@ def flip_and_find(data: str, seed: int, noise: float, out: Path, modes: list[str
         at[name] = {"k": k, "recall": hit / n, "precision": hit / max(1, k)}
     at["k train"] = {"k": n, "recall": len(set(in_train["path"].head(n)) & flipped) / n}
 
-    img = scan.images
-    fixes = img[img["is_label"] & (img["split"] == "train")]
-    v2 = save_version(data, Edits(relabel=dict(zip(fixes["path"], fixes["suggested"]))), note="scan's suggestions")
-    fixed_right = sum(1 for p, s in zip(fixes["path"], fixes["suggested"]) if s == label_of[p])
-    still_wrong = sum(1 for p, c in load_relabels(load_dataset(data, v2)).items() if c != label_of[p])
+    # Steps 3 and 4: each round relabels what a scan of the latest version flags; the next round scans the result.
+    fixed, version, found = [], v1, scan
+    for round_ in range(1, rounds + 1):
+        if round_ > 1:
+            found = scan_dataset(TrainConfig(data=data, data_version=version, seed=0, backbone=backbone))
+        img = found.images
+        fixes = img[img["is_label"] & (img["split"] == "train")]
+        relabel = {p: s for p, s, g in zip(fixes["path"], fixes["suggested"], fixes["given"]) if s != g}
+        if relabel:  # a round that flags nothing new leaves the version as it is
+            version = save_version(data, Edits(relabel=relabel), note=f"scan's suggestions, round {round_}")
+        fixed.append({
+            "version": version, "relabelled": len(relabel),
+            "relabelled_right": sum(1 for p, s in relabel.items() if s == label_of[p]),
+            "wrong_after_fix": sum(c != label_of[p] for p, c in load_relabels(load_dataset(data, version)).items()),
+        })  # fmt: skip
 
+    names = ["clean", "noisy"] + [f"fixed{i + 1}" for i in range(len(fixed))]
     runs = {}
     for mode in modes:
         acc = {}
-        for name, version in (("clean", 0), ("noisy", v1), ("fixed", v2)):
-            cfg = TrainConfig(data=data, data_version=version, backbone="efficientnet_lite0", mode=mode, seed=0)
+        for name, version in zip(names, [0, v1] + [r["version"] for r in fixed]):
+            cfg = TrainConfig(data=data, data_version=version, backbone="efficientnet_lite0", mode=mode, seed=0,
+                              amp=False)  # fmt: skip
             result = fit(cfg, out / "runs" / f"{mode}-{name}-{seed}")
             acc[name] = result.metrics["accuracy"]  # the best epoch's, as the run reports it
             acc[f"{name}-last"] = result.history[-1]["val_acc"]  # the last epoch's
@@ -90,12 +105,9 @@ def flip_and_find(data: str, seed: int, noise: float, out: Path, modes: list[str
                   f"{result.seconds:.0f} s", file=sys.stderr)  # fmt: skip
         for end in ("", "-last"):
             lost = acc["clean" + end] - acc["noisy" + end]
-            recovered = (acc["fixed" + end] - acc["noisy" + end]) / lost if lost > 0 else None
-            runs[mode + end] = {"acc": {k: acc[k + end] for k in ("clean", "noisy", "fixed")}, "lost": lost,
-                                "recovered": recovered}  # fmt: skip
+            runs[mode + end] = {"acc": {k: acc[k + end] for k in names}, "lost": lost}
     return {
-        "seed": seed, "flipped": n, "at": at, "scan_s": scan_s, "meta": scan.meta, "relabelled": len(fixes),
-        "relabelled_right": fixed_right, "wrong_after_fix": still_wrong, "runs": runs,
+        "seed": seed, "flipped": n, "at": at, "scan_s": scan_s, "meta": scan.meta, "rounds": fixed, "runs": runs,
     }  # fmt: skip
 
 
@@ -146,35 +158,40 @@ def report(rows: list[dict], noise: float, backbone: str) -> None:
     print(f"\nmean recall: k/2 {mean['k/2']:.3f}, k {mean['k']:.3f}, 2k {mean['2k']:.3f}, flagged {mean['flagged']:.3f}"
           f"; lowest recall@k {min(r['at']['k']['recall'] for r in rows):.3f}; among training images: mean "
           f"{mean['k train']:.3f}, lowest {min(r['at']['k train']['recall'] for r in rows):.3f}")  # fmt: skip
-    print("\n| seed | relabelled (to the true class) | wrong labels left in train |")
-    print("|---|---|---|")
+    rounds = len(rows[0]["rounds"])
+    print("\n| seed | " + " | ".join(f"round {i + 1}: relabelled (to the true class), wrong labels left" for i in
+                                    range(rounds)) + " |")  # fmt: skip
+    print("|---|" + "---|" * rounds)
     for r in rows:
-        print(
-            f"| {r['seed']} | {r['relabelled']} ({r['relabelled_right']}) | {r['wrong_after_fix']} of {r['flipped']} |"
-        )
+        cells = [f"{f['relabelled']} ({f['relabelled_right']}), {f['wrong_after_fix']} of {r['flipped']}" for f in
+                 r["rounds"]]  # fmt: skip
+        print(f"| {r['seed']} | " + " | ".join(cells) + " |")
     for mode in rows[0]["runs"]:
         which = "last epoch" if mode.endswith("-last") else "best epoch, as the run reports it"
-        print(f"\n{mode.removesuffix('-last')}, {which}: validation accuracy\n")
-        print("| seed | clean | noisy | fixed | lost | recovered |")
-        print("|---|---|---|---|---|---|")
+        names = list(rows[0]["runs"][mode]["acc"])
+        fixes = names[2:]
+        print(f"\n{mode.removesuffix('-last')}, {which}: validation accuracy (fixedN: after N rounds of fixes)\n")
+        print("| seed | " + " | ".join(names) + " | lost | " + " | ".join(f"recovered, {f}" for f in fixes) + " |")
+        print("|---|" + "---|" * (len(names) + 1 + len(fixes)))
         for r in rows:
             m = r["runs"][mode]
             a = m["acc"]
-            rec = f"{m['recovered']:.0%}" if m["recovered"] is not None else "nothing lost"
-            print(
-                f"| {r['seed']} | {a['clean']:.4f} | {a['noisy']:.4f} | {a['fixed']:.4f} | {m['lost']:+.4f} | {rec} |"
-            )
+            rec = [f"{(a[f] - a['noisy']) / m['lost']:.0%}" if m["lost"] > 1e-9 else "nothing lost" for f in fixes]
+            print(f"| {r['seed']} | " + " | ".join(f"{a[k]:.4f}" for k in names) + f" | {m['lost']:+.4f} | "
+                  + " | ".join(rec) + " |")  # fmt: skip
         lost = sum(r["runs"][mode]["lost"] for r in rows)
-        gained = sum(r["runs"][mode]["acc"]["fixed"] - r["runs"][mode]["acc"]["noisy"] for r in rows)
-        text = f"recovered {gained / lost:.0%}" if lost > 1e-9 else "nothing lost in all"
-        print(f"\npooled over seeds: accuracy lost {lost / len(rows):+.4f} per seed on average, {text}")
+        for f in fixes:
+            gained = sum(r["runs"][mode]["acc"][f] - r["runs"][mode]["acc"]["noisy"] for r in rows)
+            text = f"recovered {gained / lost:.0%}" if lost > 1e-9 else "nothing lost in all"
+            print(f"pooled over seeds, {f}: accuracy lost {lost / len(rows):+.4f} per seed on average, {text}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(HYMENOPTERA))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--noise", type=float, default=0.1)
+    p.add_argument("--rounds", type=int, default=2, help="scan-and-relabel rounds; each run is scored (default 2)")
     p.add_argument("--timing-images", type=int, default=3000)
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--backbone", default="efficientnet_lite2", help="the scan's frozen backbone (default: the CLI's, "
@@ -196,7 +213,7 @@ def main() -> None:
                     if rows:
                         shutil.copytree(Path(caches) / "cache", workspace / "cache")
                     os.environ["CLASSIFIER_WORKSPACE"] = str(workspace)
-                    rows.append(flip_and_find(a.data, seed, a.noise, Path(tmp), a.modes, a.backbone))
+                    rows.append(flip_and_find(a.data, seed, a.noise, Path(tmp), a.modes, a.backbone, a.rounds))
                     if len(rows) == 1:
                         shutil.copytree(workspace / "cache", Path(caches) / "cache")
                 print(f"seed {seed} done (load average {os.getloadavg()[0]:.2f})", file=sys.stderr)

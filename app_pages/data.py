@@ -172,5 +172,6 @@ preset = a2.selectbox(
     "Preset", list(AUGMENT_PRESETS), index=1, format_func=lambda p: f"{p}: {AUGMENT_PRESETS[p]}", key="w_preset"
 )
 with user_errors():
-    views = augment_preview(load_image(index.path_of(by_path[pick])), preset, n=8, size=160)
+    image = load_image(index.path_of(by_path[pick]))
+    views = augment_preview(image, preset, n=8, size=160, multilabel=multi)
     st.image(views, width=110, clamp=True)

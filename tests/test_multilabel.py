@@ -312,6 +312,21 @@ def test_training_crops_keep_most_of_a_multilabel_image(scenes, demo_dir, cache)
     assert min(single) < 0.6, sorted(single)[:5]
 
 
+def test_the_data_pages_augmentation_preview_shows_the_multilabel_crops():
+    from classifier.data.transforms import augment_preview
+
+    ramp = np.linspace(0, 255, 32).round().astype(np.uint8)
+    img = Image.fromarray(np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.zeros((32, 32))], -1)
+                          .astype(np.uint8))  # fmt: skip
+
+    def areas(multilabel: bool) -> list[float]:
+        views = augment_preview(img, "light", n=40, size=32, multilabel=multilabel)
+        return [float(np.ptp(v[..., 0]) * np.ptp(v[..., 1])) for v in views]
+
+    assert min(areas(True)) > 0.75
+    assert min(areas(False)) < 0.6
+
+
 def test_run_files_record_the_task_and_the_thresholds(ml_run):
     from classifier import rundir
 

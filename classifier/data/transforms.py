@@ -161,10 +161,13 @@ PREVIEW_DATA_CONFIG = {
 }
 
 
-def augment_preview(image: Image.Image, preset: str, n: int = 8, size: int = 224, seed: int = 0) -> list[np.ndarray]:
-    """`n` draws of the augmentation `preset` on `image`, as HxWx3 float arrays in [0, 1] for display."""
+def augment_preview(
+    image: Image.Image, preset: str, n: int = 8, size: int = 224, seed: int = 0, multilabel: bool = False
+) -> list[np.ndarray]:
+    """`n` draws of the augmentation `preset` on `image` (of a multi-label dataset: its milder crops), as HxWx3
+    float arrays in [0, 1] for display."""
     cfg = {**PREVIEW_DATA_CONFIG, "input_size": (3, size, size)}
-    transform = train_transform(cfg, preset)
+    transform = train_transform(cfg, preset, multilabel=multilabel)
     with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
         torch.manual_seed(seed)  # same settings, same pictures: the preview only changes when a setting does
         return [denormalize(transform(image), cfg).permute(1, 2, 0).numpy() for _ in range(n)]

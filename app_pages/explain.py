@@ -143,7 +143,7 @@ with st.expander("Settings"):
     )
     v1, v2, v3, v4 = st.columns(4)
     shift_average = v4.toggle(
-        "Grad-CAM: average 4 shifted copies",
+        "Shifted Grad-CAM",
         value=True,
         key="x_shift",
         help="The mean Grad-CAM of the image moved a quarter of a feature cell each way: twice as fine as one pass, "

@@ -153,9 +153,8 @@ class AttributionMethod(ABC):
         orders maps fast to slow. Default: `forward_passes`, for a method that pushes one image per pass.
 
         It ranks the methods as measured (docs/benchmarks.md, 224 px, EfficientNet-Lite0, seconds): saliency 1
-        image (0.09), Guided Grad-CAM 2 (0.11), Grad-CAM 5 (four shifted copies; one plain pass: 1 image, 0.05),
-        SmoothGrad 8 (0.36), GradientSHAP 24 (0.72), integrated gradients 34 (2.7), occlusion 170 forward only
-        (3.2)."""
+        image (0.07), Guided Grad-CAM 2 (0.09), Grad-CAM 5 (0.12; one plain pass: 1 image), SmoothGrad 8 (0.28),
+        GradientSHAP 24 (0.49), integrated gradients 34 (1.3), occlusion 170 forward only (2.1)."""
         return self.forward_passes(options, input_hw)
 
     @abstractmethod

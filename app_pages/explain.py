@@ -147,7 +147,7 @@ with st.expander("Settings"):
         value=True,
         key="x_shift",
         help="The mean Grad-CAM of the image moved a quarter of a feature cell each way: twice as fine as one pass, "
-        "at four times its cost. Off: the plain one-pass map.",
+        "at several times its cost. Off: the plain one-pass map.",
     )
     cmap = v1.selectbox("Colour map", ["jet", "inferno", "viridis", "magma", "turbo", "Reds"], key="x_cmap")
     alpha = v2.slider("Opacity", 0.0, 1.0, 0.5, step=0.05, key="x_alpha")

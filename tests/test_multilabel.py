@@ -269,12 +269,16 @@ def test_multilabel_data_refuses_class_imbalance_settings(tmp_path, scenes):
 # --- a run end to end ------------------------------------------------------------------------------------------
 
 
-def _crop_areas(prep, data_config: dict, side: int = 32, draws: int = 60) -> list[float]:
-    """Share of the image each training crop of `prep` kept: the input's red and green encode each pixel's column and
-    row, so the spans of red and green in a crop (denormalised) give its width and height."""
-    ramp = torch.linspace(0, 255, side).round().to(torch.uint8)
-    flat = torch.zeros(side, side, dtype=torch.uint8)
-    x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side), flat])[None]
+def _position_image(side: int = 32) -> np.ndarray:
+    """(side, side, 3) uint8 whose red is each pixel's column and green its row, 0-255: the spans of red and green
+    in a crop of it give the crop's width and height as shares of the image."""
+    ramp = np.linspace(0, 255, side).round().astype(np.uint8)
+    return np.stack([np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side)), np.zeros((side, side), np.uint8)], -1)
+
+
+def _crop_areas(prep, data_config: dict, draws: int = 60) -> list[float]:
+    """Share of the image each training crop of `prep` (uint8 batches in, normalised batches out) kept."""
+    x = torch.from_numpy(_position_image()).permute(2, 0, 1)[None]
     mean, std = (torch.tensor(data_config[k]).view(3, 1, 1) for k in ("mean", "std"))
     areas = []
     for _ in range(draws):
@@ -315,9 +319,7 @@ def test_training_crops_keep_most_of_a_multilabel_image(scenes, demo_dir, cache)
 def test_the_data_pages_augmentation_preview_shows_the_multilabel_crops():
     from classifier.data.transforms import augment_preview
 
-    ramp = np.linspace(0, 255, 32).round().astype(np.uint8)
-    img = Image.fromarray(np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.zeros((32, 32))], -1)
-                          .astype(np.uint8))  # fmt: skip
+    img = Image.fromarray(_position_image())
 
     def areas(multilabel: bool) -> list[float]:
         views = augment_preview(img, "light", n=40, size=32, multilabel=multilabel)

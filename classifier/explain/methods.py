@@ -237,9 +237,6 @@ def _check_spatial(cam: torch.Tensor, layer_name: str) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------- the methods
-
-
 def _shifted(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """`t` (N, C, H, W) moved so that out[..., i, j] = t[..., i + dy, j + dx], edge pixels repeated where that
     falls outside."""
@@ -251,6 +248,20 @@ def _shifted(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     h, w = t.shape[-2:]
     padded = F.pad(t, (pad, pad, pad, pad), mode="replicate")
     return padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+
+
+def _layer_output_shape(module: nn.Module, layer: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """The shape of `layer`'s output for input `x` (one forward pass with a hook)."""
+    seen: list[tuple[int, ...]] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    try:
+        module(x)
+    finally:
+        handle.remove()
+    return seen[0] if seen else ()
+
+
+# ----------------------------------------------------------------------------------------------- the methods
 
 
 @register
@@ -297,17 +308,6 @@ class GradCamMethod(AttributionMethod):
         up = LayerAttribution.interpolate(cams.detach().float(), hw, "bilinear")
         back = torch.cat([_shifted(up[i : i + 1], -dy, -dx) for i, (dy, dx) in enumerate(shifts)])
         return MethodOutput(back.mean(0)[0])
-
-
-def _layer_output_shape(module: nn.Module, layer: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
-    """The shape of `layer`'s output for input `x` (one forward pass with a hook)."""
-    seen: list[tuple[int, ...]] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
-    try:
-        module(x)
-    finally:
-        handle.remove()
-    return seen[0] if seen else ()
 
 
 @register
